@@ -1,1 +1,12 @@
+//! Shoal's overlay data plane.
 //!
+//! [`core`] decides, per packet, over endpoint tables: deliver to a local
+//! endpoint, encapsulate towards another node, or drop and count why. It does
+//! no IO. [`driver`] moves packets between the TUN devices of local endpoints
+//! and the node's VXLAN UDP sockets, in batches, and feeds them to the core.
+
+pub mod core;
+
+pub use crate::core::{
+    CounterSnapshot, Counters, DropReason, Egress, EndpointId, Ingress, Location, TableError, Tables,
+};
