@@ -1,0 +1,129 @@
+//! A task sandbox: a network namespace with `lo` up and one TUN interface per
+//! overlay network the task joins.
+//!
+//! The TUNs are created from a thread inside the namespace, so they live
+//! there; their file descriptors go to the data plane, which reads and writes
+//! them from the node's namespace. When the sandbox is removed and the
+//! descriptors are closed, the namespace and its interfaces disappear.
+
+use std::io;
+use std::net::Ipv4Addr;
+
+use tun_rs::{DeviceBuilder, SyncDevice};
+
+use crate::netns::{NetNs, NetnsError};
+use crate::sys;
+
+/// One overlay interface inside a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceSpec {
+    /// Interface name inside the sandbox (`eth0`, `eth1`, ...).
+    pub name: String,
+    /// The task's address on the network.
+    pub ip: Ipv4Addr,
+    /// The network's prefix length: the kernel adds the subnet route.
+    pub prefix: u8,
+    /// The overlay MTU.
+    pub mtu: u16,
+}
+
+/// Why a sandbox could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SandboxError {
+    /// The namespace could not be created or entered.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    /// Setting up inside the namespace failed.
+    #[error("sandbox {sandbox}: {what}: {source}")]
+    Setup {
+        /// The sandbox's name.
+        sandbox: String,
+        /// The step that failed.
+        what: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+}
+
+/// A task's network namespace. Removing it (or dropping it) deletes the
+/// namespace's name; the TUN devices handed out at creation keep the
+/// namespace alive until they are closed too.
+#[derive(Debug)]
+pub struct Sandbox {
+    netns: Option<NetNs>,
+}
+
+impl Sandbox {
+    /// Creates the namespace `name`, brings `lo` up, and creates one TUN per
+    /// interface with its address, prefix route and MTU, with TSO/GSO offload
+    /// enabled. IPv6 is disabled inside until the overlay carries it.
+    pub fn create(
+        name: &str,
+        interfaces: &[InterfaceSpec],
+    ) -> Result<(Sandbox, Vec<SyncDevice>), SandboxError> {
+        let netns = NetNs::create(name)?;
+        let setup = netns.run(|| setup_inside(name, interfaces));
+        match setup {
+            Ok(Ok(devices)) => Ok((Sandbox { netns: Some(netns) }, devices)),
+            Ok(Err(e)) => {
+                let _ = netns.delete();
+                Err(e)
+            }
+            Err(e) => {
+                let _ = netns.delete();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The sandbox's namespace.
+    pub fn netns(&self) -> &NetNs {
+        self.netns.as_ref().expect("present until removed")
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        self.netns().name()
+    }
+
+    /// Deletes the namespace's name.
+    pub fn remove(mut self) -> Result<(), NetnsError> {
+        self.netns.take().map_or(Ok(()), NetNs::delete)
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some(netns) = self.netns.take() {
+            let name = netns.name().to_owned();
+            if let Err(e) = netns.delete() {
+                tracing::warn!(sandbox = %name, error = %e, "could not delete sandbox namespace");
+            }
+        }
+    }
+}
+
+fn setup_inside(sandbox: &str, interfaces: &[InterfaceSpec]) -> Result<Vec<SyncDevice>, SandboxError> {
+    let fail =
+        |what: String| move |source: io::Error| SandboxError::Setup { sandbox: sandbox.into(), what, source };
+    sys::set_link_up("lo").map_err(fail("bring lo up".into()))?;
+    for key in ["all", "default"] {
+        let path = format!("/proc/sys/net/ipv6/conf/{key}/disable_ipv6");
+        if std::path::Path::new(&path).exists() {
+            std::fs::write(&path, "1").map_err(fail(format!("write {path}")))?;
+        }
+    }
+    interfaces
+        .iter()
+        .map(|iface| {
+            DeviceBuilder::new()
+                .name(&iface.name)
+                .ipv4(iface.ip, iface.prefix, None)
+                .mtu(iface.mtu)
+                .offload(true)
+                .build_sync()
+                .map_err(fail(format!("create TUN {} with {}/{}", iface.name, iface.ip, iface.prefix)))
+        })
+        .collect()
+}

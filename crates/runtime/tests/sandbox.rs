@@ -1,0 +1,68 @@
+//! Sandboxes on the real kernel: namespaces, `lo`, TUN address, MTU, route,
+//! and teardown. Needs root.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+use shoal_runtime::{InterfaceSpec, NetNs, Sandbox};
+
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "these tests create network namespaces and TUN devices: run them as root"
+    );
+}
+
+fn ip(netns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip").args(["-n", netns]).args(args).output().expect("run ip");
+    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn sandbox_has_tun_with_address_mtu_and_route_then_vanishes() {
+    require_root();
+    let name = format!("shoal-rt-{}-a", std::process::id());
+    let spec = InterfaceSpec { name: "eth0".into(), ip: Ipv4Addr::new(10, 0, 1, 2), prefix: 24, mtu: 1450 };
+    let (sandbox, devices) = Sandbox::create(&name, &[spec]).unwrap();
+    assert_eq!(devices.len(), 1);
+
+    let link = ip(&name, &["link", "show", "eth0"]);
+    assert!(link.contains("mtu 1450"), "{link}");
+    assert!(link.contains(",UP"), "{link}");
+    assert!(ip(&name, &["link", "show", "lo"]).contains(",UP"));
+    assert!(ip(&name, &["-4", "addr", "show", "eth0"]).contains("inet 10.0.1.2/24"));
+    assert!(ip(&name, &["route"]).contains("10.0.1.0/24 dev eth0"));
+    assert!(NetNs::list().contains(&name));
+
+    assert!(matches!(Sandbox::create(&name, &[]), Err(shoal_runtime::SandboxError::Netns(_))));
+
+    sandbox.remove().unwrap();
+    drop(devices);
+    assert!(!NetNs::exists(&name));
+}
+
+#[test]
+fn run_executes_inside_the_namespace() {
+    require_root();
+    let name = format!("shoal-rt-{}-b", std::process::id());
+    let netns = NetNs::create(&name).unwrap();
+    // Deletes the name even if an assertion below fails.
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = NetNs::delete_by_name(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(name.clone());
+    let names = netns
+        .run(|| {
+            let list = nix::net::if_::if_nameindex().expect("list interfaces");
+            list.iter().map(|i| i.name().to_string_lossy().into_owned()).collect::<Vec<_>>()
+        })
+        .unwrap();
+    assert_eq!(names, ["lo"], "a fresh namespace holds only lo");
+    netns.delete().unwrap();
+    assert!(!NetNs::exists(&name));
+    assert!(matches!(NetNs::open(&name), Err(shoal_runtime::NetnsError::NotFound(_))));
+}
