@@ -64,6 +64,9 @@ pub enum DropReason {
     Misdirected,
     /// A packet from an endpoint that has just been detached.
     UnknownEndpoint,
+    /// Reading a TUN device failed (for example a packet longer than the
+    /// read buffer).
+    TunReadFailed,
     /// Writing to a TUN device failed.
     TunWriteFailed,
     /// Sending on the underlay socket failed.
@@ -72,7 +75,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::Truncated,
         DropReason::BadVxlanFlags,
         DropReason::UnknownVni,
@@ -84,6 +87,7 @@ impl DropReason {
         DropReason::UnknownDestination,
         DropReason::Misdirected,
         DropReason::UnknownEndpoint,
+        DropReason::TunReadFailed,
         DropReason::TunWriteFailed,
         DropReason::UdpSendFailed,
     ];
@@ -102,6 +106,7 @@ impl DropReason {
             DropReason::UnknownDestination => "unknown_destination",
             DropReason::Misdirected => "misdirected",
             DropReason::UnknownEndpoint => "unknown_endpoint",
+            DropReason::TunReadFailed => "tun_read_failed",
             DropReason::TunWriteFailed => "tun_write_failed",
             DropReason::UdpSendFailed => "udp_send_failed",
         }

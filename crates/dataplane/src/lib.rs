@@ -6,7 +6,9 @@
 //! and the node's VXLAN UDP sockets, in batches, and feeds them to the core.
 
 pub mod core;
+pub mod driver;
 
 pub use crate::core::{
     CounterSnapshot, Counters, DropReason, Egress, EndpointId, Ingress, Location, TableError, Tables,
 };
+pub use crate::driver::{AttachError, Dataplane, DataplaneConfig};

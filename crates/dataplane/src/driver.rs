@@ -1,0 +1,489 @@
+//! The data plane's IO: TUN devices of local endpoints on one side, the
+//! node's VXLAN UDP sockets on the other, the [`core`](crate::core) deciding
+//! in between.
+//!
+//! One task per local endpoint reads its TUN (TSO super-packets split into
+//! MTU-sized segments by tun-rs), asks [`Tables::egress`], and sends the frames
+//! bound for one node as a single UDP GSO `sendmsg`. One task reads the VXLAN
+//! socket with `recvmmsg` and UDP GRO, asks [`Tables::ingress`] per segment, and
+//! writes the packets into the TUNs coalesced back into super-packets. Every
+//! buffer is allocated once per task; the packet path takes no lock: tables
+//! are an immutable snapshot behind an [`ArcSwap`], replaced on every change.
+//!
+//! The outer UDP source port follows the inner flow: frames leave from one of
+//! a small pool of sockets bound to ephemeral ports, picked by the flow hash,
+//! so one flow keeps one outer 5-tuple and different flows spread.
+
+use std::collections::HashMap;
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use shoal_wire::ip::Ipv4Cidr;
+use shoal_wire::{ENCAP_HEADROOM, Vni};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+use tun_rs::{AsyncDevice, GROTable, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
+
+use crate::core::{CounterSnapshot, Counters, DropReason, Egress, EndpointId, Ingress, TableError, Tables};
+
+/// Settings of one node's data plane. Defaults: port 4789, MTU 1450, eight
+/// outer source ports.
+#[derive(Debug, Clone)]
+pub struct DataplaneConfig {
+    /// This node's underlay address: VXLAN is received there and sent from it.
+    pub underlay: Ipv4Addr,
+    /// The VXLAN UDP port, the same on every node.
+    pub port: u16,
+    /// The overlay MTU: the largest inner packet.
+    pub mtu: u16,
+    /// How many outer source ports flows are spread over.
+    pub source_ports: usize,
+}
+
+impl DataplaneConfig {
+    /// The defaults for a node at `underlay`.
+    pub fn new(underlay: Ipv4Addr) -> DataplaneConfig {
+        DataplaneConfig { underlay, port: shoal_wire::vxlan::DEFAULT_PORT, mtu: 1450, source_ports: 8 }
+    }
+}
+
+/// Socket buffer size asked for on every underlay socket.
+const SOCKET_BUFFER: usize = 4 << 20;
+/// The largest UDP payload one `sendmsg` may carry over IPv4.
+const MAX_UDP_PAYLOAD: usize = 65_507;
+/// Datagrams read per `recvmmsg`.
+const RX_BATCH: usize = 8;
+/// Room for one GRO-coalesced datagram.
+const RX_BUFFER: usize = 65_536;
+/// TUN reads tried without waiting after a wake-up, to fill batches.
+const READS_PER_WAKE: usize = 8;
+/// Capacity of a TUN write buffer: room to coalesce a 64 KiB super-packet.
+const TUN_WRITE_CAPACITY: usize = VIRTIO_NET_HDR_LEN * 2 + 65_535;
+
+/// Why an endpoint could not be attached.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttachError {
+    /// The tables refused the endpoint.
+    #[error(transparent)]
+    Table(#[from] TableError),
+    /// The TUN device could not be registered with the runtime.
+    #[error("register TUN device: {0}")]
+    Device(#[source] io::Error),
+}
+
+/// What the packet path reads: tables plus the devices their endpoints map to.
+#[derive(Clone)]
+struct Snapshot {
+    tables: Tables,
+    devices: HashMap<EndpointId, Arc<AsyncDevice>>,
+}
+
+struct UdpPort {
+    socket: UdpSocket,
+    state: UdpSocketState,
+}
+
+struct Shared {
+    snapshot: ArcSwap<Snapshot>,
+    /// Serialises writers of `snapshot`; readers never take it.
+    writer: Mutex<()>,
+    counters: Counters,
+    receiver: UdpPort,
+    senders: Vec<UdpPort>,
+    port: u16,
+}
+
+/// One node's running data plane. Dropping it stops every task.
+pub struct Dataplane {
+    shared: Arc<Shared>,
+    receiver: JoinHandle<()>,
+    endpoint_tasks: Mutex<HashMap<EndpointId, JoinHandle<()>>>,
+    next_id: AtomicU32,
+}
+
+impl std::fmt::Debug for Dataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataplane").field("port", &self.shared.port).finish_non_exhaustive()
+    }
+}
+
+impl Dataplane {
+    /// Binds the VXLAN socket and the source-port pool on `config.underlay`,
+    /// in the calling thread's network namespace, and starts receiving. Must
+    /// be called inside a tokio runtime.
+    pub fn start(config: &DataplaneConfig) -> io::Result<Dataplane> {
+        let receiver = bind_udp(SocketAddrV4::new(config.underlay, config.port))?;
+        let senders = (0..config.source_ports.max(1))
+            .map(|_| bind_udp(SocketAddrV4::new(config.underlay, 0)))
+            .collect::<io::Result<Vec<_>>>()?;
+        let snapshot = Snapshot { tables: Tables::new(config.mtu), devices: HashMap::new() };
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            writer: Mutex::new(()),
+            counters: Counters::default(),
+            receiver,
+            senders,
+            port: config.port,
+        });
+        let receiver = tokio::spawn(receive_loop(shared.clone()));
+        Ok(Dataplane {
+            shared,
+            receiver,
+            endpoint_tasks: Mutex::new(HashMap::new()),
+            next_id: AtomicU32::new(1),
+        })
+    }
+
+    fn update<R>(&self, change: impl FnOnce(&mut Snapshot) -> R) -> R {
+        let _writer = self.shared.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = Snapshot::clone(&self.shared.snapshot.load());
+        let result = change(&mut next);
+        self.shared.snapshot.store(Arc::new(next));
+        result
+    }
+
+    /// Adds a network (idempotent).
+    pub fn add_network(&self, vni: Vni, subnet: Ipv4Cidr) -> Result<(), TableError> {
+        self.update(|s| s.tables.add_network(vni, subnet))
+    }
+
+    /// Attaches a local endpoint: `device` is its TUN, holding `ip` on network
+    /// `vni`. Starts reading the device.
+    pub fn attach(&self, vni: Vni, ip: Ipv4Addr, device: SyncDevice) -> Result<EndpointId, AttachError> {
+        let id = EndpointId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let device = Arc::new(AsyncDevice::new(device).map_err(AttachError::Device)?);
+        self.update(|s| {
+            s.tables.attach(id, vni, ip)?;
+            s.devices.insert(id, device.clone());
+            Ok::<_, TableError>(())
+        })?;
+        let task = tokio::spawn(endpoint_loop(self.shared.clone(), id, device));
+        self.endpoint_tasks.lock().unwrap_or_else(|e| e.into_inner()).insert(id, task);
+        tracing::debug!(endpoint = %id, %vni, %ip, "attached");
+        Ok(id)
+    }
+
+    /// Detaches a local endpoint and stops reading its TUN; returns whether it
+    /// was attached.
+    pub fn detach(&self, id: EndpointId) -> bool {
+        if let Some(task) = self.endpoint_tasks.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
+            task.abort();
+        }
+        self.update(|s| {
+            s.devices.remove(&id);
+            s.tables.detach(id)
+        })
+    }
+
+    /// Records that `ip` on network `vni` lives on the node at `node`.
+    pub fn set_remote(&self, vni: Vni, ip: Ipv4Addr, node: Ipv4Addr) -> Result<(), TableError> {
+        self.update(|s| s.tables.set_remote(vni, ip, node))
+    }
+
+    /// Forgets a remote address; returns whether it was known.
+    pub fn remove_remote(&self, vni: Vni, ip: Ipv4Addr) -> bool {
+        self.update(|s| s.tables.remove_remote(vni, ip))
+    }
+
+    /// The current tables.
+    pub fn tables(&self) -> Tables {
+        self.shared.snapshot.load().tables.clone()
+    }
+
+    /// The packet counters now.
+    pub fn counters(&self) -> CounterSnapshot {
+        self.shared.counters.snapshot()
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        self.receiver.abort();
+        for (_, task) in self.endpoint_tasks.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+            task.abort();
+        }
+    }
+}
+
+fn bind_udp(addr: SocketAddrV4) -> io::Result<UdpPort> {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::V4(addr).into())?;
+    // Root may exceed the namespace's rmem_max/wmem_max; others get what they may.
+    let fd = std::os::fd::AsFd::as_fd(&socket);
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(&fd, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
+        socket.set_recv_buffer_size(SOCKET_BUFFER)?;
+    }
+    if setsockopt(&fd, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
+        socket.set_send_buffer_size(SOCKET_BUFFER)?;
+    }
+    let socket = UdpSocket::from_std(socket.into())?;
+    let state = UdpSocketState::new((&socket).into())?;
+    Ok(UdpPort { socket, state })
+}
+
+// === impl endpoint loop ===
+
+/// Reads one endpoint's TUN until the task is aborted.
+async fn endpoint_loop(shared: Arc<Shared>, id: EndpointId, device: Arc<AsyncDevice>) {
+    let mtu = usize::from(shared.snapshot.load().tables.mtu());
+    let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + 65_535];
+    let mut segments = vec![vec![0u8; ENCAP_HEADROOM + mtu]; IDEAL_BATCH_SIZE];
+    let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
+    let max_segments =
+        shared.senders.iter().map(|s| s.state.max_gso_segments()).min().unwrap_or(1).clamp(1, 64);
+    let mut batch = GsoBatch::new(max_segments);
+    let mut local = TunWriter::default();
+    loop {
+        let read = device.recv_multiple(&mut original, &mut segments, &mut sizes, ENCAP_HEADROOM).await;
+        let snapshot = shared.snapshot.load();
+        let mut result = read;
+        for _ in 0..READS_PER_WAKE {
+            match result {
+                Ok(n) => {
+                    for (segment, &len) in segments.iter_mut().zip(&sizes).take(n) {
+                        let verdict = snapshot.tables.egress(id, segment, ENCAP_HEADROOM, len);
+                        match verdict {
+                            Egress::Remote { node, flow, frame } => {
+                                let to = SocketAddrV4::new(node, shared.port);
+                                let sender = flow as usize % shared.senders.len();
+                                if !batch.fits(to, sender, frame.len()) {
+                                    batch.flush(&shared).await;
+                                }
+                                batch.push(to, sender, &segment[frame]);
+                            }
+                            Egress::Local { to, packet } => {
+                                local.push(to, &segment[packet]);
+                                if local.is_full() {
+                                    local.flush(&snapshot, &shared.counters, Delivery::Local).await;
+                                }
+                            }
+                            Egress::Drop(reason) => {
+                                tracing::trace!(endpoint = %id, reason = reason.name(), "egress drop");
+                                shared.counters.drop(reason, 1);
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(endpoint = %id, error = %e, "TUN read failed");
+                    shared.counters.drop(DropReason::TunReadFailed, 1);
+                    if is_fatal(&e) {
+                        return;
+                    }
+                }
+            }
+            result = device.try_recv_multiple(&mut original, &mut segments, &mut sizes, ENCAP_HEADROOM);
+        }
+        batch.flush(&shared).await;
+        local.flush(&snapshot, &shared.counters, Delivery::Local).await;
+    }
+}
+
+fn is_fatal(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc_errno) if libc_errno == nix::libc::EBADF || libc_errno == nix::libc::EBADFD)
+}
+
+/// Frames for one destination and source port, contiguous, to leave in one
+/// UDP GSO send: all segments the same length but the last, which may be
+/// shorter.
+struct GsoBatch {
+    buf: Vec<u8>,
+    to: SocketAddrV4,
+    sender: usize,
+    segment: usize,
+    count: usize,
+    max_segments: usize,
+}
+
+impl GsoBatch {
+    fn new(max_segments: usize) -> GsoBatch {
+        GsoBatch {
+            buf: Vec::with_capacity(MAX_UDP_PAYLOAD),
+            to: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+            sender: 0,
+            segment: 0,
+            count: 0,
+            max_segments,
+        }
+    }
+
+    fn fits(&self, to: SocketAddrV4, sender: usize, len: usize) -> bool {
+        self.count == 0
+            || (to == self.to
+                && sender == self.sender
+                && len <= self.segment
+                && self.buf.len() == self.segment * self.count
+                && self.count < self.max_segments
+                && self.buf.len() + len <= MAX_UDP_PAYLOAD)
+    }
+
+    fn push(&mut self, to: SocketAddrV4, sender: usize, frame: &[u8]) {
+        if self.count == 0 {
+            self.to = to;
+            self.sender = sender;
+            self.segment = frame.len();
+        }
+        self.buf.extend_from_slice(frame);
+        self.count += 1;
+    }
+
+    async fn flush(&mut self, shared: &Shared) {
+        if self.count == 0 {
+            return;
+        }
+        let port = &shared.senders[self.sender];
+        let transmit = Transmit {
+            destination: SocketAddr::V4(self.to),
+            ecn: None,
+            contents: &self.buf,
+            segment_size: (self.count > 1).then_some(self.segment),
+            src_ip: None,
+        };
+        let sent = port
+            .socket
+            .async_io(Interest::WRITABLE, || port.state.send((&port.socket).into(), &transmit))
+            .await;
+        match sent {
+            Ok(()) => shared.counters.encapsulated(self.count as u64),
+            Err(e) => {
+                tracing::debug!(to = %self.to, error = %e, "VXLAN send failed");
+                shared.counters.drop(DropReason::UdpSendFailed, self.count as u64);
+            }
+        }
+        self.buf.clear();
+        self.count = 0;
+    }
+}
+
+// === impl receive loop ===
+
+/// Reads the VXLAN socket until the task is aborted.
+async fn receive_loop(shared: Arc<Shared>) {
+    let mut storage: Vec<Vec<u8>> = (0..RX_BATCH).map(|_| vec![0u8; RX_BUFFER]).collect();
+    let mut metas = [RecvMeta::default(); RX_BATCH];
+    let mut writer = TunWriter::default();
+    let port = &shared.receiver;
+    loop {
+        let received = port
+            .socket
+            .async_io(Interest::READABLE, || {
+                let mut slices: [IoSliceMut<'_>; RX_BATCH] = {
+                    let mut it = storage.iter_mut();
+                    std::array::from_fn(|_| IoSliceMut::new(it.next().expect("RX_BATCH buffers")))
+                };
+                port.state.recv((&port.socket).into(), &mut slices, &mut metas)
+            })
+            .await;
+        let n = match received {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "VXLAN receive failed");
+                continue;
+            }
+        };
+        let snapshot = shared.snapshot.load();
+        for (meta, buf) in metas.iter().zip(&storage).take(n) {
+            let from = match meta.addr.ip() {
+                IpAddr::V4(v4) => v4,
+                IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                    Some(v4) => v4,
+                    None => continue,
+                },
+            };
+            let stride = meta.stride.max(1);
+            for datagram in buf[..meta.len.min(buf.len())].chunks(stride) {
+                match snapshot.tables.ingress(from, datagram) {
+                    Ingress::Deliver { to, packet } => {
+                        writer.push(to, &datagram[packet]);
+                        if writer.is_full() {
+                            writer.flush(&snapshot, &shared.counters, Delivery::Decapsulated).await;
+                        }
+                    }
+                    Ingress::Drop(reason) => {
+                        tracing::trace!(%from, reason = reason.name(), "ingress drop");
+                        shared.counters.drop(reason, 1);
+                    }
+                }
+            }
+        }
+        writer.flush(&snapshot, &shared.counters, Delivery::Decapsulated).await;
+    }
+}
+
+// === impl TunWriter ===
+
+/// Which counter a successful TUN write adds to.
+#[derive(Clone, Copy)]
+enum Delivery {
+    Local,
+    Decapsulated,
+}
+
+/// Packets queued per destination endpoint, written with one coalescing
+/// `send_multiple` per endpoint. Buffers are recycled.
+#[derive(Default)]
+struct TunWriter {
+    groups: Vec<(EndpointId, Vec<Vec<u8>>)>,
+    active: usize,
+    queued: usize,
+    spare: Vec<Vec<u8>>,
+    gro: GROTable,
+}
+
+impl TunWriter {
+    fn push(&mut self, to: EndpointId, packet: &[u8]) {
+        let group = match self.groups[..self.active].iter().position(|(id, _)| *id == to) {
+            Some(i) => i,
+            None => {
+                if self.active == self.groups.len() {
+                    self.groups.push((to, Vec::new()));
+                }
+                self.groups[self.active].0 = to;
+                self.active += 1;
+                self.active - 1
+            }
+        };
+        let mut buf = self.spare.pop().unwrap_or_else(|| Vec::with_capacity(TUN_WRITE_CAPACITY));
+        buf.clear();
+        buf.resize(VIRTIO_NET_HDR_LEN, 0);
+        buf.extend_from_slice(packet);
+        self.groups[group].1.push(buf);
+        self.queued += 1;
+    }
+
+    fn is_full(&self) -> bool {
+        self.queued >= IDEAL_BATCH_SIZE
+    }
+
+    async fn flush(&mut self, snapshot: &Snapshot, counters: &Counters, delivery: Delivery) {
+        for (to, bufs) in &mut self.groups[..self.active] {
+            let n = bufs.len() as u64;
+            match snapshot.devices.get(to) {
+                Some(device) => match device.send_multiple(&mut self.gro, bufs, VIRTIO_NET_HDR_LEN).await {
+                    Ok(_) => match delivery {
+                        Delivery::Local => counters.delivered_locally(n),
+                        Delivery::Decapsulated => counters.decapsulated(n),
+                    },
+                    Err(e) => {
+                        tracing::debug!(endpoint = %to, error = %e, "TUN write failed");
+                        counters.drop(DropReason::TunWriteFailed, n);
+                    }
+                },
+                None => counters.drop(DropReason::UnknownEndpoint, n),
+            }
+            self.spare.append(bufs);
+        }
+        self.active = 0;
+        self.queued = 0;
+    }
+}
