@@ -1,1 +1,126 @@
-//!
+//! Helpers shared by Shoal's benchmark programs: medians, and running the
+//! standard measuring tools (iperf3, sockperf) between lab namespaces.
+
+use std::process::Output;
+use std::time::Duration;
+
+use shoal_lab::Lab;
+
+/// The median of `values` (the mean of the middle two for an even count).
+pub fn median(values: &[f64]) -> f64 {
+    assert!(!values.is_empty(), "median of nothing");
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    if sorted.len().is_multiple_of(2) { (sorted[mid - 1] + sorted[mid]) / 2.0 } else { sorted[mid] }
+}
+
+/// Runs `program args` in `netns`, retrying while it fails for up to
+/// `patience` (a server may still be starting); returns the last output.
+pub fn run_retrying(netns: &str, program: &str, args: &[&str], patience: Duration) -> Output {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        let out = Lab::run_in(netns, program, args).unwrap_or_else(|e| panic!("{e}"));
+        if out.status.success() || std::time::Instant::now() >= deadline {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A bounded process started in a lab namespace: the lab kills it at teardown
+/// if it has not exited by itself.
+pub fn spawn_in(lab: &Lab, netns: &str, program: &str, args: &[&str]) -> u32 {
+    let mut cmd = Lab::command_in(netns, program);
+    cmd.args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    lab.spawn(&mut cmd).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// One single-stream iperf3 TCP test of `seconds` from `client` to `server_ip`
+/// (a server in `server`); returns Gbit/s received.
+pub fn iperf_tcp(lab: &Lab, client: &str, server: &str, server_ip: &str, port: u16, seconds: u32) -> f64 {
+    let port = port.to_string();
+    let server_pid = spawn_in(lab, server, "iperf3", &["-s", "-1", "-B", server_ip, "-p", &port]);
+    let out = run_retrying(
+        client,
+        "iperf3",
+        &["-c", server_ip, "-p", &port, "-t", &seconds.to_string(), "-J"],
+        Duration::from_secs(5),
+    );
+    let _ = lab.stop(server_pid, Duration::from_secs(2));
+    let json = parse_json(&out, "iperf3");
+    json["end"]["sum_received"]["bits_per_second"].as_f64().expect("iperf3 bits_per_second") / 1e9
+}
+
+/// One iperf3 UDP test at unlimited rate with `len`-byte datagrams; returns
+/// datagrams per second that arrived.
+pub fn iperf_udp_pps(lab: &Lab, client: &str, server: &str, server_ip: &str, port: u16, len: usize) -> f64 {
+    let port = port.to_string();
+    let server_pid = spawn_in(lab, server, "iperf3", &["-s", "-1", "-B", server_ip, "-p", &port]);
+    let out = run_retrying(
+        client,
+        "iperf3",
+        &["-c", server_ip, "-p", &port, "-u", "-b", "0", "-l", &len.to_string(), "-t", "5", "-J"],
+        Duration::from_secs(5),
+    );
+    let _ = lab.stop(server_pid, Duration::from_secs(2));
+    let json = parse_json(&out, "iperf3");
+    let sum = &json["end"]["sum"];
+    let packets = sum["packets"].as_f64().expect("packets");
+    let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
+    let seconds = sum["seconds"].as_f64().expect("seconds");
+    (packets - lost) / seconds
+}
+
+/// One sockperf UDP ping-pong of `seconds`; returns (p50, p99) round-trip
+/// latency in microseconds.
+pub fn sockperf_rtt(
+    lab: &Lab,
+    client: &str,
+    server: &str,
+    server_ip: &str,
+    port: u16,
+    seconds: u32,
+) -> (f64, f64) {
+    let port = port.to_string();
+    let server_pid = spawn_in(lab, server, "sockperf", &["server", "-i", server_ip, "-p", &port]);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = Lab::run_in(
+        client,
+        "sockperf",
+        &["ping-pong", "--full-rtt", "-i", server_ip, "-p", &port, "-t", &seconds.to_string(), "-m", "64"],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let _ = lab.stop(server_pid, Duration::from_secs(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let percentile = |p: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.contains(&format!("percentile {p}")))
+            .unwrap_or_else(|| panic!("sockperf printed no percentile {p}:\n{text}"));
+        // "sockperf: ---> percentile 50.000 =   14.246", in microseconds.
+        line.rsplit('=').next().unwrap().trim().parse().expect("percentile value")
+    };
+    (percentile("50.000"), percentile("99.000"))
+}
+
+fn parse_json(out: &Output, tool: &str) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{tool} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{tool} JSON: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+}

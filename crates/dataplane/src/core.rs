@@ -265,10 +265,10 @@ impl Tables {
     /// Detaches a local endpoint; returns whether it was attached.
     pub fn detach(&mut self, id: EndpointId) -> bool {
         let Some(ep) = self.local.remove(&id) else { return false };
-        if let Some(network) = self.networks.get_mut(&ep.vni) {
-            if network.routes.get(&ep.ip) == Some(&Location::Local(id)) {
-                network.routes.remove(&ep.ip);
-            }
+        if let Some(network) = self.networks.get_mut(&ep.vni)
+            && network.routes.get(&ep.ip) == Some(&Location::Local(id))
+        {
+            network.routes.remove(&ep.ip);
         }
         true
     }

@@ -1,0 +1,164 @@
+//! `make bench-overlay`: one 2-host lab, three paths between the hosts,
+//! measured in interleaved rounds so that machine noise hits all alike:
+//!
+//! - bare veth: host to host over the underlay;
+//! - kernel VXLAN: a Linux `vxlan` device on each host (VNI 100, port 4790),
+//!   default offloads;
+//! - Shoal: task to task through `shoal dataplane run` on each host.
+//!
+//! Single-stream iperf3 TCP throughput (5 rounds of 10 s), sockperf UDP
+//! ping-pong round-trip time, and iperf3 UDP datagrams per second with
+//! 1400-byte payloads. Prints medians and ratios; the last line is
+//! `overlay_tcp_ratio_vs_kernel_vxlan=<ratio>`.
+
+#![allow(clippy::print_stdout)]
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use benches::{iperf_tcp, iperf_udp_pps, median, sockperf_rtt};
+use netns_tests::{Overlay, TaskSpec};
+use shoal_lab::{Lab, ip};
+
+struct Path {
+    name: &'static str,
+    client: String,
+    server: String,
+    server_ip: String,
+}
+
+fn env_or(name: &str, default: u32) -> u32 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() {
+    let rounds = env_or("ROUNDS", 5);
+    let seconds = env_or("SECONDS", 10);
+    let tasks = [
+        TaskSpec::new("t1", 0, 4096, Ipv4Addr::new(10, 0, 1, 2)),
+        TaskSpec::new("t2", 1, 4096, Ipv4Addr::new(10, 0, 1, 3)),
+    ];
+    let overlay = Overlay::start(2, &[(4096, "10.0.1.0/24")], &tasks, &[]);
+    let lab = &overlay.lab;
+    let (h1, h2) = (lab.host(0).clone(), lab.host(1).clone());
+    kernel_vxlan(&h1.netns, h1.underlay, h2.underlay, "10.9.0.1/24");
+    kernel_vxlan(&h2.netns, h2.underlay, h1.underlay, "10.9.0.2/24");
+
+    let paths = [
+        Path {
+            name: "bare veth",
+            client: h1.netns.clone(),
+            server: h2.netns.clone(),
+            server_ip: h2.underlay.to_string(),
+        },
+        Path {
+            name: "kernel vxlan",
+            client: h1.netns.clone(),
+            server: h2.netns.clone(),
+            server_ip: "10.9.0.2".into(),
+        },
+        Path {
+            name: "shoal",
+            client: overlay.sandbox("t1"),
+            server: overlay.sandbox("t2"),
+            server_ip: "10.0.1.3".into(),
+        },
+    ];
+    print_machine(lab, &h1.netns, &overlay.sandbox("t1"));
+
+    let mut tcp: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut rtt: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut pps: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for round in 1..=rounds {
+        for (i, p) in paths.iter().enumerate() {
+            let gbps = iperf_tcp(lab, &p.client, &p.server, &p.server_ip, 5201 + i as u16, seconds);
+            println!("round {round} tcp {:<13} {gbps:6.2} Gbit/s", p.name);
+            tcp.entry(p.name).or_default().push(gbps);
+        }
+    }
+    for round in 1..=3 {
+        for (i, p) in paths.iter().enumerate() {
+            let r = sockperf_rtt(lab, &p.client, &p.server, &p.server_ip, 11111 + i as u16, 3);
+            println!("round {round} rtt {:<13} p50 {:6.1} us  p99 {:6.1} us", p.name, r.0, r.1);
+            rtt.entry(p.name).or_default().push(r);
+            let rate = iperf_udp_pps(lab, &p.client, &p.server, &p.server_ip, 5301 + i as u16, 1400);
+            println!("round {round} udp {:<13} {:8.0} datagrams/s", p.name, rate);
+            pps.entry(p.name).or_default().push(rate);
+        }
+    }
+
+    println!();
+    println!("| path | TCP Gbit/s (median of {rounds}) | RTT p50 us | RTT p99 us | UDP 1400 B kpps |");
+    println!("|---|---|---|---|---|");
+    for p in &paths {
+        let r = &rtt[p.name];
+        println!(
+            "| {} | {:.2} | {:.1} | {:.1} | {:.0} |",
+            p.name,
+            median(&tcp[p.name]),
+            median(&r.iter().map(|x| x.0).collect::<Vec<_>>()),
+            median(&r.iter().map(|x| x.1).collect::<Vec<_>>()),
+            median(&pps[p.name]) / 1e3,
+        );
+    }
+    let ratio = |a: &str, b: &str| median(&tcp[a]) / median(&tcp[b]);
+    println!();
+    println!("tcp ratio shoal/bare veth = {:.3}", ratio("shoal", "bare veth"));
+    println!("tcp ratio kernel vxlan/bare veth = {:.3}", ratio("kernel vxlan", "bare veth"));
+    println!(
+        "udp pps ratio shoal/kernel vxlan = {:.3}",
+        median(&pps["shoal"]) / median(&pps["kernel vxlan"])
+    );
+    println!("overlay_tcp_ratio_vs_kernel_vxlan={:.3}", ratio("shoal", "kernel vxlan"));
+}
+
+/// A kernel vxlan device `vxk` in `netns`, pointing at `remote`, holding `cidr`.
+fn kernel_vxlan(netns: &str, local: Ipv4Addr, remote: Ipv4Addr, cidr: &str) {
+    let (local, remote) = (local.to_string(), remote.to_string());
+    ip(
+        netns,
+        &[
+            "link", "add", "vxk", "type", "vxlan", "id", "100", "local", &local, "remote", &remote,
+            "dstport", "4790",
+        ],
+    )
+    .unwrap();
+    ip(netns, &["link", "set", "vxk", "mtu", "1450", "up"]).unwrap();
+    ip(netns, &["addr", "add", cidr, "dev", "vxk"]).unwrap();
+}
+
+fn print_machine(lab: &Lab, host: &str, task: &str) {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo").lines().find(|l| l.starts_with("model name")).unwrap_or("").to_owned();
+    let kernel = read("/proc/sys/kernel/osrelease");
+    println!(
+        "machine: {} | {} cpus | kernel {}",
+        cpu.trim(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        kernel.trim()
+    );
+    for (what, netns, dev) in
+        [("underlay veth", host, "eth0"), ("kernel vxlan", host, "vxk"), ("shoal task TUN", task, "eth0")]
+    {
+        let out = Lab::run_in(netns, "ethtool", &["-k", dev]).ok();
+        let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        let wanted = [
+            "tcp-segmentation-offload",
+            "generic-segmentation-offload",
+            "generic-receive-offload",
+            "tx-checksumming",
+            "tx-udp-segmentation",
+            "rx-gro-list",
+            "rx-udp-gro-forwarding",
+        ];
+        let flags: Vec<String> = text
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.trim().split_once(": ")?;
+                wanted.contains(&k).then(|| format!("{k}={}", v.split_whitespace().next().unwrap_or("")))
+            })
+            .collect();
+        println!("offloads {what}: {}", flags.join(" "));
+    }
+    let _ = lab;
+}
