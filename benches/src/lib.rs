@@ -36,35 +36,48 @@ pub fn spawn_in(lab: &Lab, netns: &str, program: &str, args: &[&str]) -> u32 {
     lab.spawn(&mut cmd).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Runs one iperf3 test from `client` to a one-off server on `server_ip`
+/// in `server`, with extra client `args`; returns the client's JSON report.
+/// A run that reports no result (the server was not up yet, or was busy) is
+/// retried, at most three times.
+fn iperf(
+    lab: &Lab,
+    client: &str,
+    server: &str,
+    server_ip: &str,
+    port: u16,
+    args: &[&str],
+    key: &str,
+) -> serde_json::Value {
+    let port = port.to_string();
+    let mut last = serde_json::Value::Null;
+    for _ in 0..3 {
+        let server_pid = spawn_in(lab, server, "iperf3", &["-s", "-1", "-B", server_ip, "-p", &port]);
+        let mut client_args = vec!["-c", server_ip, "-p", &port, "-J"];
+        client_args.extend_from_slice(args);
+        let out = run_retrying(client, "iperf3", &client_args, Duration::from_secs(5));
+        let _ = lab.stop(server_pid, Duration::from_secs(2));
+        last = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        if out.status.success() && !last["end"][key].is_null() {
+            return last;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("iperf3 to {server_ip} reported no result three times; last error: {}", last["error"])
+}
+
 /// One single-stream iperf3 TCP test of `seconds` from `client` to `server_ip`
 /// (a server in `server`); returns Gbit/s received.
 pub fn iperf_tcp(lab: &Lab, client: &str, server: &str, server_ip: &str, port: u16, seconds: u32) -> f64 {
-    let port = port.to_string();
-    let server_pid = spawn_in(lab, server, "iperf3", &["-s", "-1", "-B", server_ip, "-p", &port]);
-    let out = run_retrying(
-        client,
-        "iperf3",
-        &["-c", server_ip, "-p", &port, "-t", &seconds.to_string(), "-J"],
-        Duration::from_secs(5),
-    );
-    let _ = lab.stop(server_pid, Duration::from_secs(2));
-    let json = parse_json(&out, "iperf3");
-    json["end"]["sum_received"]["bits_per_second"].as_f64().expect("iperf3 bits_per_second") / 1e9
+    let json = iperf(lab, client, server, server_ip, port, &["-t", &seconds.to_string()], "sum_received");
+    json["end"]["sum_received"]["bits_per_second"].as_f64().expect("bits_per_second") / 1e9
 }
 
 /// One iperf3 UDP test at unlimited rate with `len`-byte datagrams; returns
 /// datagrams per second that arrived.
 pub fn iperf_udp_pps(lab: &Lab, client: &str, server: &str, server_ip: &str, port: u16, len: usize) -> f64 {
-    let port = port.to_string();
-    let server_pid = spawn_in(lab, server, "iperf3", &["-s", "-1", "-B", server_ip, "-p", &port]);
-    let out = run_retrying(
-        client,
-        "iperf3",
-        &["-c", server_ip, "-p", &port, "-u", "-b", "0", "-l", &len.to_string(), "-t", "5", "-J"],
-        Duration::from_secs(5),
-    );
-    let _ = lab.stop(server_pid, Duration::from_secs(2));
-    let json = parse_json(&out, "iperf3");
+    let len = len.to_string();
+    let json = iperf(lab, client, server, server_ip, port, &["-u", "-b", "0", "-l", &len, "-t", "5"], "sum");
     let sum = &json["end"]["sum"];
     let packets = sum["packets"].as_f64().expect("packets");
     let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
@@ -102,16 +115,6 @@ pub fn sockperf_rtt(
         line.rsplit('=').next().unwrap().trim().parse().expect("percentile value")
     };
     (percentile("50.000"), percentile("99.000"))
-}
-
-fn parse_json(out: &Output, tool: &str) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{tool} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{tool} JSON: {e}"))
 }
 
 #[cfg(test)]
