@@ -20,8 +20,8 @@ deps:
 	@[ "$$(id -u)" = 0 ] || { echo "make: the labs need root (network namespaces, TUN devices): run as root"; exit 1; }
 
 demo: deps
-	$(CARGO) build -p shoal -p netns-tests --bins
-	./target/debug/demo
+	$(CARGO) build --release -p shoal -p netns-tests --bins
+	./target/release/demo
 
 test: deps lint
 	$(CARGO) build -p shoal

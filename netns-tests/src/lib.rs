@@ -299,6 +299,14 @@ pub fn tcp_transfer(client: &str, server: &str, server_ip: Ipv4Addr, len: usize)
     assert!(received == data, "content received at {addr} differs from what was sent");
 }
 
+/// How many packets the kernel has handed from `interface` in `netns` to the
+/// process reading it (a TUN's TX count), from `ip -s -j link`.
+pub fn tx_packets(netns: &str, interface: &str) -> u64 {
+    let out = shoal_lab::ip(netns, &["-s", "-j", "link", "show", interface]).expect("ip link");
+    let json: serde_json::Value = serde_json::from_str(&out).expect("ip -j output");
+    json[0]["stats64"]["tx"]["packets"].as_u64().expect("tx packets")
+}
+
 /// The link names of the namespace this process runs in, to check that labs
 /// leave it untouched.
 pub fn own_links() -> Vec<String> {

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use etherparse::PacketBuilder;
 use netns_tests::{
-    ForeignEndpoint, Overlay, TaskSpec, own_links, ping_from, require_root, tcp_transfer, wait_until,
+    ForeignEndpoint, Overlay, TaskSpec, own_links, ping_from, require_root, tcp_transfer, tx_packets,
+    wait_until,
 };
 use shoal_dataplane::DropReason;
 use shoal_lab::{Lab, ip};
@@ -47,6 +48,20 @@ fn two_hosts_ping_and_transfer_across_and_within_hosts() {
     let h1 = overlay.counters(0);
     assert!(h1.encapsulated > 0 && h1.decapsulated > 0, "{h1:?}");
     assert!(h1.delivered_locally > 0, "within-host traffic is delivered without VXLAN: {h1:?}");
+
+    // Every read the kernel handed to Shoal was processed: none lost between
+    // the TUN and the forwarding decision.
+    for (host, tasks) in [(0, ["t1", "t2"]), (1, ["t3", "t4"])] {
+        let kernel = || tasks.iter().map(|t| tx_packets(&overlay.sandbox(t), "eth0")).sum::<u64>();
+        let accounted = wait_until(Duration::from_secs(5), || overlay.counters(host).tun_reads == kernel());
+        assert!(
+            accounted,
+            "h{}: kernel handed over {} reads, shoal processed {}",
+            host + 1,
+            kernel(),
+            overlay.counters(host).tun_reads
+        );
+    }
 }
 
 #[test]

@@ -397,9 +397,15 @@ fn encapsulate(headroom: &mut [u8], vni: Vni, src: Ipv4Addr, dst: Ipv4Addr) {
 #[derive(Debug, Default)]
 pub struct Counters {
     drops: [AtomicU64; DropReason::ALL.len()],
-    encapsulated: AtomicU64,
-    decapsulated: AtomicU64,
-    delivered_locally: AtomicU64,
+    encapsulated: [AtomicU64; 2],
+    decapsulated: [AtomicU64; 2],
+    delivered_locally: [AtomicU64; 2],
+    tun_reads: AtomicU64,
+}
+
+fn add(counter: &[AtomicU64; 2], packets: u64, bytes: u64) {
+    counter[0].fetch_add(packets, Ordering::Relaxed);
+    counter[1].fetch_add(bytes, Ordering::Relaxed);
 }
 
 impl Counters {
@@ -408,28 +414,40 @@ impl Counters {
         self.drops[reason.index()].fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Counts packets sent to another node.
-    pub fn encapsulated(&self, n: u64) {
-        self.encapsulated.fetch_add(n, Ordering::Relaxed);
+    /// Counts packets (and their inner IP bytes) sent to another node.
+    pub fn encapsulated(&self, packets: u64, bytes: u64) {
+        add(&self.encapsulated, packets, bytes);
     }
 
-    /// Counts packets received from another node and delivered.
-    pub fn decapsulated(&self, n: u64) {
-        self.decapsulated.fetch_add(n, Ordering::Relaxed);
+    /// Counts packets (and their inner IP bytes) received from another node
+    /// and delivered.
+    pub fn decapsulated(&self, packets: u64, bytes: u64) {
+        add(&self.decapsulated, packets, bytes);
     }
 
-    /// Counts packets delivered between two endpoints on this node.
-    pub fn delivered_locally(&self, n: u64) {
-        self.delivered_locally.fetch_add(n, Ordering::Relaxed);
+    /// Counts packets (and bytes) delivered between endpoints of this node.
+    pub fn delivered_locally(&self, packets: u64, bytes: u64) {
+        add(&self.delivered_locally, packets, bytes);
+    }
+
+    /// Counts reads from a TUN device that were processed (one read can be
+    /// a super-packet of many segments): the kernel's TX packet count of
+    /// the endpoints' TUNs must match it.
+    pub fn tun_read(&self) {
+        self.tun_reads.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A copy of every counter.
     pub fn snapshot(&self) -> CounterSnapshot {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         CounterSnapshot {
-            encapsulated: load(&self.encapsulated),
-            decapsulated: load(&self.decapsulated),
-            delivered_locally: load(&self.delivered_locally),
+            encapsulated: load(&self.encapsulated[0]),
+            encapsulated_bytes: load(&self.encapsulated[1]),
+            decapsulated: load(&self.decapsulated[0]),
+            decapsulated_bytes: load(&self.decapsulated[1]),
+            delivered_locally: load(&self.delivered_locally[0]),
+            delivered_locally_bytes: load(&self.delivered_locally[1]),
+            tun_reads: load(&self.tun_reads),
             drops: DropReason::ALL
                 .iter()
                 .map(|r| (r.name().to_owned(), load(&self.drops[r.index()])))
@@ -443,10 +461,18 @@ impl Counters {
 pub struct CounterSnapshot {
     /// Packets sent to other nodes.
     pub encapsulated: u64,
+    /// Their inner IP bytes.
+    pub encapsulated_bytes: u64,
     /// Packets received from other nodes and delivered.
     pub decapsulated: u64,
+    /// Their inner IP bytes.
+    pub decapsulated_bytes: u64,
     /// Packets delivered between endpoints of this node.
     pub delivered_locally: u64,
+    /// Their IP bytes.
+    pub delivered_locally_bytes: u64,
+    /// Reads from endpoints' TUN devices that were processed.
+    pub tun_reads: u64,
     /// Drops per reason, by [`DropReason::name`].
     pub drops: std::collections::BTreeMap<String, u64>,
 }

@@ -240,38 +240,17 @@ async fn endpoint_loop(shared: Arc<Shared>, id: EndpointId, device: Arc<AsyncDev
     let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
     let max_segments =
         shared.senders.iter().map(|s| s.state.max_gso_segments()).min().unwrap_or(1).clamp(1, 64);
-    let mut batch = GsoBatch::new(max_segments);
-    let mut local = TunWriter::default();
+    let mut out = EgressBatches { remote: GsoBatch::new(max_segments), local: TunWriter::default() };
     loop {
-        let read = device.recv_multiple(&mut original, &mut segments, &mut sizes, ENCAP_HEADROOM).await;
+        // Wait for one read, then take what else is ready without waiting, up
+        // to READS_PER_WAKE reads, so that batches fill before they are sent.
+        let mut result = device.recv_multiple(&mut original, &mut segments, &mut sizes, ENCAP_HEADROOM).await;
         let snapshot = shared.snapshot.load();
-        let mut result = read;
-        for _ in 0..READS_PER_WAKE {
+        for read in 1..=READS_PER_WAKE {
             match result {
                 Ok(n) => {
-                    for (segment, &len) in segments.iter_mut().zip(&sizes).take(n) {
-                        let verdict = snapshot.tables.egress(id, segment, ENCAP_HEADROOM, len);
-                        match verdict {
-                            Egress::Remote { node, flow, frame } => {
-                                let to = SocketAddrV4::new(node, shared.port);
-                                let sender = flow as usize % shared.senders.len();
-                                if !batch.fits(to, sender, frame.len()) {
-                                    batch.flush(&shared).await;
-                                }
-                                batch.push(to, sender, &segment[frame]);
-                            }
-                            Egress::Local { to, packet } => {
-                                local.push(to, &segment[packet]);
-                                if local.is_full() {
-                                    local.flush(&snapshot, &shared.counters, Delivery::Local).await;
-                                }
-                            }
-                            Egress::Drop(reason) => {
-                                tracing::trace!(endpoint = %id, reason = reason.name(), "egress drop");
-                                shared.counters.drop(reason, 1);
-                            }
-                        }
-                    }
+                    shared.counters.tun_read();
+                    out.forward(&shared, &snapshot, id, &mut segments[..n], &sizes[..n]).await
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
@@ -282,10 +261,55 @@ async fn endpoint_loop(shared: Arc<Shared>, id: EndpointId, device: Arc<AsyncDev
                     }
                 }
             }
+            if read == READS_PER_WAKE {
+                break;
+            }
             result = device.try_recv_multiple(&mut original, &mut segments, &mut sizes, ENCAP_HEADROOM);
         }
-        batch.flush(&shared).await;
-        local.flush(&snapshot, &shared.counters, Delivery::Local).await;
+        out.remote.flush(&shared).await;
+        out.local.flush(&snapshot, &shared.counters, Delivery::Local).await;
+    }
+}
+
+/// Where an endpoint's packets wait to be sent: towards other nodes, or to
+/// endpoints on this one.
+struct EgressBatches {
+    remote: GsoBatch,
+    local: TunWriter,
+}
+
+impl EgressBatches {
+    /// Decides and queues every segment of one read.
+    async fn forward(
+        &mut self,
+        shared: &Shared,
+        snapshot: &Snapshot,
+        id: EndpointId,
+        segments: &mut [Vec<u8>],
+        sizes: &[usize],
+    ) {
+        for (segment, &len) in segments.iter_mut().zip(sizes) {
+            match snapshot.tables.egress(id, segment, ENCAP_HEADROOM, len) {
+                Egress::Remote { node, flow, frame } => {
+                    let to = SocketAddrV4::new(node, shared.port);
+                    let sender = flow as usize % shared.senders.len();
+                    if !self.remote.fits(to, sender, frame.len()) {
+                        self.remote.flush(shared).await;
+                    }
+                    self.remote.push(to, sender, &segment[frame]);
+                }
+                Egress::Local { to, packet } => {
+                    self.local.push(to, &segment[packet]);
+                    if self.local.is_full() {
+                        self.local.flush(snapshot, &shared.counters, Delivery::Local).await;
+                    }
+                }
+                Egress::Drop(reason) => {
+                    tracing::trace!(endpoint = %id, reason = reason.name(), "egress drop");
+                    shared.counters.drop(reason, 1);
+                }
+            }
+        }
     }
 }
 
@@ -351,10 +375,13 @@ impl GsoBatch {
         };
         let sent = port
             .socket
-            .async_io(Interest::WRITABLE, || port.state.send((&port.socket).into(), &transmit))
+            .async_io(Interest::WRITABLE, || port.state.try_send((&port.socket).into(), &transmit))
             .await;
         match sent {
-            Ok(()) => shared.counters.encapsulated(self.count as u64),
+            Ok(()) => {
+                let inner = self.buf.len() - self.count * ENCAP_HEADROOM;
+                shared.counters.encapsulated(self.count as u64, inner as u64)
+            }
             Err(e) => {
                 tracing::debug!(to = %self.to, error = %e, "VXLAN send failed");
                 shared.counters.drop(DropReason::UdpSendFailed, self.count as u64);
@@ -468,11 +495,12 @@ impl TunWriter {
     async fn flush(&mut self, snapshot: &Snapshot, counters: &Counters, delivery: Delivery) {
         for (to, bufs) in &mut self.groups[..self.active] {
             let n = bufs.len() as u64;
+            let bytes: usize = bufs.iter().map(|b| b.len() - VIRTIO_NET_HDR_LEN).sum();
             match snapshot.devices.get(to) {
                 Some(device) => match device.send_multiple(&mut self.gro, bufs, VIRTIO_NET_HDR_LEN).await {
                     Ok(_) => match delivery {
-                        Delivery::Local => counters.delivered_locally(n),
-                        Delivery::Decapsulated => counters.decapsulated(n),
+                        Delivery::Local => counters.delivered_locally(n, bytes as u64),
+                        Delivery::Decapsulated => counters.decapsulated(n, bytes as u64),
                     },
                     Err(e) => {
                         tracing::debug!(endpoint = %to, error = %e, "TUN write failed");

@@ -223,11 +223,11 @@ fn table_changes_are_checked() {
 fn counters_count_per_reason() {
     let counters = Counters::default();
     counters.drop(DropReason::SpoofedSource, 3);
-    counters.encapsulated(2);
+    counters.encapsulated(2, 3000);
     let snap = counters.snapshot();
     assert_eq!(snap.dropped(DropReason::SpoofedSource), 3);
     assert_eq!(snap.dropped(DropReason::UnknownVni), 0);
-    assert_eq!(snap.encapsulated, 2);
+    assert_eq!((snap.encapsulated, snap.encapsulated_bytes), (2, 3000));
     assert_eq!(snap.drops.len(), DropReason::ALL.len());
 }
 
