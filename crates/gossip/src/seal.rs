@@ -161,16 +161,10 @@ pub fn open(ring: &KeyRing, frame: &[u8]) -> Result<(Sender, Vec<u8>), OpenError
 
 /// Replay protection for one sender epoch: the highest counter seen and a
 /// bitmap of the 1024 below it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ReplayWindow {
     highest: u64,
     seen: [u64; 16],
-}
-
-impl Default for ReplayWindow {
-    fn default() -> Self {
-        ReplayWindow { highest: 0, seen: [0; 16] }
-    }
 }
 
 impl ReplayWindow {

@@ -295,8 +295,7 @@ impl Tables {
     fn put(
         &mut self,
         now: Instant,
-        owner: NodeId,
-        network: NetworkId,
+        (owner, network): (NodeId, NetworkId),
         key: RowKey,
         seq: u64,
         value: Option<Vec<u8>>,
@@ -333,8 +332,7 @@ impl Tables {
         }
         let new = self.put(
             now,
-            delta.owner,
-            delta.network,
+            (delta.owner, delta.network),
             delta.key.clone(),
             delta.seq,
             delta.value.clone(),
@@ -414,7 +412,7 @@ impl Tables {
                     return;
                 }
                 for (key, seq, value) in rows {
-                    self.put(now, owner, network, key, seq, value, changes);
+                    self.put(now, (owner, network), key, seq, value, changes);
                 }
                 self.streams.get_mut(&(owner, network)).expect("exists").raise_known(known);
             }
@@ -443,7 +441,7 @@ impl Tables {
                 }
                 stream.floor = stream.floor.max(known);
                 for (key, seq, value) in rows {
-                    self.put(now, owner, network, key, seq, Some(value), changes);
+                    self.put(now, (owner, network), key, seq, Some(value), changes);
                 }
                 self.streams.get_mut(&(owner, network)).expect("exists").raise_known(known);
             }
