@@ -41,15 +41,18 @@ impl Member {
     }
 }
 
+/// SWIM keys members by address: a seed is known only by its address, and
+/// an announce reaches whoever holds it. Among identities of one address,
+/// the newer epoch (then incarnation) wins.
 impl foca::Identity for Member {
-    type Addr = NodeId;
+    type Addr = SocketAddrV4;
 
     fn renew(&self) -> Option<Self> {
         Some(Member { incarnation: self.incarnation.wrapping_add(1), ..*self })
     }
 
-    fn addr(&self) -> NodeId {
-        self.id
+    fn addr(&self) -> SocketAddrV4 {
+        self.addr
     }
 
     fn win_addr_conflict(&self, adversary: &Self) -> bool {

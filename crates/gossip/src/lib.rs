@@ -8,9 +8,12 @@
 #![forbid(unsafe_code)]
 
 pub mod identity;
+pub mod node;
 pub mod seal;
+pub mod sim;
 pub mod table;
 
 pub use identity::{Member, NodeId};
+pub use node::{Event, FrameError, GossipConfig, GossipNode, MemberState, MemberView, Stats, Transmit};
 pub use seal::{KeyRing, OpenError};
 pub use table::{Change, Delta, DigestEntry, NetworkId, Retention, RowKey, RowView, SyncItem, Tables};

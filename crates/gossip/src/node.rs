@@ -1,0 +1,725 @@
+//! One gossip node: SWIM membership (foca), the replicated [`Tables`], delta
+//! gossip, anti-entropy and sealing, as a sans-IO state machine.
+//!
+//! Calls, in the order a driver makes them:
+//! - input: [`GossipNode::handle_datagram`] for every UDP datagram,
+//!   [`GossipNode::handle_frame`] for every anti-entropy stream frame,
+//!   [`GossipNode::handle_timeout`] when [`GossipNode::poll_timeout`] passes,
+//!   and the commands [`GossipNode::join`], [`GossipNode::write`],
+//!   [`GossipNode::leave`];
+//! - output, drained after every input: [`GossipNode::poll_transmit`]
+//!   (datagrams), [`GossipNode::poll_sync`] (peers to open an anti-entropy
+//!   stream with, starting with [`GossipNode::start_sync`]),
+//!   [`GossipNode::poll_event`] (membership and table changes).
+//!
+//! Time and randomness are arguments: the same inputs give the same outputs.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddrV4;
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use foca::{Config, Foca, NoCustomBroadcast, OwnedNotification, PostcardCodec, Timer};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::identity::{Member, NodeId};
+use crate::seal::{self, KeyRing, OpenError, ReplayWindow, Sender};
+use crate::table::{Change, Delta, DigestEntry, NetworkId, Retention, RowKey, SyncItem, Tables};
+
+/// Settings, with memberlist's LAN defaults.
+#[derive(Debug, Clone)]
+pub struct GossipConfig {
+    /// How often a random member is probed (memberlist: 1 s).
+    pub probe_period: Duration,
+    /// How long to wait for a direct ack before indirect probes (500 ms).
+    pub probe_rtt: Duration,
+    /// Members asked to probe indirectly (3).
+    pub indirect_probes: usize,
+    /// Suspicion lasts `suspicion_mult * max(1, log10 N) * probe_period` (4).
+    pub suspicion_mult: f64,
+    /// How often table deltas are gossiped (200 ms).
+    pub gossip_interval: Duration,
+    /// To how many members each round goes (3).
+    pub gossip_fanout: usize,
+    /// A delta goes out in `retransmit_mult * ceil(log10(N + 1))` rounds (4).
+    pub retransmit_mult: u32,
+    /// Mean time between anti-entropy rounds, jittered by +-50 % (15 s).
+    pub sync_interval: Duration,
+    /// How often a node alone re-announces itself to its seeds (5 s).
+    pub rejoin_interval: Duration,
+    /// The highest local-health score; suspicion timeouts are stretched by
+    /// `1 + score` (Lifeguard; 8).
+    pub max_local_health: u32,
+    /// Tombstone and down-owner retention.
+    pub retention: Retention,
+    /// Largest datagram payload before sealing (1350 bytes).
+    pub max_datagram: usize,
+}
+
+impl Default for GossipConfig {
+    fn default() -> Self {
+        GossipConfig {
+            probe_period: Duration::from_secs(1),
+            probe_rtt: Duration::from_millis(500),
+            indirect_probes: 3,
+            suspicion_mult: 4.0,
+            gossip_interval: Duration::from_millis(200),
+            gossip_fanout: 3,
+            retransmit_mult: 4,
+            sync_interval: Duration::from_secs(15),
+            rejoin_interval: Duration::from_secs(5),
+            max_local_health: 8,
+            retention: Retention::default(),
+            max_datagram: 1350,
+        }
+    }
+}
+
+/// A datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Destination gossip address.
+    pub to: SocketAddrV4,
+    /// Sealed bytes.
+    pub data: Vec<u8>,
+}
+
+/// Something the owner of the node may act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A member joined or came back.
+    MemberUp(Member),
+    /// A member was declared down (or left).
+    MemberDown(Member),
+    /// A visible row changed.
+    Table(Change),
+}
+
+/// A member's state as this node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Answering probes.
+    Alive,
+    /// Missed a probe; not yet declared down.
+    Suspect,
+    /// Declared down.
+    Down,
+}
+
+/// A member and its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    /// Identity.
+    pub member: Member,
+    /// State.
+    pub state: MemberState,
+}
+
+/// Counters, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Datagrams received (before opening).
+    pub datagrams_in: u64,
+    /// Datagrams sent.
+    pub datagrams_out: u64,
+    /// Bytes received in datagrams.
+    pub bytes_in: u64,
+    /// Bytes sent in datagrams.
+    pub bytes_out: u64,
+    /// Stream frames received.
+    pub frames_in: u64,
+    /// Stream frames sent.
+    pub frames_out: u64,
+    /// Inputs dropped, by reason.
+    pub dropped: BTreeMap<String, u64>,
+    /// Deltas that were new here.
+    pub deltas_applied: u64,
+    /// Anti-entropy exchanges this node took part in.
+    pub syncs: u64,
+    /// Times a member was declared down.
+    pub member_downs: u64,
+    /// Current local-health score (0 is healthy).
+    pub local_health: u32,
+}
+
+/// Kinds of sealed payloads.
+mod kind {
+    pub const SWIM: u8 = 0;
+    pub const DELTAS: u8 = 1;
+    pub const SYNC_REQUEST: u8 = 2;
+    pub const SYNC_REPLY: u8 = 3;
+    pub const SYNC_FINAL: u8 = 4;
+}
+
+/// The first frame of anti-entropy: what the asker holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct SyncRequest {
+    digest: Vec<DigestEntry>,
+    members: Vec<foca::Member<Member>>,
+}
+
+/// The answer: what the asker lacks, and what the answerer holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct SyncReply {
+    items: Vec<SyncItem>,
+    digest: Vec<DigestEntry>,
+    members: Vec<foca::Member<Member>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Tick {
+    Gossip,
+    Sync,
+    Rejoin,
+    Health,
+    Collect,
+}
+
+#[derive(Debug)]
+enum Due {
+    Foca(Timer<Member>),
+    Tick(Tick),
+}
+
+struct Queued {
+    encoded: Vec<u8>,
+    remaining: u32,
+}
+
+type Swim = Foca<Member, PostcardCodec, StdRng, NoCustomBroadcast>;
+
+/// One node's gossip state machine.
+pub struct GossipNode {
+    me: Member,
+    config: GossipConfig,
+    ring: KeyRing,
+    counter: u64,
+    rng: StdRng,
+    swim: Swim,
+    tables: Tables,
+    windows: HashMap<(NodeId, u64), ReplayWindow>,
+    seeds: Vec<SocketAddrV4>,
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    due: HashMap<u64, Due>,
+    next_timer: u64,
+    queue: Vec<Queued>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    syncs: VecDeque<SocketAddrV4>,
+    stats: Stats,
+    probe_failed: bool,
+    cluster_size: u32,
+    seen_down: std::collections::HashSet<SocketAddrV4>,
+}
+
+impl std::fmt::Debug for GossipNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GossipNode").field("me", &self.me).finish_non_exhaustive()
+    }
+}
+
+impl GossipNode {
+    /// A node that is not yet in any cluster; [`join`](Self::join) next.
+    pub fn new(me: Member, config: GossipConfig, ring: KeyRing, seed: u64, now: Instant) -> GossipNode {
+        let swim_config = swim_config(&config, 1, 0);
+        let swim = Foca::new(me, swim_config, StdRng::seed_from_u64(seed), PostcardCodec);
+        let mut node = GossipNode {
+            me,
+            tables: Tables::new(me.id, me.epoch, config.retention),
+            config,
+            ring,
+            counter: 0,
+            rng: StdRng::seed_from_u64(seed ^ 0x5eed_5eed_5eed_5eed),
+            swim,
+            windows: HashMap::new(),
+            seeds: Vec::new(),
+            timers: BinaryHeap::new(),
+            due: HashMap::new(),
+            next_timer: 0,
+            queue: Vec::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            syncs: VecDeque::new(),
+            stats: Stats::default(),
+            probe_failed: false,
+            cluster_size: 1,
+            seen_down: std::collections::HashSet::new(),
+        };
+        let gossip = node.config.gossip_interval;
+        let health = node.config.probe_period;
+        let rejoin = node.config.rejoin_interval;
+        node.schedule(now, gossip, Due::Tick(Tick::Gossip));
+        node.schedule(now, health, Due::Tick(Tick::Health));
+        node.schedule(now, rejoin, Due::Tick(Tick::Rejoin));
+        node.schedule(now, Duration::from_secs(10), Due::Tick(Tick::Collect));
+        let first_sync = node.jittered_sync_interval();
+        node.schedule(now, first_sync, Due::Tick(Tick::Sync));
+        node
+    }
+
+    /// This node's identity.
+    pub fn me(&self) -> Member {
+        self.me
+    }
+
+    /// The replicated tables.
+    pub fn tables(&self) -> &Tables {
+        &self.tables
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        let mut stats = self.stats.clone();
+        stats.local_health = self.local_health();
+        stats
+    }
+
+    /// Every member known, this node included.
+    pub fn members(&self) -> Vec<MemberView> {
+        let mut out: Vec<MemberView> = self
+            .swim
+            .iter_membership_state()
+            .map(|m| MemberView {
+                member: *m.id(),
+                state: match m.state() {
+                    foca::State::Alive => MemberState::Alive,
+                    foca::State::Suspect => MemberState::Suspect,
+                    foca::State::Down => MemberState::Down,
+                },
+            })
+            .collect();
+        out.push(MemberView { member: self.me, state: MemberState::Alive });
+        out.sort_by_key(|m| m.member.id);
+        out
+    }
+
+    /// Number of live (alive or suspect) members besides this node.
+    pub fn live_members(&self) -> usize {
+        self.swim.iter_members().count()
+    }
+
+    // === inputs ===
+
+    /// Joins through `seeds` (gossip addresses); they are remembered, and
+    /// announced to again whenever this node finds itself alone.
+    pub fn join(&mut self, now: Instant, seeds: &[SocketAddrV4]) {
+        self.seeds = seeds.iter().copied().filter(|s| *s != self.me.addr).collect();
+        self.announce_to_seeds(now);
+    }
+
+    /// Writes one of this node's rows (`None` deletes) and gossips it.
+    pub fn write(&mut self, now: Instant, network: NetworkId, key: RowKey, value: Option<Vec<u8>>) {
+        let delta = self.tables.write(now, network, key, value);
+        self.enqueue(&delta);
+    }
+
+    /// Leaves the cluster gracefully: members mark this node down at once.
+    pub fn leave(&mut self, now: Instant) {
+        let mut runtime = foca::AccumulatingRuntime::new();
+        let _ = self.swim.leave_cluster(&mut runtime);
+        self.drain_swim(now, runtime);
+    }
+
+    /// Handles one UDP datagram from `from`.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddrV4, data: &[u8]) {
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += data.len() as u64;
+        let Some((_sender, payload)) = self.open(data) else { return };
+        let Some((&kind, body)) = payload.split_first() else {
+            return self.drop_input("malformed");
+        };
+        match kind {
+            kind::SWIM => {
+                let mut runtime = foca::AccumulatingRuntime::new();
+                if self.swim.handle_data(body, &mut runtime).is_err() {
+                    self.drop_input("malformed");
+                }
+                self.drain_swim(now, runtime);
+            }
+            kind::DELTAS => self.handle_deltas(now, body),
+            _ => self.drop_input("malformed"),
+        }
+        let _ = from;
+    }
+
+    /// Handles one anti-entropy stream frame; returns the frame to answer
+    /// with, if any. A frame that does not open or parse ends the stream.
+    pub fn handle_frame(&mut self, now: Instant, data: &[u8]) -> Result<Option<Vec<u8>>, FrameError> {
+        self.stats.frames_in += 1;
+        let (sender, payload) = self.open(data).ok_or(FrameError)?;
+        let Some((&kind, body)) = payload.split_first() else {
+            self.drop_input("malformed");
+            return Err(FrameError);
+        };
+        let reply = match kind {
+            kind::SYNC_REQUEST => {
+                let request: SyncRequest = self.decode(body)?;
+                self.apply_members(now, request.members);
+                let reply = SyncReply {
+                    items: self.tables.answer(sender.id, &request.digest),
+                    digest: self.tables.digest(),
+                    members: self.membership(),
+                };
+                Some(self.seal_message(kind::SYNC_REPLY, &postcard::to_allocvec(&reply).expect("encodable")))
+            }
+            kind::SYNC_REPLY => {
+                let reply: SyncReply = self.decode(body)?;
+                self.apply_members(now, reply.members);
+                self.apply_items(now, reply.items);
+                let back = self.tables.answer(sender.id, &reply.digest);
+                self.stats.syncs += 1;
+                Some(self.seal_message(kind::SYNC_FINAL, &postcard::to_allocvec(&back).expect("encodable")))
+            }
+            kind::SYNC_FINAL => {
+                let items: Vec<SyncItem> = self.decode(body)?;
+                self.apply_items(now, items);
+                self.stats.syncs += 1;
+                None
+            }
+            _ => {
+                self.drop_input("malformed");
+                return Err(FrameError);
+            }
+        };
+        if reply.is_some() {
+            self.stats.frames_out += 1;
+        }
+        Ok(reply)
+    }
+
+    /// The first frame of an anti-entropy stream this node opens.
+    pub fn start_sync(&mut self) -> Vec<u8> {
+        self.stats.frames_out += 1;
+        let request = SyncRequest { digest: self.tables.digest(), members: self.membership() };
+        self.seal_message(kind::SYNC_REQUEST, &postcard::to_allocvec(&request).expect("encodable"))
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(due) = self.due.remove(&id) else { continue };
+            match due {
+                Due::Foca(timer) => {
+                    let mut runtime = foca::AccumulatingRuntime::new();
+                    let _ = self.swim.handle_timer(timer, &mut runtime);
+                    self.drain_swim(now, runtime);
+                }
+                Due::Tick(tick) => self.tick(now, tick),
+            }
+        }
+    }
+
+    // === outputs ===
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        let t = self.transmits.pop_front()?;
+        self.stats.datagrams_out += 1;
+        self.stats.bytes_out += t.data.len() as u64;
+        Some(t)
+    }
+
+    /// The next peer to open an anti-entropy stream with.
+    pub fn poll_sync(&mut self) -> Option<SocketAddrV4> {
+        self.syncs.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    // === internals ===
+
+    fn schedule(&mut self, now: Instant, after: Duration, due: Due) {
+        let id = self.next_timer;
+        self.next_timer += 1;
+        self.timers.push(Reverse((now + after, id)));
+        self.due.insert(id, due);
+    }
+
+    fn jittered_sync_interval(&mut self) -> Duration {
+        self.config.sync_interval.mul_f64(self.rng.random_range(0.5..1.5))
+    }
+
+    fn local_health(&self) -> u32 {
+        self.stats.local_health
+    }
+
+    fn drop_input(&mut self, reason: &str) {
+        *self.stats.dropped.entry(reason.to_owned()).or_default() += 1;
+    }
+
+    fn open(&mut self, data: &[u8]) -> Option<(Sender, Vec<u8>)> {
+        let (sender, payload) = match seal::open(&self.ring, data) {
+            Ok(opened) => opened,
+            Err(e) => {
+                self.drop_input(e.name());
+                return None;
+            }
+        };
+        let window = self.windows.entry((sender.id, sender.epoch)).or_default();
+        if !window.accept(sender.counter) {
+            self.drop_input(OpenError::Replayed.name());
+            return None;
+        }
+        Some((sender, payload))
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&mut self, body: &[u8]) -> Result<T, FrameError> {
+        postcard::from_bytes(body).map_err(|_| {
+            self.drop_input("malformed");
+            FrameError
+        })
+    }
+
+    fn seal_message(&mut self, kind: u8, body: &[u8]) -> Vec<u8> {
+        self.counter += 1;
+        let mut payload = Vec::with_capacity(1 + body.len());
+        payload.push(kind);
+        payload.extend_from_slice(body);
+        let sender = Sender { id: self.me.id, epoch: self.me.epoch, counter: self.counter };
+        let nonce: [u8; 24] = self.rng.random();
+        seal::seal(&self.ring, sender, nonce, &payload)
+    }
+
+    fn send(&mut self, to: SocketAddrV4, kind: u8, body: &[u8]) {
+        let data = self.seal_message(kind, body);
+        self.transmits.push_back(Transmit { to, data });
+    }
+
+    fn announce_to_seeds(&mut self, now: Instant) {
+        let mut runtime = foca::AccumulatingRuntime::new();
+        for seed in self.seeds.clone() {
+            let _ = self.swim.announce(Member::seed(seed), &mut runtime);
+        }
+        self.drain_swim(now, runtime);
+    }
+
+    fn drain_swim(&mut self, now: Instant, mut runtime: foca::AccumulatingRuntime<Member>) {
+        while let Some((to, data)) = runtime.to_send() {
+            self.send(to.addr, kind::SWIM, &data);
+        }
+        while let Some((after, timer)) = runtime.to_schedule() {
+            self.schedule(now, after, Due::Foca(timer));
+        }
+        while let Some(note) = runtime.to_notify() {
+            self.notified(now, note);
+        }
+        let size = (self.live_members() + 1) as u32;
+        if size != self.cluster_size {
+            self.cluster_size = size;
+            self.apply_swim_config();
+        }
+    }
+
+    fn apply_swim_config(&mut self) {
+        let config = swim_config(&self.config, self.cluster_size, self.local_health());
+        let _ = self.swim.set_config(config);
+    }
+
+    fn notified(&mut self, now: Instant, note: OwnedNotification<Member>) {
+        let mut changes = Vec::new();
+        match note {
+            OwnedNotification::MemberUp(m) => {
+                self.tables.owner_up(m.id, m.epoch, &mut changes);
+                self.events.push_back(Event::MemberUp(m));
+                // Reconcile at once with the first member met (joining) and
+                // with members that come back; others reconcile with the
+                // periodic round.
+                if self.live_members() == 1 || self.seen_down.remove(&m.addr) {
+                    self.syncs.push_back(m.addr);
+                }
+            }
+            OwnedNotification::MemberDown(m) => {
+                self.stats.member_downs += 1;
+                self.seen_down.insert(m.addr);
+                self.tables.owner_down(now, m.id, m.epoch, &mut changes);
+                self.events.push_back(Event::MemberDown(m));
+            }
+            OwnedNotification::Rename(_old, new) => {
+                // The same address under a new identity: a rejoin (same
+                // epoch, rows come back) or a restart (new epoch, rows go).
+                self.tables.owner_up(new.id, new.epoch, &mut changes);
+                self.events.push_back(Event::MemberUp(new));
+                if self.seen_down.remove(&new.addr) {
+                    self.syncs.push_back(new.addr);
+                }
+            }
+            OwnedNotification::Rejoin(me) => self.me = me,
+            OwnedNotification::ProbeFailed(_, _) => self.probe_failed = true,
+            _ => {}
+        }
+        self.events.extend(changes.into_iter().map(Event::Table));
+    }
+
+    fn tick(&mut self, now: Instant, tick: Tick) {
+        let next = match tick {
+            Tick::Gossip => {
+                self.gossip_deltas();
+                self.config.gossip_interval
+            }
+            Tick::Sync => {
+                if let Some(peer) = self.random_members(1).first() {
+                    self.syncs.push_back(peer.addr);
+                }
+                self.jittered_sync_interval()
+            }
+            Tick::Rejoin => {
+                if self.live_members() == 0 && !self.seeds.is_empty() {
+                    self.announce_to_seeds(now);
+                }
+                self.config.rejoin_interval
+            }
+            Tick::Health => {
+                // Lifeguard: our own failed probes suggest we are the slow
+                // one; stretch our suspicion of others until probes succeed.
+                let before = self.stats.local_health;
+                self.stats.local_health = if self.probe_failed {
+                    (before + 1).min(self.config.max_local_health)
+                } else {
+                    before.saturating_sub(1)
+                };
+                self.probe_failed = false;
+                if self.stats.local_health != before {
+                    self.apply_swim_config();
+                }
+                self.config.probe_period
+            }
+            Tick::Collect => {
+                self.tables.collect_garbage(now);
+                Duration::from_secs(10)
+            }
+        };
+        self.schedule(now, next, Due::Tick(tick));
+    }
+
+    fn random_members(&mut self, n: usize) -> Vec<Member> {
+        let mut members: Vec<Member> = self.swim.iter_members().map(|m| *m.id()).collect();
+        members.sort_by_key(|m| m.id);
+        let mut chosen = Vec::with_capacity(n);
+        while chosen.len() < n && !members.is_empty() {
+            let i = self.rng.random_range(0..members.len());
+            chosen.push(members.swap_remove(i));
+        }
+        chosen
+    }
+
+    fn retransmit_limit(&self) -> u32 {
+        let n = f64::from(self.cluster_size + 1);
+        self.config.retransmit_mult * (n.log10().ceil() as u32).max(1)
+    }
+
+    fn enqueue(&mut self, delta: &Delta) {
+        let encoded = postcard::to_allocvec(delta).expect("encodable");
+        let remaining = self.retransmit_limit();
+        self.queue.push(Queued { encoded, remaining });
+    }
+
+    fn gossip_deltas(&mut self) {
+        if self.queue.is_empty() {
+            return;
+        }
+        let peers = self.random_members(self.config.gossip_fanout);
+        if peers.is_empty() {
+            return;
+        }
+        // Fewest-sent first, so new deltas go out before old ones repeat. A
+        // round sends what fits to every chosen peer and counts once.
+        self.queue.sort_by_key(|q| Reverse(q.remaining));
+        let mut body = Vec::with_capacity(self.config.max_datagram);
+        for q in self.queue.iter_mut() {
+            if body.len() + 2 + q.encoded.len() > self.config.max_datagram {
+                continue;
+            }
+            body.extend_from_slice(&(q.encoded.len() as u16).to_be_bytes());
+            body.extend_from_slice(&q.encoded);
+            q.remaining -= 1;
+        }
+        for peer in peers {
+            self.send(peer.addr, kind::DELTAS, &body);
+        }
+        self.queue.retain(|q| q.remaining > 0);
+    }
+
+    fn handle_deltas(&mut self, now: Instant, mut body: &[u8]) {
+        let mut changes = Vec::new();
+        while !body.is_empty() {
+            let Some((len, rest)) = body.split_first_chunk::<2>() else {
+                return self.drop_input("malformed");
+            };
+            let len = usize::from(u16::from_be_bytes(*len));
+            if rest.len() < len {
+                return self.drop_input("malformed");
+            }
+            let (encoded, rest) = rest.split_at(len);
+            body = rest;
+            let Ok(delta) = postcard::from_bytes::<Delta>(encoded) else {
+                self.drop_input("malformed");
+                continue;
+            };
+            if self.tables.apply_delta(now, &delta, &mut changes) {
+                self.stats.deltas_applied += 1;
+                let remaining = self.retransmit_limit();
+                self.queue.push(Queued { encoded: encoded.to_vec(), remaining });
+            }
+        }
+        self.events.extend(changes.into_iter().map(Event::Table));
+    }
+
+    /// This node's whole membership view, itself included, as SWIM updates.
+    fn membership(&self) -> Vec<foca::Member<Member>> {
+        let mut members: Vec<foca::Member<Member>> = self.swim.iter_membership_state().cloned().collect();
+        members.push(foca::Member::alive(self.me));
+        members
+    }
+
+    /// Merges a peer's membership view (memberlist's push-pull).
+    fn apply_members(&mut self, now: Instant, members: Vec<foca::Member<Member>>) {
+        let mut runtime = foca::AccumulatingRuntime::new();
+        let _ = self.swim.apply_many(members.into_iter(), false, &mut runtime);
+        self.drain_swim(now, runtime);
+    }
+
+    fn apply_items(&mut self, now: Instant, items: Vec<SyncItem>) {
+        let mut changes = Vec::new();
+        for item in items {
+            self.tables.apply_sync(now, item, &mut changes);
+        }
+        self.events.extend(changes.into_iter().map(Event::Table));
+    }
+}
+
+/// An anti-entropy frame that did not open or parse; the stream is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid gossip stream frame")]
+pub struct FrameError;
+
+fn swim_config(config: &GossipConfig, cluster_size: u32, local_health: u32) -> Config {
+    let mut swim = Config::new_lan(NonZeroU32::new(cluster_size.max(1)).expect("at least one"));
+    swim.probe_period = config.probe_period;
+    swim.probe_rtt = config.probe_rtt;
+    swim.num_indirect_probes = std::num::NonZeroUsize::new(config.indirect_probes.max(1)).expect("non-zero");
+    let log = f64::max(1.0, f64::from(cluster_size).log10());
+    let suspicion = config.probe_period.mul_f64(config.suspicion_mult * log);
+    swim.suspect_to_down_after = suspicion * (1 + local_health);
+    swim.max_packet_size = std::num::NonZeroUsize::new(config.max_datagram).expect("non-zero");
+    swim.remove_down_after = Some(config.retention.down_owners);
+    swim
+}
+
+#[cfg(test)]
+mod tests;
