@@ -6,7 +6,7 @@ CARGO ?= cargo
 FUZZ_SECONDS ?= 30
 # Tools the tests, demo and benchmarks run, with the Debian package of each.
 TOOLS := ip:iproute2 bridge:iproute2 nsenter:util-linux ping:iputils-ping \
-         iperf3:iperf3 sockperf:sockperf ethtool:ethtool
+         iperf3:iperf3 sockperf:sockperf ethtool:ethtool nft:nftables
 
 .PHONY: deps demo test lint bench-overlay bench-forward bench fuzz clean
 

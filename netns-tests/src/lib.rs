@@ -5,6 +5,8 @@
 //! Every test calls [`require_root`] first: without root it fails with a
 //! message saying so.
 
+pub mod cluster;
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;

@@ -200,6 +200,21 @@ impl Lab {
         stop_child(child, grace)
     }
 
+    /// Kills a process started with [`spawn`](Self::spawn) at once with
+    /// SIGKILL, as a crash would, and reaps it.
+    pub fn kill(&self, pid: u32) -> Result<ExitStatus, LabError> {
+        let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(at) = children.iter().position(|c| c.id() == pid) else {
+            return Err(LabError::Io {
+                what: format!("kill process {pid}"),
+                source: io::Error::new(io::ErrorKind::NotFound, "not started by this lab"),
+            });
+        };
+        let mut child = children.swap_remove(at);
+        let _ = child.kill();
+        child.wait().map_err(|source| LabError::Io { what: format!("wait for process {pid}"), source })
+    }
+
     /// Whether a process started with [`spawn`](Self::spawn) is still running.
     pub fn is_running(&self, pid: u32) -> bool {
         let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());

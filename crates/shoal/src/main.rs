@@ -1,25 +1,113 @@
 //! `shoal`: one binary for the CLI and the node agent.
 
+mod client;
+mod daemon;
 mod overlay;
 
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// Docker Swarm's networking, rebuilt: overlay, gossip, routing mesh, DNS.
 #[derive(Debug, Parser)]
 #[command(name = "shoal", version, about)]
 struct Cli {
+    /// Daemon socket to talk to, like DOCKER_HOST
+    #[arg(short = 'H', long = "host", env = "SHOAL_HOST", global = true,
+          default_value = concat!("unix://", "/run/shoal/shoal.sock"))]
+    host: String,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the node agent: data plane, gossip on 7946, local API
+    Daemon(DaemonOptions),
+    /// Gossip key management
+    #[command(subcommand)]
+    Gossip(GossipCommand),
+    /// Inspect a daemon's gossip state and manage endpoints by hand
+    #[command(subcommand)]
+    Debug(DebugCommand),
     /// Run or inspect a data plane programmed from a static file (no gossip)
     #[command(subcommand)]
     Dataplane(DataplaneCommand),
+}
+
+#[derive(Debug, Args)]
+struct DaemonOptions {
+    /// State directory
+    #[arg(long, default_value = "/var/lib/shoal")]
+    data_dir: PathBuf,
+    /// This node's underlay address, used for gossip and VXLAN
+    #[arg(long)]
+    advertise_addr: Ipv4Addr,
+    /// Gossip port (UDP and TCP)
+    #[arg(long, default_value_t = 7946)]
+    gossip_port: u16,
+    /// VXLAN port
+    #[arg(long, default_value_t = 4789)]
+    data_path_port: u16,
+    /// Gossip address of a node to join through (repeat for several)
+    #[arg(long = "join", value_name = "ADDR:PORT")]
+    join: Vec<SocketAddrV4>,
+    /// Gossip key file (`shoal gossip keygen > FILE` makes one)
+    #[arg(long)]
+    gossip_key_file: PathBuf,
+    /// Local API socket
+    #[arg(long, default_value = "/run/shoal/shoal.sock")]
+    socket: PathBuf,
+    /// Overlay MTU
+    #[arg(long, default_value_t = 1450)]
+    mtu: u16,
+}
+
+#[derive(Debug, Subcommand)]
+enum GossipCommand {
+    /// Print a new random gossip key line (`1:HEX`) for a key file
+    Keygen,
+}
+
+#[derive(Debug, Subcommand)]
+enum DebugCommand {
+    /// List gossip members and their state
+    Members,
+    /// Dump the replicated tables with versions (like Docker's network diagnostic)
+    Tables,
+    /// Print the daemon's metrics (Prometheus text)
+    Metrics,
+    /// Create or remove endpoints on this node
+    #[command(subcommand)]
+    Endpoint(EndpointCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum EndpointCommand {
+    /// Create an endpoint: a sandbox with eth0 on an overlay network
+    Add {
+        /// Sandbox (network namespace) name
+        #[arg(long)]
+        sandbox: String,
+        /// Network VNI
+        #[arg(long)]
+        vni: u32,
+        /// Network subnet, such as 10.0.1.0/24
+        #[arg(long)]
+        subnet: String,
+        /// Address in the network
+        #[arg(long)]
+        ip: Ipv4Addr,
+    },
+    /// Remove an endpoint by sandbox name
+    Rm {
+        /// Sandbox name
+        sandbox: String,
+    },
+    /// List this node's endpoints
+    Ls,
 }
 
 #[derive(Debug, Subcommand)]
@@ -32,7 +120,7 @@ enum DataplaneCommand {
         config: PathBuf,
         /// This node's underlay address; endpoints whose node is this address are local
         #[arg(long)]
-        underlay: std::net::Ipv4Addr,
+        underlay: Ipv4Addr,
         /// Unix socket to serve counters on; it appears once the data plane is ready
         #[arg(long)]
         control: Option<PathBuf>,
@@ -45,6 +133,61 @@ enum DataplaneCommand {
     },
 }
 
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = || client::Client::new(&cli.host);
+    match cli.command {
+        Command::Daemon(o) => daemon::run(daemon::DaemonArgs {
+            data_dir: o.data_dir,
+            advertise_addr: o.advertise_addr,
+            gossip_port: o.gossip_port,
+            data_port: o.data_path_port,
+            join: o.join,
+            gossip_key_file: o.gossip_key_file,
+            socket: o.socket,
+            mtu: o.mtu,
+        }),
+        Command::Gossip(GossipCommand::Keygen) => {
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{}", daemon::keygen()?);
+            }
+            Ok(())
+        }
+        Command::Debug(DebugCommand::Members) => print_json(&client()?.call("GET", "/v1/members", None)?),
+        Command::Debug(DebugCommand::Tables) => print_json(&client()?.call("GET", "/v1/tables", None)?),
+        Command::Debug(DebugCommand::Metrics) => {
+            #[allow(clippy::print_stdout)]
+            {
+                print!("{}", client()?.call_text("GET", "/metrics", None)?);
+            }
+            Ok(())
+        }
+        Command::Debug(DebugCommand::Endpoint(EndpointCommand::Add { sandbox, vni, subnet, ip })) => {
+            let body = serde_json::json!({ "sandbox": sandbox, "vni": vni, "subnet": subnet, "ip": ip });
+            print_json(&client()?.call("POST", "/v1/endpoints", Some(&body))?)
+        }
+        Command::Debug(DebugCommand::Endpoint(EndpointCommand::Rm { sandbox })) => {
+            client()?.call("DELETE", &format!("/v1/endpoints/{sandbox}"), None)?;
+            Ok(())
+        }
+        Command::Debug(DebugCommand::Endpoint(EndpointCommand::Ls)) => {
+            print_json(&client()?.call("GET", "/v1/endpoints", None)?)
+        }
+        Command::Dataplane(DataplaneCommand::Run { config, underlay, control }) => {
+            overlay::run(&config, underlay, control.as_deref())
+        }
+        Command::Dataplane(DataplaneCommand::Stats { control }) => overlay::stats(&control),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -54,13 +197,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let result = match cli.command {
-        Command::Dataplane(DataplaneCommand::Run { config, underlay, control }) => {
-            overlay::run(&config, underlay, control.as_deref())
-        }
-        Command::Dataplane(DataplaneCommand::Stats { control }) => overlay::stats(&control),
-    };
-    match result {
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             #[allow(clippy::print_stderr)]

@@ -1,0 +1,206 @@
+//! A lab whose hosts run `shoal daemon`, joined by gossip through host 1.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use shoal_lab::Lab;
+
+use crate::{shoal_bin, wait_until};
+
+/// A running daemon.
+#[derive(Debug)]
+struct Daemon {
+    pid: u32,
+}
+
+/// A lab of hosts each running `shoal daemon`.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The lab; dropping the cluster tears it down.
+    pub lab: Lab,
+    dir: PathBuf,
+    key: PathBuf,
+    daemons: Vec<Option<Daemon>>,
+}
+
+impl Cluster {
+    /// Builds a lab of `hosts` hosts and starts a daemon on each; host 1
+    /// (index 0) is the seed the others join through.
+    pub fn start(hosts: usize) -> Cluster {
+        crate::require_root();
+        let lab = Lab::new(hosts).expect("build lab");
+        let dir = std::env::temp_dir().join(lab.name());
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let key = dir.join("gossip.key");
+        let out =
+            Command::new(shoal_bin()).args(["gossip", "keygen"]).output().expect("run shoal gossip keygen");
+        std::fs::write(&key, &out.stdout).expect("write key");
+        let mut cluster = Cluster { lab, dir, key, daemons: (0..hosts).map(|_| None).collect() };
+        for i in 0..hosts {
+            cluster.start_daemon(i);
+        }
+        cluster
+    }
+
+    /// The daemon socket of host `i`.
+    pub fn socket(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("h{}.sock", i + 1))
+    }
+
+    /// What the daemon on host `i` has logged (all its runs).
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.join(format!("h{}.log", i + 1))).unwrap_or_default()
+    }
+
+    /// Starts (or restarts) the daemon on host `i`, with its data directory
+    /// kept across restarts, and waits until its API answers.
+    pub fn start_daemon(&mut self, i: usize) {
+        assert!(self.daemons[i].is_none(), "a daemon already runs on host {i}");
+        let host = self.lab.host(i).clone();
+        let seed = self.lab.host(0).underlay;
+        let data = self.dir.join(format!("h{}.data", i + 1));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("h{}.log", i + 1)))
+            .expect("log file");
+        let mut cmd = Lab::command_in(&host.netns, shoal_bin().to_str().expect("utf-8 path"));
+        cmd.args(["daemon", "--advertise-addr", &host.underlay.to_string(), "--data-dir"])
+            .arg(&data)
+            .arg("--gossip-key-file")
+            .arg(&self.key)
+            .arg("--socket")
+            .arg(self.socket(i))
+            .env("SHOAL_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        if i != 0 {
+            cmd.args(["--join", &format!("{seed}:7946")]);
+        }
+        let pid = self.lab.spawn(&mut cmd).expect("start shoal daemon");
+        self.daemons[i] = Some(Daemon { pid });
+        let up = wait_until(Duration::from_secs(15), || {
+            !self.lab.is_running(pid) || self.try_cli(i, &["debug", "members"]).status.success()
+        });
+        assert!(up && self.lab.is_running(pid), "daemon on h{} did not come up:\n{}", i + 1, self.log(i));
+    }
+
+    /// Kills the daemon on host `i` with SIGKILL.
+    pub fn kill_daemon(&mut self, i: usize) {
+        let daemon = self.daemons[i].take().expect("a daemon runs there");
+        self.lab.kill(daemon.pid).expect("kill daemon");
+    }
+
+    /// Stops the daemon on host `i` with SIGTERM; returns whether it exited 0.
+    pub fn stop_daemon(&mut self, i: usize) -> bool {
+        let daemon = self.daemons[i].take().expect("a daemon runs there");
+        self.lab.stop(daemon.pid, Duration::from_secs(10)).expect("stop daemon").success()
+    }
+
+    /// Runs `shoal -H <host i's socket> ARGS`.
+    pub fn try_cli(&self, i: usize, args: &[&str]) -> Output {
+        Command::new(shoal_bin())
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket(i).display()))
+            .args(args)
+            .output()
+            .expect("run shoal")
+    }
+
+    /// Runs a CLI command that must succeed and returns its JSON output.
+    pub fn json(&self, i: usize, args: &[&str]) -> serde_json::Value {
+        let out = self.try_cli(i, args);
+        assert!(
+            out.status.success(),
+            "shoal {args:?} on h{}: {}",
+            i + 1,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON output")
+    }
+
+    /// (node id, gossip address, state) of every member host `i` knows.
+    pub fn members(&self, i: usize) -> Vec<(String, String, String)> {
+        let value = self.json(i, &["debug", "members"]);
+        value
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|m| {
+                let id = m["member"]["id"].as_u64().map(|v| format!("{v:016x}")).unwrap_or_default();
+                (
+                    id,
+                    m["member"]["addr"].as_str().unwrap_or("").to_owned(),
+                    m["state"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// How host `i` sees the member whose gossip address is on host `j`.
+    pub fn state_of(&self, i: usize, j: usize) -> Option<String> {
+        let addr = format!("{}:7946", self.lab.host(j).underlay);
+        self.members(i).into_iter().find(|(_, a, _)| *a == addr).map(|(_, _, s)| s)
+    }
+
+    /// The value of a metric line starting with `name` (labels included) on
+    /// host `i`, or 0.
+    pub fn metric(&self, i: usize, name: &str) -> f64 {
+        let out = self.try_cli(i, &["debug", "metrics"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Creates an endpoint on host `i` through its API; returns the sandbox.
+    pub fn add_endpoint(&self, i: usize, role: &str, vni: u32, subnet: &str, ip: Ipv4Addr) -> String {
+        let sandbox = self.lab.netns_name(role);
+        let ip = ip.to_string();
+        let args = [
+            "debug",
+            "endpoint",
+            "add",
+            "--sandbox",
+            &sandbox,
+            "--vni",
+            &vni.to_string(),
+            "--subnet",
+            subnet,
+            "--ip",
+            &ip,
+        ];
+        let out = self.try_cli(i, &args);
+        assert!(out.status.success(), "endpoint add on h{}: {}", i + 1, String::from_utf8_lossy(&out.stderr));
+        sandbox
+    }
+
+    /// The endpoint-table rows host `i` holds.
+    pub fn rows(&self, i: usize) -> Vec<serde_json::Value> {
+        self.json(i, &["debug", "tables"]).as_array().expect("a list").clone()
+    }
+
+    /// Runs `nft` in host `i`'s namespace (to drop traffic).
+    pub fn nft(&self, i: usize, rules: &str) {
+        let mut child = Lab::command_in(&self.lab.host(i).netns, "nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run nft (install nftables)");
+        use std::io::Write;
+        child.stdin.take().expect("stdin").write_all(rules.as_bytes()).expect("write rules");
+        let out = child.wait_with_output().expect("nft");
+        assert!(out.status.success(), "nft: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
