@@ -8,7 +8,7 @@ FUZZ_SECONDS ?= 30
 TOOLS := ip:iproute2 bridge:iproute2 nsenter:util-linux ping:iputils-ping \
          iperf3:iperf3 sockperf:sockperf ethtool:ethtool nft:nftables
 
-.PHONY: deps demo test lint bench-overlay bench-forward bench fuzz clean
+.PHONY: deps demo test lint bench-overlay bench-gossip bench-forward bench fuzz clean
 
 deps:
 	@missing=""; for t in $(TOOLS); do \
@@ -35,10 +35,14 @@ bench-overlay: deps
 	$(CARGO) build --release -p shoal -p benches --bins
 	./target/release/bench-overlay
 
+bench-gossip: deps
+	$(CARGO) build --release -p shoal -p benches --bins
+	./target/release/bench-gossip
+
 bench-forward:
 	$(CARGO) bench -p benches --bench forward
 
-bench: bench-forward bench-overlay
+bench: bench-forward bench-overlay bench-gossip
 
 # Coverage-guided fuzzing of every parser for FUZZ_SECONDS each. cargo-fuzz
 # needs nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain accept them.
