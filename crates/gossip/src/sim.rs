@@ -293,7 +293,16 @@ impl Sim {
     /// end at once (a reliable stream; none across a partition).
     fn sync(&mut self, a: usize, peer: SocketAddrV4) {
         let Some(&b) = self.by_addr.get(&peer) else { return };
-        if a == b || !self.connected(a, b) || self.slots[b].node.is_none() {
+        if a == b || !self.connected(a, b) {
+            return;
+        }
+        if self.slots[b].node.is_none() {
+            // The host answers, but nothing listens: connection refused.
+            let now = self.now;
+            if let Some(node) = self.slots[a].node.as_mut() {
+                node.handle_sync_refused(now, peer);
+            }
+            self.after_input(a);
             return;
         }
         let now = self.now;

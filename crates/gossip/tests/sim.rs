@@ -45,7 +45,9 @@ fn a_crashed_node_is_declared_down_and_its_rows_suspended() {
         })
     });
     let took = took.expect("every node marks the crashed node down within 30 s");
-    assert!(took < Duration::from_secs(10), "detection took {took:?}");
+    // A refused stream to the suspect confirms the death before the
+    // suspicion runs out.
+    assert!(took < Duration::from_secs(6), "detection took {took:?}");
     assert!(sim.tables_converged(), "rows of the crashed node must be suspended everywhere");
     let rows = sim.node(0).unwrap().tables().rows();
     assert!(rows.iter().any(|r| r.owner == id && r.suspended), "suspended, not deleted");

@@ -20,6 +20,7 @@ enum Command {
     Rows(oneshot::Sender<Vec<RowView>>),
     Stats(oneshot::Sender<(Stats, usize)>),
     Frame { data: Vec<u8>, reply: oneshot::Sender<Option<Vec<u8>>> },
+    Refused(SocketAddrV4),
     Leave(oneshot::Sender<()>),
 }
 
@@ -126,6 +127,7 @@ async fn drive(
                 Some(Command::Frame { data, reply }) => {
                     let _ = reply.send(node.handle_frame(Instant::now(), &data).ok().flatten());
                 }
+                Some(Command::Refused(peer)) => node.handle_sync_refused(Instant::now(), peer),
                 Some(Command::Leave(done)) => {
                     node.leave(Instant::now());
                     flush(&mut node, &udp, &handle, &events).await;
@@ -182,7 +184,16 @@ async fn write_frame(stream: &mut TcpStream, frame: &[u8]) -> std::io::Result<()
 /// The asking side of anti-entropy: request, reply, final.
 async fn open_stream(peer: SocketAddrV4, first: Vec<u8>, handle: GossipHandle) {
     let exchange = async {
-        let mut stream = tokio::time::timeout(STREAM_TIMEOUT, TcpStream::connect(peer)).await??;
+        let mut stream = match tokio::time::timeout(STREAM_TIMEOUT, TcpStream::connect(peer)).await? {
+            Ok(stream) => stream,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                // Nothing listens there: tell the node, which may then
+                // declare a suspect down at once.
+                let _ = handle.commands.send(Command::Refused(peer)).await;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         write_frame(&mut stream, &first).await?;
         let reply = read_frame(&mut stream).await?;
         if let Some(last) = handle.frame(reply).await {
