@@ -141,6 +141,11 @@ pub struct Stats {
     pub deltas_applied: u64,
     /// Anti-entropy exchanges this node took part in.
     pub syncs: u64,
+    /// Visible rows that anti-entropy changed: what delta gossip had missed
+    /// (a measure of how far replicas drift between rounds).
+    pub sync_repairs: u64,
+    /// Deltas still being gossiped (not yet sent in all their rounds).
+    pub pending_deltas: u64,
     /// Times a member was declared down.
     pub member_downs: u64,
     /// Current local-health score (0 is healthy).
@@ -277,6 +282,7 @@ impl GossipNode {
     pub fn stats(&self) -> Stats {
         let mut stats = self.stats.clone();
         stats.local_health = self.local_health();
+        stats.pending_deltas = self.queue.len() as u64;
         stats
     }
 
@@ -736,6 +742,7 @@ impl GossipNode {
         for item in items {
             self.tables.apply_sync(now, item, &mut changes);
         }
+        self.stats.sync_repairs += changes.len() as u64;
         self.events.extend(changes.into_iter().map(Event::Table));
     }
 }

@@ -147,6 +147,18 @@ async fn metrics(Extract(state): Shared) -> String {
     );
     metric("shoal_gossip_syncs_total", "counter", "Anti-entropy exchanges.", &one(gossip.syncs));
     metric(
+        "shoal_gossip_sync_repairs_total",
+        "counter",
+        "Visible rows changed by anti-entropy, which delta gossip had missed (convergence lag).",
+        &one(gossip.sync_repairs),
+    );
+    metric(
+        "shoal_gossip_pending_deltas",
+        "gauge",
+        "Deltas still being gossiped.",
+        &one(gossip.pending_deltas),
+    );
+    metric(
         "shoal_gossip_member_downs_total",
         "counter",
         "Times a member was declared down.",

@@ -9,6 +9,7 @@ mod state;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use shoal_dataplane::{Dataplane, DataplaneConfig};
@@ -86,6 +87,8 @@ async fn serve(args: DaemonArgs, ring: KeyRing, id: NodeId, epoch: u64) -> anyho
     tracing::info!("stopping");
     api.abort();
     state.remove_all_endpoints().await;
+    // One gossip round for the withdrawn rows to go out, then say goodbye.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     state.gossip.leave().await;
     events.abort();
     let _ = std::fs::remove_file(&args.socket);
