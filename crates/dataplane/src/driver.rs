@@ -36,8 +36,11 @@ use crate::core::{CounterSnapshot, Counters, DropReason, Egress, EndpointId, Ing
 /// outer source ports.
 #[derive(Debug, Clone)]
 pub struct DataplaneConfig {
-    /// This node's underlay address: VXLAN is received there and sent from it.
+    /// This node's underlay address: VXLAN is sent from it (an explicit
+    /// source, whatever the routing table prefers).
     pub underlay: Ipv4Addr,
+    /// Where VXLAN is received: the underlay address, or 0.0.0.0 for all.
+    pub listen: Ipv4Addr,
     /// The VXLAN UDP port, the same on every node.
     pub port: u16,
     /// The overlay MTU: the largest inner packet.
@@ -49,7 +52,13 @@ pub struct DataplaneConfig {
 impl DataplaneConfig {
     /// The defaults for a node at `underlay`.
     pub fn new(underlay: Ipv4Addr) -> DataplaneConfig {
-        DataplaneConfig { underlay, port: shoal_wire::vxlan::DEFAULT_PORT, mtu: 1450, source_ports: 8 }
+        DataplaneConfig {
+            underlay,
+            listen: underlay,
+            port: shoal_wire::vxlan::DEFAULT_PORT,
+            mtu: 1450,
+            source_ports: 8,
+        }
     }
 }
 
@@ -115,11 +124,12 @@ impl std::fmt::Debug for Dataplane {
 }
 
 impl Dataplane {
-    /// Binds the VXLAN socket and the source-port pool on `config.underlay`,
+    /// Binds the VXLAN socket on `config.listen` and the source-port pool on
+    /// `config.underlay`,
     /// in the calling thread's network namespace, and starts receiving. Must
     /// be called inside a tokio runtime.
     pub fn start(config: &DataplaneConfig) -> io::Result<Dataplane> {
-        let receiver = bind_udp(SocketAddrV4::new(config.underlay, config.port))?;
+        let receiver = bind_udp(SocketAddrV4::new(config.listen, config.port))?;
         let senders = (0..config.source_ports.max(1))
             .map(|_| bind_udp(SocketAddrV4::new(config.underlay, 0)))
             .collect::<io::Result<Vec<_>>>()?;

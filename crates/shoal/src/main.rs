@@ -40,28 +40,31 @@ enum Command {
 #[derive(Debug, Args)]
 struct DaemonOptions {
     /// State directory
-    #[arg(long, default_value = "/var/lib/shoal")]
+    #[arg(long, env = "SHOAL_DATA_DIR", default_value = "/var/lib/shoal")]
     data_dir: PathBuf,
-    /// This node's underlay address, used for gossip and VXLAN
-    #[arg(long)]
+    /// This node's underlay address, which other nodes reach it at (gossip and VXLAN)
+    #[arg(long, env = "SHOAL_ADVERTISE_ADDR")]
     advertise_addr: Ipv4Addr,
+    /// Address to listen on for gossip and VXLAN (default: the advertise address; 0.0.0.0 for all)
+    #[arg(long, env = "SHOAL_LISTEN_ADDR")]
+    listen_addr: Option<Ipv4Addr>,
     /// Gossip port (UDP and TCP)
-    #[arg(long, default_value_t = 7946)]
+    #[arg(long, env = "SHOAL_GOSSIP_PORT", default_value_t = 7946)]
     gossip_port: u16,
     /// VXLAN port
-    #[arg(long, default_value_t = 4789)]
+    #[arg(long, env = "SHOAL_DATA_PATH_PORT", default_value_t = 4789)]
     data_path_port: u16,
-    /// Gossip address of a node to join through (repeat for several)
-    #[arg(long = "join", value_name = "ADDR:PORT")]
+    /// Gossip address of a node to join through (repeat, or comma-separate in SHOAL_JOIN)
+    #[arg(long = "join", env = "SHOAL_JOIN", value_delimiter = ',', value_name = "ADDR:PORT")]
     join: Vec<SocketAddrV4>,
     /// Gossip key file (`shoal gossip keygen > FILE` makes one)
-    #[arg(long)]
+    #[arg(long, env = "SHOAL_GOSSIP_KEY_FILE")]
     gossip_key_file: PathBuf,
     /// Local API socket
-    #[arg(long, default_value = "/run/shoal/shoal.sock")]
+    #[arg(long, env = "SHOAL_SOCKET", default_value = "/run/shoal/shoal.sock")]
     socket: PathBuf,
     /// Overlay MTU
-    #[arg(long, default_value_t = 1450)]
+    #[arg(long, env = "SHOAL_MTU", default_value_t = 1450)]
     mtu: u16,
 }
 
@@ -147,6 +150,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Daemon(o) => daemon::run(daemon::DaemonArgs {
             data_dir: o.data_dir,
             advertise_addr: o.advertise_addr,
+            listen_addr: o.listen_addr.unwrap_or(o.advertise_addr),
             gossip_port: o.gossip_port,
             data_port: o.data_path_port,
             join: o.join,

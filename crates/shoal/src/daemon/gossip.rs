@@ -36,16 +36,17 @@ pub struct Driver {
     pub events: mpsc::UnboundedReceiver<Event>,
 }
 
-/// Binds UDP and TCP on `me.addr`, joins through `seeds`, and starts the
+/// Binds UDP and TCP on `listen`, joins through `seeds`, and starts the
 /// driver task.
 pub async fn start(
     me: Member,
+    listen: SocketAddrV4,
     config: GossipConfig,
     ring: KeyRing,
     seeds: &[SocketAddrV4],
 ) -> std::io::Result<(GossipHandle, Driver)> {
-    let udp = UdpSocket::bind(me.addr).await?;
-    let tcp = TcpListener::bind(me.addr).await?;
+    let udp = UdpSocket::bind(listen).await?;
+    let tcp = TcpListener::bind(listen).await?;
     let seed = super::random_u64().unwrap_or(me.epoch);
     let mut node = GossipNode::new(me, config, ring, seed, Instant::now());
     node.join(Instant::now(), seeds);

@@ -23,6 +23,8 @@ pub struct DaemonArgs {
     pub data_dir: PathBuf,
     /// This node's address on the underlay: gossip and VXLAN use it.
     pub advertise_addr: Ipv4Addr,
+    /// Where gossip and VXLAN sockets listen.
+    pub listen_addr: Ipv4Addr,
     /// Gossip port (UDP and TCP).
     pub gossip_port: u16,
     /// VXLAN port.
@@ -57,14 +59,16 @@ async fn serve(args: DaemonArgs, ring: KeyRing, id: NodeId, epoch: u64) -> anyho
     let dataplane = Dataplane::start(&DataplaneConfig {
         port: args.data_port,
         mtu: args.mtu,
+        listen: args.listen_addr,
         ..DataplaneConfig::new(args.advertise_addr)
     })
-    .with_context(|| format!("bind the VXLAN port {}:{}", args.advertise_addr, args.data_port))?;
+    .with_context(|| format!("bind the VXLAN port {}:{}", args.listen_addr, args.data_port))?;
     let gossip_addr = SocketAddrV4::new(args.advertise_addr, args.gossip_port);
     let me = Member { id, addr: gossip_addr, epoch, incarnation: 0 };
-    let (gossip, driver) = gossip::start(me, GossipConfig::default(), ring, &args.join)
+    let listen = SocketAddrV4::new(args.listen_addr, args.gossip_port);
+    let (gossip, driver) = gossip::start(me, listen, GossipConfig::default(), ring, &args.join)
         .await
-        .with_context(|| format!("bind the gossip port {gossip_addr}"))?;
+        .with_context(|| format!("bind the gossip port {listen}"))?;
     let state = Arc::new(state::State::new(me, args.mtu, args.data_dir.clone(), dataplane, gossip));
     let events = tokio::spawn(gossip::apply_events(driver.events, state.clone()));
 
