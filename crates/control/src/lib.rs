@@ -1,0 +1,17 @@
+//! The cluster control plane's pure parts: the cluster CA and node
+//! certificates, join tokens, and the durable store of cluster state.
+//!
+//! Invariants: a node's identity (id and role) is whatever the CA signed
+//! into its certificate, never what it claims; a join token names the CA by
+//! digest, so a joiner refuses a manager presenting any other CA; the store
+//! is the only place cluster state lives, and survives restarts.
+
+#![forbid(unsafe_code)]
+
+pub mod ca;
+pub mod store;
+pub mod token;
+
+pub use ca::{CaError, ClusterCa, Role};
+pub use store::{ClusterState, NodeRecord, Store, StoreError};
+pub use token::{JoinToken, TokenError};
