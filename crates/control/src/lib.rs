@@ -11,6 +11,7 @@
 pub mod ca;
 pub mod store;
 pub mod token;
+pub mod transport;
 
 pub use ca::{CaError, ClusterCa, Role};
 pub use store::{ClusterState, NodeRecord, Store, StoreError};
