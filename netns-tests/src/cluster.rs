@@ -21,7 +21,8 @@ pub struct Cluster {
     /// The lab; dropping the cluster tears it down.
     pub lab: Lab,
     dir: PathBuf,
-    key: PathBuf,
+    /// Gossip key file, for daemons that gossip outside a swarm.
+    key: Option<PathBuf>,
     daemons: Vec<Option<Daemon>>,
 }
 
@@ -29,14 +30,29 @@ impl Cluster {
     /// Builds a lab of `hosts` hosts and starts a daemon on each; host 1
     /// (index 0) is the seed the others join through.
     pub fn start(hosts: usize) -> Cluster {
+        Cluster::start_with(hosts, true)
+    }
+
+    /// Builds a lab of `hosts` hosts whose daemons are in no swarm and do not
+    /// gossip until `shoal swarm init` or `join` (hostnames node1, node2...).
+    pub fn start_bare(hosts: usize) -> Cluster {
+        Cluster::start_with(hosts, false)
+    }
+
+    fn start_with(hosts: usize, gossip: bool) -> Cluster {
         crate::require_root();
         let lab = Lab::new(hosts).expect("build lab");
         let dir = std::env::temp_dir().join(lab.name());
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let key = dir.join("gossip.key");
-        let out =
-            Command::new(shoal_bin()).args(["gossip", "keygen"]).output().expect("run shoal gossip keygen");
-        std::fs::write(&key, &out.stdout).expect("write key");
+        let key = gossip.then(|| {
+            let key = dir.join("gossip.key");
+            let out = Command::new(shoal_bin())
+                .args(["gossip", "keygen"])
+                .output()
+                .expect("run shoal gossip keygen");
+            std::fs::write(&key, &out.stdout).expect("write key");
+            key
+        });
         let mut cluster = Cluster { lab, dir, key, daemons: (0..hosts).map(|_| None).collect() };
         for i in 0..hosts {
             cluster.start_daemon(i);
@@ -69,20 +85,23 @@ impl Cluster {
         let mut cmd = Lab::command_in(&host.netns, shoal_bin().to_str().expect("utf-8 path"));
         cmd.args(["daemon", "--advertise-addr", &host.underlay.to_string(), "--data-dir"])
             .arg(&data)
-            .arg("--gossip-key-file")
-            .arg(&self.key)
             .arg("--socket")
             .arg(self.socket(i))
+            .args(["--hostname", &format!("node{}", i + 1)])
             .env("SHOAL_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log);
-        if i != 0 {
-            cmd.args(["--join", &format!("{seed}:7946")]);
+        if let Some(key) = &self.key {
+            cmd.arg("--gossip-key-file").arg(key);
+            if i != 0 {
+                cmd.args(["--join", &format!("{seed}:7946")]);
+            }
         }
         let pid = self.lab.spawn(&mut cmd).expect("start shoal daemon");
         self.daemons[i] = Some(Daemon { pid });
         let up = wait_until(Duration::from_secs(15), || {
-            !self.lab.is_running(pid) || self.try_cli(i, &["debug", "members"]).status.success()
+            !self.lab.is_running(pid)
+                || self.socket(i).exists() && self.try_cli(i, &["debug", "metrics"]).status.success()
         });
         assert!(up && self.lab.is_running(pid), "daemon on h{} did not come up:\n{}", i + 1, self.log(i));
     }
@@ -107,6 +126,25 @@ impl Cluster {
             .args(args)
             .output()
             .expect("run shoal")
+    }
+
+    /// Runs a CLI command that must succeed and returns its stdout.
+    pub fn cli(&self, i: usize, args: &[&str]) -> String {
+        let out = self.try_cli(i, args);
+        assert!(
+            out.status.success(),
+            "shoal {args:?} on h{}: {}",
+            i + 1,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a CLI command that must fail and returns its stderr.
+    pub fn cli_err(&self, i: usize, args: &[&str]) -> String {
+        let out = self.try_cli(i, args);
+        assert!(!out.status.success(), "shoal {args:?} on h{} succeeded", i + 1);
+        String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
     /// Runs a CLI command that must succeed and returns its JSON output.

@@ -1,6 +1,7 @@
 //! `shoal`: one binary for the CLI and the node agent.
 
 mod client;
+mod cluster_cli;
 mod daemon;
 mod overlay;
 
@@ -24,8 +25,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the node agent: data plane, gossip on 7946, local API
+    /// Run the node agent: data plane, gossip on 7946, control plane, local API
     Daemon(DaemonOptions),
+    /// Manage the swarm: init, join, join-token, leave
+    #[command(subcommand)]
+    Swarm(cluster_cli::SwarmCommand),
+    /// Manage swarm nodes: ls, inspect, update, promote, demote, rm
+    #[command(subcommand)]
+    Node(cluster_cli::NodeCommand),
     /// Gossip key management
     #[command(subcommand)]
     Gossip(GossipCommand),
@@ -57,9 +64,16 @@ struct DaemonOptions {
     /// Gossip address of a node to join through (repeat, or comma-separate in SHOAL_JOIN)
     #[arg(long = "join", env = "SHOAL_JOIN", value_delimiter = ',', value_name = "ADDR:PORT")]
     join: Vec<SocketAddrV4>,
-    /// Gossip key file (`shoal gossip keygen > FILE` makes one)
+    /// Control-plane port (QUIC) a manager listens on
+    #[arg(long, env = "SHOAL_CONTROL_PORT", default_value_t = 2377)]
+    control_port: u16,
+    /// Start gossip at once with this key file, outside any swarm (`shoal gossip keygen > FILE`);
+    /// without it, gossip starts with `shoal swarm init` or `join`
     #[arg(long, env = "SHOAL_GOSSIP_KEY_FILE")]
-    gossip_key_file: PathBuf,
+    gossip_key_file: Option<PathBuf>,
+    /// Hostname this node reports (default: the kernel's)
+    #[arg(long, env = "SHOAL_HOSTNAME")]
+    hostname: Option<String>,
     /// Local API socket
     #[arg(long, env = "SHOAL_SOCKET", default_value = "/run/shoal/shoal.sock")]
     socket: PathBuf,
@@ -155,9 +169,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data_port: o.data_path_port,
             join: o.join,
             gossip_key_file: o.gossip_key_file,
+            control_port: o.control_port,
+            hostname: o.hostname,
             socket: o.socket,
             mtu: o.mtu,
         }),
+        Command::Swarm(c) => cluster_cli::swarm(&client()?, c),
+        Command::Node(c) => cluster_cli::node(&client()?, c),
         Command::Gossip(GossipCommand::Keygen) => {
             #[allow(clippy::print_stdout)]
             {

@@ -7,11 +7,13 @@ use std::sync::Arc;
 use axum::extract::{Path, State as Extract};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use shoal_gossip::MemberState;
 
+use super::cluster::{self, InitRequest};
 use super::state::{ApiError, EndpointRequest, State};
+use shoal_control::{NodeRecord, Role};
 
 /// Serves the API until the task is aborted.
 pub async fn serve(listener: tokio::net::UnixListener, state: Arc<State>) {
@@ -22,6 +24,16 @@ pub async fn serve(listener: tokio::net::UnixListener, state: Arc<State>) {
         .route("/v1/endpoints", get(list_endpoints).post(create_endpoint))
         .route("/v1/endpoints/{sandbox}", delete(remove_endpoint))
         .route("/v1/dataplane", get(dataplane))
+        .route("/v1/swarm", get(swarm_info))
+        .route("/v1/swarm/init", post(swarm_init))
+        .route("/v1/swarm/join", post(swarm_join))
+        .route("/v1/swarm/leave", post(swarm_leave))
+        .route("/v1/swarm/join-token/{role}", get(join_token))
+        .route("/v1/swarm/join-token/{role}/rotate", post(rotate_token))
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/nodes/{id}", get(node_inspect))
+        .route("/v1/nodes/{id}/update", post(node_update))
+        .route("/v1/nodes/{id}/remove", post(node_remove))
         .route("/metrics", get(metrics))
         .fallback(|| async {
             ApiError::NotFound("no such route: see `shoal --help` for what the API offers".into())
@@ -39,6 +51,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
             ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
         };
         (status, Json(serde_json::json!({ "message": message }))).into_response()
     }
@@ -54,13 +67,13 @@ async fn info(Extract(state): Shared) -> Json<serde_json::Value> {
     }))
 }
 
-async fn members(Extract(state): Shared) -> Json<serde_json::Value> {
-    Json(serde_json::to_value(state.gossip.members().await).expect("serialisable"))
+async fn members(Extract(state): Shared) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(serde_json::to_value(state.gossip()?.members().await).expect("serialisable")))
 }
 
-async fn tables(Extract(state): Shared) -> Json<serde_json::Value> {
+async fn tables(Extract(state): Shared) -> Result<Json<serde_json::Value>, ApiError> {
     let rows: Vec<serde_json::Value> = state
-        .gossip
+        .gossip()?
         .rows()
         .await
         .into_iter()
@@ -75,7 +88,7 @@ async fn tables(Extract(state): Shared) -> Json<serde_json::Value> {
             })
         })
         .collect();
-    Json(serde_json::Value::Array(rows))
+    Ok(Json(serde_json::Value::Array(rows)))
 }
 
 async fn list_endpoints(Extract(state): Shared) -> Json<serde_json::Value> {
@@ -110,9 +123,10 @@ async fn dataplane(Extract(state): Shared) -> Json<serde_json::Value> {
 
 /// Prometheus text exposition of the daemon's counters.
 async fn metrics(Extract(state): Shared) -> String {
-    let (gossip, _) = state.gossip.stats().await;
-    let members = state.gossip.members().await;
-    let rows = state.gossip.rows().await;
+    let (gossip, members, rows) = match state.gossip() {
+        Ok(g) => (g.stats().await.0, g.members().await, g.rows().await),
+        Err(_) => Default::default(),
+    };
     let dp = state.dataplane.counters();
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
@@ -200,4 +214,191 @@ async fn metrics(Extract(state): Shared) -> String {
         dp.drops.iter().map(|(r, n)| (format!("{{reason=\"{r}\"}}"), *n)).collect();
     metric("shoal_dataplane_dropped_packets_total", "counter", "Packets dropped, by reason.", &drops);
     out
+}
+
+type Body<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+fn body<T>(b: Body<T>, what: &str) -> Result<T, ApiError> {
+    b.map(|Json(v)| v).map_err(|e| ApiError::BadRequest(format!("invalid {what} request: {}", e.body_text())))
+}
+
+async fn swarm_info(Extract(state): Shared) -> Json<serde_json::Value> {
+    Json(cluster::info(&state).await)
+}
+
+async fn swarm_init(
+    Extract(state): Shared,
+    b: Body<InitRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(cluster::init(&state, body(b, "swarm init")?).await?))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinRequest {
+    token: String,
+    remote_addr: String,
+}
+
+async fn swarm_join(
+    Extract(state): Shared,
+    b: Body<JoinRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let req = body(b, "swarm join")?;
+    Ok(Json(cluster::join(&state, &req.token, &req.remote_addr).await?))
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Force {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn swarm_leave(Extract(state): Shared, b: Body<Force>) -> Result<StatusCode, ApiError> {
+    cluster::leave(&state, body(b, "swarm leave")?.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn role(name: &str) -> Result<Role, ApiError> {
+    match name {
+        "worker" => Ok(Role::Worker),
+        "manager" => Ok(Role::Manager),
+        other => Err(ApiError::BadRequest(format!("unknown role {other:?}: use worker or manager"))),
+    }
+}
+
+async fn join_token(
+    Extract(state): Shared,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let m = cluster::manager(&state).await?;
+    Ok(Json(serde_json::json!({ "token": m.join_token(role(&name)?, false)?, "addr": m.addr().to_string() })))
+}
+
+async fn rotate_token(
+    Extract(state): Shared,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let m = cluster::manager(&state).await?;
+    Ok(Json(serde_json::json!({ "token": m.join_token(role(&name)?, true)?, "addr": m.addr().to_string() })))
+}
+
+/// A node as docker's API shows it.
+fn node_json(n: &NodeRecord, self_id: &str) -> serde_json::Value {
+    let manager = (n.role == Role::Manager).then(|| {
+        serde_json::json!({ "Leader": n.leader, "Reachability": "reachable", "Addr": format!("{}:2377", n.addr) })
+    });
+    serde_json::json!({
+        "ID": n.id,
+        "Self": n.id == self_id,
+        "CreatedAt": n.created_at,
+        "UpdatedAt": n.updated_at,
+        "Spec": { "Labels": n.labels, "Role": n.role, "Availability": n.availability },
+        "Description": {
+            "Hostname": n.hostname,
+            "Platform": { "OS": n.os, "Architecture": n.arch },
+            "Resources": { "NanoCPUs": u64::from(n.cpus) * 1_000_000_000, "MemoryBytes": n.memory_bytes },
+            "Engine": { "EngineVersion": n.engine_version },
+        },
+        "Status": { "State": n.state, "Addr": n.addr },
+        "ManagerStatus": manager,
+    })
+}
+
+async fn nodes(Extract(state): Shared) -> Result<Json<serde_json::Value>, ApiError> {
+    let m = cluster::manager(&state).await?;
+    let list: Vec<serde_json::Value> = m.nodes()?.iter().map(|n| node_json(n, m.node_id())).collect();
+    Ok(Json(serde_json::Value::Array(list)))
+}
+
+async fn node_inspect(
+    Extract(state): Shared,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let m = cluster::manager(&state).await?;
+    Ok(Json(node_json(&m.find(&id)?, m.node_id())))
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NodeUpdate {
+    #[serde(default)]
+    label_add: Vec<String>,
+    #[serde(default)]
+    label_rm: Vec<String>,
+    availability: Option<String>,
+    role: Option<String>,
+}
+
+async fn node_update(
+    Extract(state): Shared,
+    Path(id): Path<String>,
+    b: Body<NodeUpdate>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let update = body(b, "node update")?;
+    let m = cluster::manager(&state).await?;
+    let mut node = m.find(&id)?;
+    for label in &update.label_add {
+        let (k, v) = label.split_once('=').unwrap_or((label, ""));
+        if k.is_empty() {
+            return Err(ApiError::BadRequest(format!("invalid label {label:?}: use KEY or KEY=VALUE")));
+        }
+        node.labels.insert(k.to_owned(), v.to_owned());
+    }
+    for k in &update.label_rm {
+        if node.labels.remove(k).is_none() {
+            return Err(ApiError::BadRequest(format!("key {k} doesn't exist in node's labels")));
+        }
+    }
+    if let Some(a) = &update.availability {
+        if !["active", "pause", "drain"].contains(&a.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "invalid availability {a:?}: use active, pause or drain"
+            )));
+        }
+        node.availability = a.clone();
+    }
+    if let Some(r) = &update.role {
+        let wanted = role(r)?;
+        if wanted != node.role {
+            return Err(ApiError::Unavailable(match wanted {
+                Role::Manager => format!(
+                    "cannot promote {}: a second manager needs replicated manager state, which Shoal does not have yet",
+                    node.hostname
+                ),
+                Role::Worker => {
+                    format!("cannot demote {}: the swarm would be left without a manager", node.hostname)
+                }
+            }));
+        }
+    }
+    node.updated_at =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    m.put(&node)?;
+    Ok(Json(node_json(&node, m.node_id())))
+}
+
+async fn node_remove(
+    Extract(state): Shared,
+    Path(id): Path<String>,
+    b: Body<Force>,
+) -> Result<StatusCode, ApiError> {
+    let force = body(b, "node rm")?.force;
+    let m = cluster::manager(&state).await?;
+    let node = m.find(&id)?;
+    if node.id == m.node_id() {
+        return Err(ApiError::BadRequest(format!(
+            "rejected removal of node {}: it is the manager; use `shoal swarm leave --force` on it instead",
+            node.id
+        )));
+    }
+    if node.state != "down" && !force {
+        return Err(ApiError::BadRequest(format!(
+            "node {} is not down and can't be removed: stop its daemon first, or use --force",
+            node.id
+        )));
+    }
+    m.remove(&node.id)?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -3,6 +3,7 @@
 //! API on a unix socket.
 
 mod api;
+mod cluster;
 mod gossip;
 mod state;
 
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
+
 use shoal_dataplane::{Dataplane, DataplaneConfig};
 use shoal_gossip::{GossipConfig, KeyRing, Member, NodeId};
 use tokio::signal::unix::{SignalKind, signal};
@@ -19,7 +21,7 @@ use tokio::signal::unix::{SignalKind, signal};
 /// Everything `shoal daemon` is told on its command line.
 #[derive(Debug, Clone)]
 pub struct DaemonArgs {
-    /// State directory (node id, epoch, sandboxes to clean after a crash).
+    /// State directory (node id, epoch, swarm state, sandboxes to clean after a crash).
     pub data_dir: PathBuf,
     /// This node's address on the underlay: gossip and VXLAN use it.
     pub advertise_addr: Ipv4Addr,
@@ -29,14 +31,37 @@ pub struct DaemonArgs {
     pub gossip_port: u16,
     /// VXLAN port.
     pub data_port: u16,
-    /// Gossip addresses to join through.
+    /// Control-plane port (QUIC) of managers.
+    pub control_port: u16,
+    /// Gossip addresses to join through (with a key file only).
     pub join: Vec<SocketAddrV4>,
-    /// Gossip key file.
-    pub gossip_key_file: PathBuf,
+    /// Gossip key file: start gossip at once, outside any swarm (tests, labs).
+    pub gossip_key_file: Option<PathBuf>,
     /// Local API socket.
     pub socket: PathBuf,
     /// Overlay MTU.
     pub mtu: u16,
+    /// Hostname to report (default: the kernel's).
+    pub hostname: Option<String>,
+}
+
+/// What the running daemon keeps of its arguments.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Underlay address.
+    pub advertise_addr: Ipv4Addr,
+    /// Listen address.
+    pub listen_addr: Ipv4Addr,
+    /// Gossip port.
+    pub gossip_port: u16,
+    /// VXLAN port.
+    pub data_port: u16,
+    /// Control port.
+    pub control_port: u16,
+    /// Overlay MTU.
+    pub mtu: u16,
+    /// Reported hostname.
+    pub hostname: String,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -47,14 +72,14 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
     );
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("create data directory {}", args.data_dir.display()))?;
-    let ring = read_key_file(&args.gossip_key_file)?;
+    let ring = args.gossip_key_file.as_deref().map(read_key_file).transpose()?;
     let id = node_id(&args.data_dir)?;
     let epoch = next_epoch(&args.data_dir)?;
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
     runtime.block_on(serve(args, ring, id, epoch))
 }
 
-async fn serve(args: DaemonArgs, ring: KeyRing, id: NodeId, epoch: u64) -> anyhow::Result<()> {
+async fn serve(args: DaemonArgs, ring: Option<KeyRing>, id: NodeId, epoch: u64) -> anyhow::Result<()> {
     state::remove_stale_sandboxes(&args.data_dir);
     let dataplane = Dataplane::start(&DataplaneConfig {
         port: args.data_port,
@@ -65,12 +90,23 @@ async fn serve(args: DaemonArgs, ring: KeyRing, id: NodeId, epoch: u64) -> anyho
     .with_context(|| format!("bind the VXLAN port {}:{}", args.listen_addr, args.data_port))?;
     let gossip_addr = SocketAddrV4::new(args.advertise_addr, args.gossip_port);
     let me = Member { id, addr: gossip_addr, epoch, incarnation: 0 };
-    let listen = SocketAddrV4::new(args.listen_addr, args.gossip_port);
-    let (gossip, driver) = gossip::start(me, listen, GossipConfig::default(), ring, &args.join)
-        .await
-        .with_context(|| format!("bind the gossip port {listen}"))?;
-    let state = Arc::new(state::State::new(me, args.mtu, args.data_dir.clone(), dataplane, gossip));
-    let events = tokio::spawn(gossip::apply_events(driver.events, state.clone()));
+    let hostname = args.hostname.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
+    });
+    let settings = Settings {
+        advertise_addr: args.advertise_addr,
+        listen_addr: args.listen_addr,
+        gossip_port: args.gossip_port,
+        data_port: args.data_port,
+        control_port: args.control_port,
+        mtu: args.mtu,
+        hostname,
+    };
+    let state = Arc::new(state::State::new(me, args.data_dir.clone(), dataplane, settings));
+    if let Some(ring) = ring {
+        start_gossip(&state, ring, &args.join).await?;
+    }
+    cluster::resume(&state).await.context("resume this node's swarm")?;
 
     if let Some(dir) = args.socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
@@ -91,26 +127,38 @@ async fn serve(args: DaemonArgs, ring: KeyRing, id: NodeId, epoch: u64) -> anyho
     tracing::info!("stopping");
     api.abort();
     state.remove_all_endpoints().await;
-    // One gossip round for the withdrawn rows to go out, then say goodbye.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    state.gossip.leave().await;
-    events.abort();
+    if let Ok(gossip) = state.gossip() {
+        // One gossip round for the withdrawn rows to go out, then say goodbye.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        gossip.leave().await;
+    }
     let _ = std::fs::remove_file(&args.socket);
     Ok(())
 }
 
-/// Reads a gossip key file: one key a line, `ID:HEX` (a byte id, 32 bytes in
-/// hex); the first line is the primary key.
-pub fn read_key_file(path: &Path) -> anyhow::Result<KeyRing> {
-    let text = std::fs::read_to_string(path).with_context(|| {
-        format!("read gossip key file {}: create one with `shoal gossip keygen > FILE`", path.display())
-    })?;
+/// Starts gossip with `ring`, joining through `seeds`, and routes its events
+/// into the data plane.
+pub async fn start_gossip(
+    state: &Arc<state::State>,
+    ring: KeyRing,
+    seeds: &[SocketAddrV4],
+) -> anyhow::Result<()> {
+    let listen = SocketAddrV4::new(state.settings.listen_addr, state.settings.gossip_port);
+    let (handle, driver) = gossip::start(state.me, listen, GossipConfig::default(), ring, seeds)
+        .await
+        .with_context(|| format!("bind the gossip port {listen}"))?;
+    state.set_gossip(Some(handle));
+    tokio::spawn(gossip::apply_events(driver.events, state.clone()));
+    Ok(())
+}
+
+/// Parses key-file text (`ID:HEX` lines, the first primary).
+pub fn parse_keys(text: &str, origin: &str) -> anyhow::Result<KeyRing> {
     let mut ring: Option<KeyRing> = None;
     for (n, line) in
         text.lines().map(str::trim).enumerate().filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
     {
-        let bad =
-            || format!("{}:{}: expected ID:HEX with a key id 0-255 and 64 hex digits", path.display(), n + 1);
+        let bad = || format!("{origin}:{}: expected ID:HEX with a key id 0-255 and 64 hex digits", n + 1);
         let (id, hex) = line.split_once(':').with_context(bad)?;
         let id: u8 = id.trim().parse().ok().with_context(bad)?;
         let key = parse_hex_key(hex.trim()).with_context(bad)?;
@@ -119,7 +167,16 @@ pub fn read_key_file(path: &Path) -> anyhow::Result<KeyRing> {
             Some(r) => r.add(id, key),
         }
     }
-    ring.with_context(|| format!("gossip key file {} holds no key", path.display()))
+    ring.with_context(|| format!("gossip key file {origin} holds no key"))
+}
+
+/// Reads a gossip key file: one key a line, `ID:HEX` (a byte id, 32 bytes in
+/// hex); the first line is the primary key.
+pub fn read_key_file(path: &Path) -> anyhow::Result<KeyRing> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!("read gossip key file {}: create one with `shoal gossip keygen > FILE`", path.display())
+    })?;
+    parse_keys(&text, &path.display().to_string())
 }
 
 fn parse_hex_key(hex: &str) -> Option<[u8; 32]> {

@@ -73,6 +73,8 @@ pub enum ApiError {
     Conflict(String),
     /// Something failed here (500).
     Internal(String),
+    /// The node is not in the state the request needs (503).
+    Unavailable(String),
 }
 
 /// Shared by the API handlers and the gossip event loop.
@@ -84,15 +86,47 @@ pub struct State {
     data_dir: PathBuf,
     /// The data plane.
     pub dataplane: Dataplane,
-    /// The gossip driver.
-    pub gossip: GossipHandle,
+    /// The gossip driver, once this node is in a cluster.
+    gossip: std::sync::RwLock<Option<GossipHandle>>,
     endpoints: Mutex<BTreeMap<String, Local>>,
+    /// This node's place in a swarm.
+    pub cluster: Mutex<super::cluster::Cluster>,
+    /// Daemon settings the control plane needs.
+    pub settings: super::Settings,
 }
 
 impl State {
     /// Assembles the state.
-    pub fn new(me: Member, mtu: u16, data_dir: PathBuf, dataplane: Dataplane, gossip: GossipHandle) -> State {
-        State { me, mtu, data_dir, dataplane, gossip, endpoints: Mutex::new(BTreeMap::new()) }
+    pub fn new(me: Member, data_dir: PathBuf, dataplane: Dataplane, settings: super::Settings) -> State {
+        State {
+            me,
+            mtu: settings.mtu,
+            data_dir,
+            dataplane,
+            gossip: std::sync::RwLock::new(None),
+            endpoints: Mutex::new(BTreeMap::new()),
+            cluster: Mutex::new(super::cluster::Cluster::Inactive),
+            settings,
+        }
+    }
+
+    /// The gossip driver, or an error saying this node is in no swarm yet.
+    pub fn gossip(&self) -> Result<GossipHandle, ApiError> {
+        self.gossip.read().unwrap_or_else(|e| e.into_inner()).clone().ok_or_else(|| {
+            ApiError::Unavailable(
+                "this node is not part of a swarm: run `shoal swarm init` or `shoal swarm join` first".into(),
+            )
+        })
+    }
+
+    /// Installs the gossip driver (when the node joins or creates a swarm).
+    pub fn set_gossip(&self, handle: Option<GossipHandle>) {
+        *self.gossip.write().unwrap_or_else(|e| e.into_inner()) = handle;
+    }
+
+    /// The directory of this node's state.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     /// Creates a local endpoint: sandbox, TUN, data plane, gossiped row.
@@ -103,6 +137,7 @@ impl State {
         if !subnet.contains(req.ip) {
             return Err(ApiError::BadRequest(format!("{} is outside subnet {subnet}", req.ip)));
         }
+        let gossip = self.gossip()?;
         let mut endpoints = self.endpoints.lock().await;
         if endpoints.contains_key(&req.sandbox) {
             return Err(ApiError::Conflict(format!("sandbox {} already exists on this node", req.sandbox)));
@@ -130,7 +165,7 @@ impl State {
         self.record_sandboxes(&endpoints);
         let record = EndpointRecord { ip: req.ip, subnet: subnet.to_string(), node: *self.me.addr.ip() };
         let value = serde_json::to_vec(&record).expect("serialisable");
-        self.gossip.write(req.vni, RowKey::new(ENDPOINTS, req.ip.to_string()), Some(value)).await;
+        gossip.write(req.vni, RowKey::new(ENDPOINTS, req.ip.to_string()), Some(value)).await;
         Ok(view)
     }
 
@@ -149,7 +184,9 @@ impl State {
     async fn teardown(&self, local: Local) {
         self.dataplane.detach(local.id);
         let _ = local.sandbox.remove();
-        self.gossip.write(local.view.vni, RowKey::new(ENDPOINTS, local.view.ip.to_string()), None).await;
+        if let Ok(gossip) = self.gossip() {
+            gossip.write(local.view.vni, RowKey::new(ENDPOINTS, local.view.ip.to_string()), None).await;
+        }
     }
 
     /// Removes every local endpoint (at shutdown).

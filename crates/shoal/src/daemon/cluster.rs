@@ -1,0 +1,671 @@
+//! This node's place in a swarm: inactive, the manager, or a worker.
+//!
+//! The manager holds the cluster state (`shoal-control`'s redb [`Store`]),
+//! signs certificates for joiners, serves QUIC on the control port with
+//! mutual TLS, and marks nodes down when their heartbeats stop. A worker
+//! keeps a QUIC session to the manager and heartbeats over it. Both run
+//! gossip with the key ring that only the control channel hands out.
+//!
+//! On disk, under `<data dir>/swarm/`: `swarm.json` (role, ids, manager
+//! address, gossip keys), `node.crt`, `node.key`, `ca.crt`, and on the
+//! manager `state.redb`.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use shoal_control::ca::{self, ClusterCa, Role};
+use shoal_control::store::{ClusterState, NodeRecord, Store};
+use shoal_control::token::JoinToken;
+use shoal_control::transport::{self, SERVER_NAME};
+
+use super::state::{ApiError, State};
+
+/// Heartbeat period unless `swarm init` says otherwise (Swarm: 5 s).
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// Missed heartbeats before a node is Down (about 15 s by default).
+const MISSED_BEFORE_DOWN: u32 = 3;
+
+/// What `swarm.json` records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwarmConfig {
+    /// Cluster id.
+    pub cluster_id: String,
+    /// This node's id in the cluster (its certificate's CN).
+    pub node_id: String,
+    /// This node's role.
+    pub role: Role,
+    /// The manager's control address.
+    pub manager: SocketAddr,
+    /// The manager's gossip address (the gossip seed).
+    pub gossip_seed: SocketAddrV4,
+    /// The gossip key ring, as key-file text.
+    pub gossip_keys: String,
+    /// Heartbeat period in seconds.
+    pub heartbeat_secs: u64,
+}
+
+/// This node's place in a swarm.
+pub enum Cluster {
+    /// In no swarm.
+    Inactive,
+    /// The manager.
+    Manager(Arc<Manager>),
+    /// A worker.
+    Worker(Worker),
+}
+
+/// A worker's running session.
+pub struct Worker {
+    config: SwarmConfig,
+    session: tokio::task::JoinHandle<()>,
+}
+
+/// The manager's running services and state.
+pub struct Manager {
+    config: SwarmConfig,
+    store: Store,
+    last_seen: Mutex<HashMap<String, Instant>>,
+    started: Instant,
+    endpoint: quinn::Endpoint,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// A node's description, sent with joins and heartbeats.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Hostname.
+    pub hostname: String,
+    /// Underlay address.
+    pub addr: String,
+    /// CPUs.
+    pub cpus: u32,
+    /// Memory in bytes.
+    pub memory_bytes: u64,
+}
+
+/// Control-plane requests on 2377.
+#[derive(Debug, Serialize, Deserialize)]
+enum Request {
+    /// Join with a token's secret and a CSR (no client certificate yet).
+    Join { secret: [u8; 16], csr: String, info: NodeInfo },
+    /// I am alive (mutual TLS: the certificate says who).
+    Heartbeat,
+}
+
+/// Control-plane answers.
+#[derive(Debug, Serialize, Deserialize)]
+enum Response {
+    Joined {
+        node_id: String,
+        role: Role,
+        cert: String,
+        ca: String,
+        cluster_id: String,
+        gossip_keys: String,
+        gossip_seed: SocketAddrV4,
+        heartbeat_secs: u64,
+    },
+    Ok {
+        heartbeat_secs: u64,
+    },
+    Error {
+        message: String,
+    },
+}
+
+fn swarm_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("swarm")
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A Swarm-style node or cluster id: 25 base-36 characters.
+fn new_id() -> String {
+    let mut bytes = [0u8; 16];
+    let _ =
+        std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    let mut n = u128::from_le_bytes(bytes);
+    (0..25)
+        .map(|_| {
+            let d = (n % 36) as u32;
+            n /= 36;
+            char::from_digit(d, 36).expect("below 36")
+        })
+        .collect()
+}
+
+fn random_secret() -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    let _ =
+        std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    bytes
+}
+
+fn internal<E: std::fmt::Display>(e: E) -> ApiError {
+    ApiError::Internal(e.to_string())
+}
+
+fn local_info(state: &State) -> NodeInfo {
+    let memory_bytes = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024);
+    NodeInfo {
+        hostname: state.settings.hostname.clone(),
+        addr: state.settings.advertise_addr.to_string(),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        memory_bytes,
+    }
+}
+
+fn record(id: &str, role: Role, info: &NodeInfo, leader: bool) -> NodeRecord {
+    NodeRecord {
+        id: id.to_owned(),
+        hostname: info.hostname.clone(),
+        role,
+        availability: "active".into(),
+        labels: Default::default(),
+        addr: info.addr.clone(),
+        state: "ready".into(),
+        os: std::env::consts::OS.into(),
+        arch: std::env::consts::ARCH.into(),
+        cpus: info.cpus,
+        memory_bytes: info.memory_bytes,
+        engine_version: env!("CARGO_PKG_VERSION").into(),
+        leader,
+        created_at: now_unix(),
+        updated_at: now_unix(),
+    }
+}
+
+fn write_files(dir: &Path, config: &SwarmConfig, cert: &str, key: &str, ca: &str) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("node.crt"), cert)?;
+    std::fs::write(dir.join("node.key"), key)?;
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut std::fs::metadata(dir.join("node.key"))?.permissions(),
+        0o600,
+    );
+    std::fs::write(dir.join("ca.crt"), ca)?;
+    std::fs::write(dir.join("swarm.json"), serde_json::to_vec_pretty(config).expect("serialisable"))
+}
+
+/// What `swarm init` is asked.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitRequest {
+    /// Must be the daemon's advertise address if given.
+    pub advertise_addr: Option<String>,
+    /// Address pool for networks.
+    pub default_addr_pool: Option<String>,
+    /// VXLAN port; must be the daemon's if given.
+    pub data_path_port: Option<u16>,
+    /// Heartbeat period in seconds.
+    pub dispatcher_heartbeat_secs: Option<u64>,
+}
+
+/// `swarm init`: creates the cluster with this node as its manager.
+pub async fn init(state: &Arc<State>, req: InitRequest) -> Result<serde_json::Value, ApiError> {
+    let mut cluster = state.cluster.lock().await;
+    if !matches!(*cluster, Cluster::Inactive) {
+        return Err(ApiError::Unavailable(
+            "this node is already part of a swarm: use `shoal swarm leave` to leave it first".into(),
+        ));
+    }
+    if let Some(addr) = &req.advertise_addr {
+        let own = state.settings.advertise_addr.to_string();
+        let host = addr.split(':').next().unwrap_or(addr);
+        if host != own {
+            return Err(ApiError::BadRequest(format!(
+                "the daemon advertises {own}; restart it with --advertise-addr {host} to advertise that address"
+            )));
+        }
+    }
+    if let Some(port) = req.data_path_port
+        && port != state.settings.data_port
+    {
+        return Err(ApiError::BadRequest(format!(
+            "the daemon's VXLAN port is {}; restart it with --data-path-port {port}",
+            state.settings.data_port
+        )));
+    }
+    let pool = req.default_addr_pool.unwrap_or_else(|| "10.0.0.0/8".into());
+    pool.parse::<shoal_wire::ip::Ipv4Cidr>().map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let heartbeat_secs = req.dispatcher_heartbeat_secs.unwrap_or(DEFAULT_HEARTBEAT.as_secs()).max(1);
+    let cluster_id = new_id();
+    let node_id = new_id();
+    let ca = ClusterCa::create(&cluster_id).map_err(internal)?;
+    let (cert, key) = ca.issue(&node_id, Role::Manager, &cluster_id).map_err(internal)?;
+    let gossip_keys = super::keygen().map_err(internal)?;
+    let dir = swarm_dir(state.data_dir());
+    std::fs::create_dir_all(&dir).map_err(internal)?;
+    let store = Store::open(&dir.join("state.redb")).map_err(internal)?;
+    let cs = ClusterState {
+        id: cluster_id.clone(),
+        ca: ca.clone(),
+        worker_secret: random_secret(),
+        manager_secret: random_secret(),
+        gossip_keys: gossip_keys.clone(),
+        default_addr_pool: pool,
+        data_path_port: state.settings.data_port,
+        created_at: now_unix(),
+    };
+    store.put_cluster(&cs).map_err(internal)?;
+    store.put_node(&record(&node_id, Role::Manager, &local_info(state), true)).map_err(internal)?;
+    let config = SwarmConfig {
+        cluster_id,
+        node_id: node_id.clone(),
+        role: Role::Manager,
+        manager: SocketAddr::from((state.settings.advertise_addr, state.settings.control_port)),
+        gossip_seed: SocketAddrV4::new(state.settings.advertise_addr, state.settings.gossip_port),
+        gossip_keys,
+        heartbeat_secs,
+    };
+    write_files(&dir, &config, &cert, &key, &ca.cert_pem).map_err(internal)?;
+    drop(store);
+    let manager = start_manager(state, config).await.map_err(internal)?;
+    let token = JoinToken::new(ca.digest(), cs.worker_secret).to_string();
+    let addr = manager.config.manager;
+    *cluster = Cluster::Manager(manager);
+    Ok(serde_json::json!({ "node_id": node_id, "worker_token": token, "addr": addr.to_string() }))
+}
+
+/// Starts what a manager runs: store, QUIC server, down-marking, gossip.
+async fn start_manager(state: &Arc<State>, config: SwarmConfig) -> anyhow::Result<Arc<Manager>> {
+    let dir = swarm_dir(state.data_dir());
+    let store = Store::open(&dir.join("state.redb"))?;
+    let cert = std::fs::read_to_string(dir.join("node.crt"))?;
+    let key = std::fs::read_to_string(dir.join("node.key"))?;
+    let cs = store.cluster()?.ok_or_else(|| anyhow::anyhow!("the manager's state store holds no cluster"))?;
+    let server = transport::server_config(&cs.ca.cert_der(), &cert, &key)?;
+    let listen = SocketAddr::from((state.settings.listen_addr, state.settings.control_port));
+    let endpoint = quinn::Endpoint::server(server, listen)?;
+    if state.gossip().is_err() {
+        super::start_gossip(state, super::parse_keys(&config.gossip_keys, "swarm state")?, &[]).await?;
+    }
+    let mut manager = Manager {
+        config,
+        store,
+        last_seen: Mutex::new(HashMap::new()),
+        started: Instant::now(),
+        endpoint,
+        tasks: Vec::new(),
+    };
+    let weak = Arc::new_cyclic(|weak: &std::sync::Weak<Manager>| {
+        let accept = tokio::spawn(accept_loop(manager.endpoint.clone(), weak.clone()));
+        let monitor = tokio::spawn(monitor_loop(weak.clone()));
+        manager.tasks = vec![accept, monitor];
+        manager
+    });
+    tracing::info!(addr = %listen, "manager: control plane listening");
+    Ok(weak)
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, manager: std::sync::Weak<Manager>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            let Ok(conn) = incoming.await else { return };
+            let peer = transport::peer_node(&conn);
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let Some(m) = manager.upgrade() else { return };
+                let answer = match transport::read_message::<Request>(&mut recv).await {
+                    Ok(request) => m.handle(request, peer.as_ref()),
+                    Err(e) => Response::Error { message: e.to_string() },
+                };
+                let _ = transport::write_message(&mut send, &answer).await;
+                let _ = send.finish();
+            }
+        });
+    }
+}
+
+async fn monitor_loop(manager: std::sync::Weak<Manager>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Some(m) = manager.upgrade() else { return };
+        m.mark_down();
+    }
+}
+
+impl Manager {
+    fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.config.heartbeat_secs)
+    }
+
+    fn handle(&self, request: Request, peer: Option<&(String, Role)>) -> Response {
+        match request {
+            Request::Join { secret, csr, info } => self.join(secret, &csr, &info),
+            Request::Heartbeat => {
+                let Some((id, _)) = peer else {
+                    return Response::Error { message: "heartbeats need the node's certificate".into() };
+                };
+                match self.store.node(id) {
+                    Ok(Some(mut node)) => {
+                        self.last_seen
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(id.clone(), Instant::now());
+                        if node.state != "ready" {
+                            node.state = "ready".into();
+                            node.updated_at = now_unix();
+                            let _ = self.store.put_node(&node);
+                            tracing::info!(node = %id, "node ready");
+                        }
+                        Response::Ok { heartbeat_secs: self.config.heartbeat_secs }
+                    }
+                    _ => Response::Error { message: "this node was removed from the swarm".into() },
+                }
+            }
+        }
+    }
+
+    fn join(&self, secret: [u8; 16], csr: &str, info: &NodeInfo) -> Response {
+        let Ok(Some(cs)) = self.store.cluster() else {
+            return Response::Error { message: "the manager has no cluster state".into() };
+        };
+        if secret == cs.manager_secret {
+            return Response::Error {
+                message: "joining as a manager needs replicated manager state, which Shoal does not have yet: join with the worker token".into(),
+            };
+        }
+        if secret != cs.worker_secret {
+            return Response::Error {
+                message: "invalid join token: it may have been rotated; get the current one with `shoal swarm join-token worker` on a manager".into(),
+            };
+        }
+        let node_id = new_id();
+        let cert = match cs.ca.sign_csr(csr, &node_id, Role::Worker, &cs.id) {
+            Ok(cert) => cert,
+            Err(e) => {
+                return Response::Error { message: format!("cannot sign the certificate request: {e}") };
+            }
+        };
+        if let Err(e) = self.store.put_node(&record(&node_id, Role::Worker, info, false)) {
+            return Response::Error { message: e.to_string() };
+        }
+        self.last_seen.lock().unwrap_or_else(|e| e.into_inner()).insert(node_id.clone(), Instant::now());
+        tracing::info!(node = %node_id, hostname = %info.hostname, "node joined");
+        Response::Joined {
+            node_id,
+            role: Role::Worker,
+            cert,
+            ca: cs.ca.cert_pem.clone(),
+            cluster_id: cs.id,
+            gossip_keys: cs.gossip_keys,
+            gossip_seed: self.config.gossip_seed,
+            heartbeat_secs: self.config.heartbeat_secs,
+        }
+    }
+
+    /// Marks down every worker whose heartbeats stopped.
+    fn mark_down(&self) {
+        let limit = self.heartbeat() * MISSED_BEFORE_DOWN;
+        let seen = self.last_seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Ok(nodes) = self.store.nodes() else { return };
+        for mut node in nodes {
+            if node.id == self.config.node_id || node.state == "down" {
+                continue;
+            }
+            let last = seen.get(&node.id).copied().unwrap_or(self.started);
+            if last.elapsed() > limit {
+                node.state = "down".into();
+                node.updated_at = now_unix();
+                let _ = self.store.put_node(&node);
+                tracing::info!(node = %node.id, "node down: heartbeats stopped");
+            }
+        }
+    }
+
+    /// Every node record.
+    pub fn nodes(&self) -> Result<Vec<NodeRecord>, ApiError> {
+        let mut nodes = self.store.nodes().map_err(internal)?;
+        nodes.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
+        Ok(nodes)
+    }
+
+    /// Finds one node by id, id prefix or hostname, as docker does.
+    pub fn find(&self, name: &str) -> Result<NodeRecord, ApiError> {
+        let nodes = self.nodes()?;
+        if let Some(n) = nodes.iter().find(|n| n.id == name || n.hostname == name) {
+            return Ok(n.clone());
+        }
+        let matches: Vec<&NodeRecord> = nodes.iter().filter(|n| n.id.starts_with(name)).collect();
+        match matches[..] {
+            [one] => Ok(one.clone()),
+            [] => Err(ApiError::NotFound(format!("node {name} not found"))),
+            _ => Err(ApiError::BadRequest(format!("node {name} is ambiguous ({} matches)", matches.len()))),
+        }
+    }
+
+    /// Stores a changed node.
+    pub fn put(&self, node: &NodeRecord) -> Result<(), ApiError> {
+        self.store.put_node(node).map_err(internal)
+    }
+
+    /// Removes a node record.
+    pub fn remove(&self, id: &str) -> Result<(), ApiError> {
+        self.store.remove_node(id).map_err(internal)?;
+        self.last_seen.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        Ok(())
+    }
+
+    /// This manager's node id.
+    pub fn node_id(&self) -> &str {
+        &self.config.node_id
+    }
+
+    /// The join token for `role`, after a new secret if `rotate`.
+    pub fn join_token(&self, role: Role, rotate: bool) -> Result<String, ApiError> {
+        let mut cs = self.store.cluster().map_err(internal)?.ok_or_else(|| internal("no cluster"))?;
+        if rotate {
+            match role {
+                Role::Worker => cs.worker_secret = random_secret(),
+                Role::Manager => cs.manager_secret = random_secret(),
+            }
+            self.store.put_cluster(&cs).map_err(internal)?;
+        }
+        let secret = match role {
+            Role::Worker => cs.worker_secret,
+            Role::Manager => cs.manager_secret,
+        };
+        Ok(JoinToken::new(cs.ca.digest(), secret).to_string())
+    }
+
+    /// The control address workers join.
+    pub fn addr(&self) -> SocketAddr {
+        self.config.manager
+    }
+
+    fn stop(&self) {
+        self.endpoint.close(0u32.into(), b"leaving");
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// `swarm join`: joins the swarm of the manager at `remote` with `token`.
+pub async fn join(state: &Arc<State>, token: &str, remote: &str) -> Result<serde_json::Value, ApiError> {
+    let mut cluster = state.cluster.lock().await;
+    if !matches!(*cluster, Cluster::Inactive) {
+        return Err(ApiError::Unavailable(
+            "this node is already part of a swarm: use `shoal swarm leave` to leave it first".into(),
+        ));
+    }
+    let token: JoinToken =
+        token.parse().map_err(|e: shoal_control::TokenError| ApiError::BadRequest(e.to_string()))?;
+    let remote_addr = resolve(remote)?;
+    let client = transport::join_client_config(token.ca_digest).map_err(internal)?;
+    let conn = connect(client, remote_addr).await?;
+    let (csr, key) = ca::new_csr().map_err(internal)?;
+    let request = Request::Join { secret: token.secret, csr, info: local_info(state) };
+    let answer: Response =
+        transport::call(&conn, &request).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    conn.close(0u32.into(), b"joined");
+    let Response::Joined { node_id, role, cert, ca, cluster_id, gossip_keys, gossip_seed, heartbeat_secs } =
+        answer
+    else {
+        return match answer {
+            Response::Error { message } => Err(ApiError::BadRequest(message)),
+            _ => Err(internal("unexpected answer from the manager")),
+        };
+    };
+    let config = SwarmConfig {
+        cluster_id,
+        node_id: node_id.clone(),
+        role,
+        manager: remote_addr,
+        gossip_seed,
+        gossip_keys,
+        heartbeat_secs,
+    };
+    write_files(&swarm_dir(state.data_dir()), &config, &cert, &key, &ca).map_err(internal)?;
+    let worker = start_worker(state, config).await.map_err(internal)?;
+    *cluster = Cluster::Worker(worker);
+    Ok(serde_json::json!({ "node_id": node_id, "role": role }))
+}
+
+fn resolve(remote: &str) -> Result<SocketAddr, ApiError> {
+    let with_port = if remote.contains(':') { remote.to_owned() } else { format!("{remote}:2377") };
+    with_port.parse().map_err(|_| {
+        ApiError::BadRequest(format!(
+            "invalid manager address {remote:?}: use IP:PORT, such as 192.0.2.1:2377"
+        ))
+    })
+}
+
+async fn connect(config: quinn::ClientConfig, remote: SocketAddr) -> Result<quinn::Connection, ApiError> {
+    let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))).map_err(internal)?;
+    endpoint.set_default_client_config(config);
+    let connecting = endpoint.connect(remote, SERVER_NAME).map_err(internal)?;
+    match tokio::time::timeout(Duration::from_secs(10), connecting).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => {
+            let text = e.to_string();
+            if text.contains(transport::CA_MISMATCH) {
+                Err(ApiError::BadRequest(transport::CA_MISMATCH.into()))
+            } else {
+                Err(ApiError::Unavailable(format!("cannot reach the manager at {remote}: {text}")))
+            }
+        }
+        Err(_) => Err(ApiError::Unavailable(format!(
+            "timed out reaching the manager at {remote}: check the address and port 2377"
+        ))),
+    }
+}
+
+async fn start_worker(state: &Arc<State>, config: SwarmConfig) -> anyhow::Result<Worker> {
+    if state.gossip().is_err() {
+        super::start_gossip(
+            state,
+            super::parse_keys(&config.gossip_keys, "swarm state")?,
+            &[config.gossip_seed],
+        )
+        .await?;
+    }
+    let dir = swarm_dir(state.data_dir());
+    let cert = std::fs::read_to_string(dir.join("node.crt"))?;
+    let key = std::fs::read_to_string(dir.join("node.key"))?;
+    let ca = std::fs::read_to_string(dir.join("ca.crt"))?;
+    let ca_der = ca::pem_to_der(&ca).ok_or_else(|| anyhow::anyhow!("ca.crt is not PEM"))?;
+    let client = transport::client_config(&ca_der, &cert, &key)?;
+    let session = tokio::spawn(session_loop(client, config.manager));
+    Ok(Worker { config, session })
+}
+
+/// Keeps a mutual-TLS session to the manager and heartbeats over it,
+/// reconnecting when it drops.
+async fn session_loop(client: quinn::ClientConfig, manager: SocketAddr) {
+    loop {
+        match connect(client.clone(), manager).await {
+            Ok(conn) => loop {
+                match transport::call::<_, Response>(&conn, &Request::Heartbeat).await {
+                    Ok(Response::Ok { heartbeat_secs }) => {
+                        tokio::time::sleep(Duration::from_secs(heartbeat_secs.max(1))).await;
+                    }
+                    Ok(Response::Error { message }) => {
+                        tracing::warn!(%message, "manager refused the heartbeat");
+                        break;
+                    }
+                    Ok(_) | Err(_) => break,
+                }
+            },
+            Err(e) => tracing::debug!(error = ?e, "cannot reach the manager"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Resumes the swarm role recorded on disk after a restart.
+pub async fn resume(state: &Arc<State>) -> anyhow::Result<()> {
+    let path = swarm_dir(state.data_dir()).join("swarm.json");
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+    let config: SwarmConfig = serde_json::from_str(&text)?;
+    let mut cluster = state.cluster.lock().await;
+    *cluster = match config.role {
+        Role::Manager => Cluster::Manager(start_manager(state, config).await?),
+        Role::Worker => Cluster::Worker(start_worker(state, config).await?),
+    };
+    Ok(())
+}
+
+/// `swarm leave`.
+pub async fn leave(state: &Arc<State>, force: bool) -> Result<(), ApiError> {
+    let mut cluster = state.cluster.lock().await;
+    match &*cluster {
+        Cluster::Inactive => return Err(ApiError::Unavailable("this node is not part of a swarm".into())),
+        Cluster::Manager(m) => {
+            if !force {
+                return Err(ApiError::BadRequest(
+                    "you are attempting to leave the swarm on a node that is its manager: the swarm and its state would be lost; use --force to ignore this message".into(),
+                ));
+            }
+            m.stop();
+        }
+        Cluster::Worker(w) => w.session.abort(),
+    }
+    if let Ok(gossip) = state.gossip() {
+        gossip.leave().await;
+    }
+    state.set_gossip(None);
+    let _ = std::fs::remove_dir_all(swarm_dir(state.data_dir()));
+    *cluster = Cluster::Inactive;
+    Ok(())
+}
+
+/// What `GET /v1/swarm` answers.
+pub async fn info(state: &Arc<State>) -> serde_json::Value {
+    match &*state.cluster.lock().await {
+        Cluster::Inactive => serde_json::json!({ "state": "inactive" }),
+        Cluster::Manager(m) => serde_json::json!({
+            "state": "active", "role": "manager", "node_id": m.config.node_id, "cluster_id": m.config.cluster_id,
+            "manager": m.config.manager.to_string(),
+        }),
+        Cluster::Worker(w) => serde_json::json!({
+            "state": "active", "role": "worker", "node_id": w.config.node_id, "cluster_id": w.config.cluster_id,
+            "manager": w.config.manager.to_string(),
+        }),
+    }
+}
+
+/// The manager, or the error docker gives on a worker.
+pub async fn manager(state: &Arc<State>) -> Result<Arc<Manager>, ApiError> {
+    match &*state.cluster.lock().await {
+        Cluster::Manager(m) => Ok(m.clone()),
+        Cluster::Worker(_) => Err(ApiError::Unavailable(
+            "this node is not a swarm manager: worker nodes can't be used to view or modify cluster state; run this command on a manager node".into(),
+        )),
+        Cluster::Inactive => Err(ApiError::Unavailable(
+            "this node is not a swarm manager: use `shoal swarm init` or `shoal swarm join` to connect this node to a swarm and try again".into(),
+        )),
+    }
+}

@@ -1,0 +1,145 @@
+//! The control plane between real daemons: `swarm init` and `join` over QUIC
+//! with mutual TLS, `node` verbs, bad tokens, durable state, node liveness.
+
+use std::time::Duration;
+
+use netns_tests::cluster::Cluster;
+use netns_tests::wait_until;
+
+/// A swarm of node1 (manager) and node2, node3 (workers); node4 stays out.
+fn swarm() -> (Cluster, String) {
+    let c = Cluster::start_bare(4);
+    let init = c.cli(0, &["swarm", "init", "--dispatcher-heartbeat", "1"]);
+    assert!(init.contains("Swarm initialized: current node ("), "{init}");
+    assert!(init.contains("shoal swarm join --token SWMTKN-1-"), "{init}");
+    let token = c.cli(0, &["swarm", "join-token", "-q", "worker"]).trim().to_owned();
+    assert!(init.contains(&token), "init prints the worker token");
+    let manager = format!("{}:2377", c.lab.host(0).underlay);
+    for i in [1, 2] {
+        let out = c.cli(i, &["swarm", "join", "--token", &token, &manager]);
+        assert!(out.contains("joined a swarm as a worker"), "{out}");
+    }
+    (c, token)
+}
+
+fn ls(c: &Cluster) -> Vec<serde_json::Value> {
+    c.cli(0, &["node", "ls", "--format", "json"]).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn state_of(c: &Cluster, hostname: &str) -> String {
+    ls(c)
+        .iter()
+        .find(|n| n["Description"]["Hostname"] == hostname)
+        .map(|n| n["Status"]["State"].as_str().unwrap_or("").to_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn node_ls_shows_three_ready_nodes_and_labels_show_in_inspect() {
+    let (c, _) = swarm();
+    let table = c.cli(0, &["node", "ls"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 4, "{table}");
+    assert!(
+        lines[0].starts_with("ID")
+            && lines[0].contains("MANAGER STATUS")
+            && lines[0].contains("ENGINE VERSION")
+    );
+    assert_eq!(lines.iter().filter(|l| l.contains("Ready") && l.contains("Active")).count(), 3, "{table}");
+    assert_eq!(lines.iter().filter(|l| l.contains("Leader")).count(), 1, "{table}");
+    assert!(
+        lines.iter().any(|l| l.contains(" * ") && l.contains("node1")),
+        "the local node is starred:\n{table}"
+    );
+
+    let out = c.cli(0, &["node", "update", "--label-add", "zone=east", "--label-add", "ssd", "node2"]);
+    assert_eq!(out.trim(), "node2");
+    let inspect: serde_json::Value = serde_json::from_str(&c.cli(0, &["node", "inspect", "node2"])).unwrap();
+    assert_eq!(inspect[0]["Spec"]["Labels"]["zone"], "east");
+    assert_eq!(inspect[0]["Spec"]["Labels"]["ssd"], "");
+    assert_eq!(inspect[0]["Spec"]["Role"], "worker");
+    let pretty = c.cli(0, &["node", "inspect", "--pretty", "node2"]);
+    assert!(pretty.contains("zone=east") && pretty.contains("Hostname:\t\tnode2"), "{pretty}");
+    c.cli(0, &["node", "update", "--label-rm", "ssd", "--availability", "drain", "node2"]);
+    let inspect: serde_json::Value = serde_json::from_str(&c.cli(0, &["node", "inspect", "node2"])).unwrap();
+    assert!(inspect[0]["Spec"]["Labels"].get("ssd").is_none());
+    assert_eq!(inspect[0]["Spec"]["Availability"], "drain");
+
+    // Bad input says what is wrong and changes nothing.
+    assert!(
+        c.cli_err(0, &["node", "update", "--availability", "sleepy", "node2"])
+            .contains("use active, pause or drain")
+    );
+    assert!(c.cli_err(0, &["node", "update", "--label-rm", "nope", "node2"]).contains("doesn't exist"));
+    assert!(c.cli_err(0, &["node", "inspect", "node9"]).contains("node node9 not found"));
+    assert!(c.cli_err(0, &["node", "promote", "node2"]).contains("replicated manager state"));
+    assert!(c.cli_err(1, &["node", "ls"]).contains("not a swarm manager"), "workers refuse cluster verbs");
+    assert!(c.cli_err(0, &["node", "rm", "node3"]).contains("is not down"));
+    assert!(c.cli_err(0, &["swarm", "leave"]).contains("--force"));
+}
+
+#[test]
+fn bad_tokens_fail_clearly_and_leave_no_trace() {
+    let (c, token) = swarm();
+    let manager = format!("{}:2377", c.lab.host(0).underlay);
+    // Right CA, wrong secret.
+    let (digest_part, _) = token.rsplit_once('-').unwrap();
+    let wrong_secret = format!("{digest_part}-{}", "1".repeat(25));
+    assert!(
+        c.cli_err(3, &["swarm", "join", "--token", &wrong_secret, &manager]).contains("invalid join token")
+    );
+    // Another cluster's token: its CA digest does not match this manager.
+    let foreign = format!("SWMTKN-1-{}-{}", "2".repeat(50), "3".repeat(25));
+    assert!(
+        c.cli_err(3, &["swarm", "join", "--token", &foreign, &manager])
+            .contains("does not match the join token")
+    );
+    // Not a token at all.
+    assert!(c.cli_err(3, &["swarm", "join", "--token", "hello", &manager]).contains("invalid join token"));
+    // A rotated-out token.
+    let rotated = c.cli(0, &["swarm", "join-token", "--rotate", "worker"]);
+    assert!(rotated.contains("Successfully rotated worker join token."));
+    assert!(c.cli_err(3, &["swarm", "join", "--token", &token, &manager]).contains("invalid join token"));
+    assert_eq!(ls(&c).len(), 3, "failed joins leave no trace in node ls");
+    // The new token works.
+    let fresh = c.cli(0, &["swarm", "join-token", "-q", "worker"]).trim().to_owned();
+    assert_ne!(fresh, token);
+    c.cli(3, &["swarm", "join", "--token", &fresh, &manager]);
+    assert_eq!(ls(&c).len(), 4);
+}
+
+#[test]
+fn the_manager_keeps_its_state_across_restarts_and_worker_liveness_is_tracked() {
+    let (mut c, _) = swarm();
+    c.cli(0, &["node", "update", "--label-add", "rack=r1", "node3"]);
+    let token = c.cli(0, &["swarm", "join-token", "-q", "worker"]);
+    assert!(c.stop_daemon(0), "the manager stops cleanly");
+    c.start_daemon(0);
+    assert_eq!(c.cli(0, &["swarm", "join-token", "-q", "worker"]), token, "tokens survive a restart");
+    let inspect: serde_json::Value = serde_json::from_str(&c.cli(0, &["node", "inspect", "node3"])).unwrap();
+    assert_eq!(inspect[0]["Spec"]["Labels"]["rack"], "r1", "labels survive a restart");
+    assert_eq!(ls(&c).len(), 3, "nodes survive a restart");
+    assert!(wait_until(Duration::from_secs(15), || state_of(&c, "node2") == "ready"), "workers reconnect");
+
+    // A killed worker goes Down within three heartbeats (1 s each here).
+    c.kill_daemon(2);
+    assert!(wait_until(Duration::from_secs(10), || state_of(&c, "node3") == "down"), "node3 not marked down");
+    assert!(c.cli(0, &["node", "ls"]).lines().any(|l| l.contains("node3") && l.contains("Down")));
+    c.start_daemon(2);
+    assert!(
+        wait_until(Duration::from_secs(15), || state_of(&c, "node3") == "ready"),
+        "node3 not ready again"
+    );
+
+    // Gossip came with the swarm: the nodes see each other.
+    assert!(wait_until(Duration::from_secs(15), || {
+        c.members(0).iter().filter(|m| m.2 == "alive").count() == 3
+    }));
+
+    // A down node can be removed; a worker can leave.
+    c.kill_daemon(1);
+    assert!(wait_until(Duration::from_secs(10), || state_of(&c, "node2") == "down"));
+    c.cli(0, &["node", "rm", "node2"]);
+    assert_eq!(ls(&c).len(), 2);
+    assert!(c.cli(2, &["swarm", "leave"]).contains("left the swarm"));
+}
