@@ -20,8 +20,8 @@ deps:
 	@[ "$$(id -u)" = 0 ] || { echo "make: the labs need root (network namespaces, TUN devices): run as root"; exit 1; }
 
 demo: deps
-	$(CARGO) build --release -p shoal -p netns-tests --bins
-	./target/release/demo
+	$(CARGO) build --release -p shoal
+	./scripts/demo.sh
 
 test: deps lint
 	$(CARGO) build -p shoal

@@ -12,6 +12,7 @@
 
 use std::io;
 use std::net::Ipv4Addr;
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -76,6 +77,8 @@ pub struct Lab {
     switch: String,
     hosts: Vec<Host>,
     children: Mutex<Vec<Child>>,
+    /// Kept after this process exits (`shoal lab up`): drop does nothing.
+    kept: bool,
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -96,8 +99,29 @@ impl Lab {
         }
         remove_stale(prefix);
         let name = format!("{prefix}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        Lab::build(name, hosts)
+    }
+
+    /// Builds a lab with exactly this name (namespaces `<name>-sw`,
+    /// `<name>-h1`, ...), for labs that outlive the process that made them;
+    /// fails if any namespace of that name exists.
+    pub fn named(name: &str, hosts: usize) -> Result<Lab, LabError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(LabError::NotRoot);
+        }
+        if !(1..=200).contains(&hosts) {
+            return Err(LabError::HostCount(hosts));
+        }
+        let own = format!("{name}-");
+        if let Some(existing) = NetNs::list().into_iter().find(|n| n.starts_with(&own)) {
+            return Err(LabError::Netns(NetnsError::Exists(existing)));
+        }
+        Lab::build(name.to_owned(), hosts)
+    }
+
+    fn build(name: String, hosts: usize) -> Result<Lab, LabError> {
         let switch = format!("{name}-sw");
-        let mut lab = Lab { name, switch, hosts: Vec::new(), children: Mutex::new(Vec::new()) };
+        let mut lab = Lab { name, switch, hosts: Vec::new(), children: Mutex::new(Vec::new()), kept: false };
         // From here on, Drop cleans up whatever was made if a step fails.
         NetNs::create(&lab.switch)?;
         ip(&lab.switch, &["link", "set", "lo", "up"])?;
@@ -222,8 +246,40 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Keeps the lab after this value is dropped: its namespaces stay and
+    /// its processes are left running; [`Lab::remove`] takes it down later.
+    pub fn keep(mut self) {
+        self.kept = true;
+        // The children are not ours to wait for any more.
+        self.children.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Takes down a kept lab by name: stops the given processes (SIGTERM,
+    /// then SIGKILL after `grace`) and deletes every namespace of the lab.
+    pub fn remove(name: &str, pids: &[u32], grace: Duration) {
+        for &pid in pids {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + grace;
+        for &pid in pids {
+            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        let own = format!("{name}-");
+        for ns in NetNs::list().into_iter().filter(|n| n.starts_with(&own)) {
+            let _ = NetNs::delete_by_name(&ns);
+        }
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
         let children = std::mem::take(&mut *self.children.lock().unwrap_or_else(|e| e.into_inner()));
         for child in children {
             let _ = stop_child(child, Duration::from_secs(3));

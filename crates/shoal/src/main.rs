@@ -3,6 +3,7 @@
 mod client;
 mod cluster_cli;
 mod daemon;
+mod lab_cli;
 mod overlay;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -33,6 +34,9 @@ enum Command {
     /// Manage swarm nodes: ls, inspect, update, promote, demote, rm
     #[command(subcommand)]
     Node(cluster_cli::NodeCommand),
+    /// A local multi-node cluster in network namespaces: up, ls, exec, down
+    #[command(subcommand)]
+    Lab(lab_cli::LabCommand),
     /// Gossip key management
     #[command(subcommand)]
     Gossip(GossipCommand),
@@ -176,6 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }),
         Command::Swarm(c) => cluster_cli::swarm(&client()?, c),
         Command::Node(c) => cluster_cli::node(&client()?, c),
+        Command::Lab(c) => lab_cli::run(c),
         Command::Gossip(GossipCommand::Keygen) => {
             #[allow(clippy::print_stdout)]
             {
@@ -212,10 +217,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Agents log what they do; client verbs only what went wrong.
+    let agent = matches!(cli.command, Command::Daemon(_) | Command::Dataplane(DataplaneCommand::Run { .. }));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if agent { "info" } else { "warn" })),
         )
         .with_writer(std::io::stderr)
         .init();
