@@ -65,6 +65,11 @@ impl Cluster {
         self.dir.join(format!("h{}.sock", i + 1))
     }
 
+    /// The data directory of host `i`'s daemon.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("h{}.data", i + 1))
+    }
+
     /// What the daemon on host `i` has logged (all its runs).
     pub fn log(&self, i: usize) -> String {
         std::fs::read_to_string(self.dir.join(format!("h{}.log", i + 1))).unwrap_or_default()

@@ -143,3 +143,84 @@ fn the_manager_keeps_its_state_across_restarts_and_worker_liveness_is_tracked() 
     assert_eq!(ls(&c).len(), 2);
     assert!(c.cli(2, &["swarm", "leave"]).contains("left the swarm"));
 }
+
+#[test]
+fn workers_renew_their_certificates_and_strangers_get_no_session() {
+    let c = Cluster::start_bare(3);
+    c.cli(0, &["swarm", "init", "--dispatcher-heartbeat", "1s", "--cert-expiry", "20s"]);
+    let token = c.cli(0, &["swarm", "join-token", "-q", "worker"]).trim().to_owned();
+    let manager = format!("{}:2377", c.lab.host(0).underlay);
+    c.cli(1, &["swarm", "join", "--token", &token, &manager]);
+    let cert_path = c.data_dir(1).join("swarm/node.crt");
+    let first = std::fs::read_to_string(&cert_path).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(25), || std::fs::read_to_string(&cert_path).unwrap_or_default()
+            != first),
+        "the worker did not renew its 20 s certificate"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(state_of(&c, "node2"), "ready", "the session goes on with the renewed certificate");
+
+    // A client with no certificate may ask to join, nothing else; a client
+    // whose certificate comes from another CA gets no connection at all.
+    let ca_pem = std::fs::read_to_string(c.data_dir(0).join("swarm/ca.crt")).unwrap();
+    let ca_der = shoal_control::ca::pem_to_der(&ca_pem).unwrap();
+    let digest = shoal_control::ca::digest(&ca_der);
+    let host = c.lab.host(2).clone();
+    let addr: std::net::SocketAddr = manager.parse().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let netns = shoal_runtime::NetNs::open(&host.netns).unwrap();
+    let (anonymous, foreign) = netns
+        .run(|| {
+            runtime.block_on(async {
+                let anonymous = async {
+                    let conn =
+                        client(shoal_control::transport::join_client_config(digest).unwrap(), addr).await?;
+                    let answer: serde_json::Value =
+                        shoal_control::transport::call(&conn, &serde_json::json!("Heartbeat"))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    Ok::<_, String>(answer)
+                }
+                .await;
+                let other = shoal_control::ClusterCa::create("elsewhere").unwrap();
+                let (csr, key) = shoal_control::ca::new_csr().unwrap();
+                let subject = shoal_control::Subject {
+                    node_id: "intruder",
+                    role: shoal_control::Role::Manager,
+                    cluster_id: "elsewhere",
+                    validity: Duration::from_secs(3600),
+                };
+                let cert = other.sign_csr(&csr, subject).unwrap();
+                let config = shoal_control::transport::client_config(&ca_der, &cert, &key).unwrap();
+                let foreign = match client(config, addr).await {
+                    Err(e) => Err(e),
+                    Ok(conn) => shoal_control::transport::call::<_, serde_json::Value>(
+                        &conn,
+                        &serde_json::json!("Heartbeat"),
+                    )
+                    .await
+                    .map_err(|e| e.to_string()),
+                };
+                (anonymous, foreign)
+            })
+        })
+        .unwrap();
+    let anonymous = anonymous.expect("an anonymous client can connect");
+    assert!(
+        anonymous["Error"]["message"].as_str().unwrap_or("").contains("need the node's certificate"),
+        "{anonymous}"
+    );
+    assert!(foreign.is_err(), "a certificate from another CA opened a session: {foreign:?}");
+}
+
+async fn client(
+    config: quinn::ClientConfig,
+    addr: std::net::SocketAddr,
+) -> Result<quinn::Connection, String> {
+    let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse().unwrap()).map_err(|e| e.to_string())?;
+    endpoint.set_default_client_config(config);
+    let connecting =
+        endpoint.connect(addr, shoal_control::transport::SERVER_NAME).map_err(|e| e.to_string())?;
+    connecting.await.map_err(|e| e.to_string())
+}

@@ -80,8 +80,22 @@ impl std::fmt::Debug for ClusterCa {
     }
 }
 
-/// Validity of node certificates (Swarm: 90 days).
-pub const NODE_CERT_VALIDITY: Duration = Duration::days(90);
+/// Validity of node certificates unless `swarm init --cert-expiry` says
+/// otherwise (Swarm: 90 days).
+pub const NODE_CERT_VALIDITY: std::time::Duration = std::time::Duration::from_secs(90 * 24 * 3600);
+
+/// Whom a node certificate is for, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    /// Node id (CN).
+    pub node_id: &'a str,
+    /// Role (OU).
+    pub role: Role,
+    /// Cluster id (O).
+    pub cluster_id: &'a str,
+    /// How long the certificate is valid.
+    pub validity: std::time::Duration,
+}
 
 impl ClusterCa {
     /// Creates a new root CA for cluster `cluster_id`.
@@ -119,28 +133,24 @@ impl ClusterCa {
 
     /// Signs a node certificate for `node_id` in `role` over the public key of
     /// `csr_pem`; the CSR's own subject is ignored.
-    pub fn sign_csr(
-        &self,
-        csr_pem: &str,
-        node_id: &str,
-        role: Role,
-        cluster_id: &str,
-    ) -> Result<String, CaError> {
+    pub fn sign_csr(&self, csr_pem: &str, subject: Subject<'_>) -> Result<String, CaError> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
-        csr.params = node_params(node_id, role, cluster_id)?;
+        csr.params = node_params(subject)?;
         Ok(csr.signed_by(&self.issuer()?)?.pem())
     }
 
     /// Issues a key and certificate for `node_id` directly (for the first
     /// manager, which creates the CA itself).
-    pub fn issue(&self, node_id: &str, role: Role, cluster_id: &str) -> Result<(String, String), CaError> {
+    pub fn issue(&self, subject: Subject<'_>) -> Result<(String, String), CaError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let cert = node_params(node_id, role, cluster_id)?.signed_by(&key, &self.issuer()?)?;
+        let cert = node_params(subject)?.signed_by(&key, &self.issuer()?)?;
         Ok((cert.pem(), key.serialize_pem()))
     }
 }
 
-fn node_params(node_id: &str, role: Role, cluster_id: &str) -> Result<CertificateParams, CaError> {
+fn node_params(
+    Subject { node_id, role, cluster_id, validity }: Subject<'_>,
+) -> Result<CertificateParams, CaError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, node_id);
@@ -155,7 +165,7 @@ fn node_params(node_id: &str, role: Role, cluster_id: &str) -> Result<Certificat
         vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     let now = OffsetDateTime::now_utc();
     params.not_before = now - Duration::hours(1);
-    params.not_after = now + NODE_CERT_VALIDITY;
+    params.not_after = now + Duration::try_from(validity).map_err(|_| CaError::BadCertificate)?;
     Ok(params)
 }
 
@@ -198,11 +208,15 @@ pub fn identity(cert_der: &[u8]) -> Result<(String, Role, i64), CaError> {
 mod tests {
     use super::*;
 
+    fn subject<'a>(node_id: &'a str, role: Role, cluster_id: &'a str) -> Subject<'a> {
+        Subject { node_id, role, cluster_id, validity: NODE_CERT_VALIDITY }
+    }
+
     #[test]
     fn a_csr_is_signed_with_the_managers_choice_of_identity() {
         let ca = ClusterCa::create("cluster1").unwrap();
         let (csr, _key) = new_csr().unwrap();
-        let cert = ca.sign_csr(&csr, "node123", Role::Worker, "cluster1").unwrap();
+        let cert = ca.sign_csr(&csr, subject("node123", Role::Worker, "cluster1")).unwrap();
         let (id, role, expiry) = identity(&pem_to_der(&cert).unwrap()).unwrap();
         assert_eq!((id.as_str(), role), ("node123", Role::Worker));
         let days = (expiry - OffsetDateTime::now_utc().unix_timestamp()) / 86_400;
@@ -215,7 +229,7 @@ mod tests {
         let json = serde_json::to_string(&ca).unwrap();
         let back: ClusterCa = serde_json::from_str(&json).unwrap();
         assert_eq!(back.digest(), ca.digest());
-        let (cert, _) = back.issue("m1", Role::Manager, "c").unwrap();
+        let (cert, _) = back.issue(subject("m1", Role::Manager, "c")).unwrap();
         assert_eq!(identity(&pem_to_der(&cert).unwrap()).unwrap().1, Role::Manager);
         assert_ne!(ClusterCa::create("c").unwrap().digest(), ca.digest());
     }
@@ -223,7 +237,7 @@ mod tests {
     #[test]
     fn garbage_is_refused() {
         let ca = ClusterCa::create("c").unwrap();
-        assert!(ca.sign_csr("not a csr", "n", Role::Worker, "c").is_err());
+        assert!(ca.sign_csr("not a csr", subject("n", Role::Worker, "c")).is_err());
         assert!(matches!(identity(b"junk"), Err(CaError::BadCertificate)));
         assert!(matches!(identity(&ca.cert_der()), Err(CaError::NoIdentity)));
     }

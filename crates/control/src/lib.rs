@@ -13,6 +13,6 @@ pub mod store;
 pub mod token;
 pub mod transport;
 
-pub use ca::{CaError, ClusterCa, Role};
+pub use ca::{CaError, ClusterCa, Role, Subject};
 pub use store::{ClusterState, NodeRecord, Store, StoreError};
 pub use token::{JoinToken, TokenError};

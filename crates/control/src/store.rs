@@ -47,8 +47,15 @@ pub struct ClusterState {
     pub default_addr_pool: String,
     /// VXLAN port of every node.
     pub data_path_port: u16,
+    /// Validity of node certificates, in seconds.
+    #[serde(default = "default_cert_expiry")]
+    pub cert_expiry_secs: u64,
     /// Unix seconds.
     pub created_at: i64,
+}
+
+fn default_cert_expiry() -> u64 {
+    crate::ca::NODE_CERT_VALIDITY.as_secs()
 }
 
 /// A node as the manager records it (docker's node object, simplified).
@@ -217,6 +224,7 @@ mod tests {
                 gossip_keys: "1:00".into(),
                 default_addr_pool: "10.0.0.0/8".into(),
                 data_path_port: 4789,
+                cert_expiry_secs: 3600,
                 created_at: 5,
             };
             store.put_cluster(&cluster).unwrap();

@@ -3,12 +3,16 @@
 
 use std::net::SocketAddr;
 
-use shoal_control::ca::{self, ClusterCa, Role};
+use shoal_control::ca::{self, ClusterCa, NODE_CERT_VALIDITY, Role, Subject};
+
+fn subject<'a>(node_id: &'a str, role: Role, cluster_id: &'a str) -> Subject<'a> {
+    Subject { node_id, role, cluster_id, validity: NODE_CERT_VALIDITY }
+}
 use shoal_control::transport::{self, CA_MISMATCH, SERVER_NAME};
 
 /// A manager endpoint that reports the identity of each accepted client.
 fn manager(ca: &ClusterCa) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Option<(String, Role)>>) {
-    let (cert, key) = ca.issue("manager1", Role::Manager, "c1").unwrap();
+    let (cert, key) = ca.issue(subject("manager1", Role::Manager, "c1")).unwrap();
     let config = transport::server_config(&ca.cert_der(), &cert, &key).unwrap();
     let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = endpoint.local_addr().unwrap();
@@ -46,7 +50,7 @@ async fn members_present_their_certificate_and_strangers_are_refused() {
     let ca = ClusterCa::create("c1").unwrap();
     let (addr, mut accepted) = manager(&ca);
     let (csr, key) = ca::new_csr().unwrap();
-    let cert = ca.sign_csr(&csr, "worker7", Role::Worker, "c1").unwrap();
+    let cert = ca.sign_csr(&csr, subject("worker7", Role::Worker, "c1")).unwrap();
     let conn = connect(transport::client_config(&ca.cert_der(), &cert, &key).unwrap(), addr).await.unwrap();
     assert_eq!(accepted.recv().await.unwrap(), Some(("worker7".to_owned(), Role::Worker)));
     drop(conn);
@@ -54,7 +58,7 @@ async fn members_present_their_certificate_and_strangers_are_refused() {
     // A certificate from another cluster's CA: the handshake fails.
     let other = ClusterCa::create("c2").unwrap();
     let (csr, key) = ca::new_csr().unwrap();
-    let foreign = other.sign_csr(&csr, "intruder", Role::Manager, "c2").unwrap();
+    let foreign = other.sign_csr(&csr, subject("intruder", Role::Manager, "c2")).unwrap();
     let config = transport::client_config(&ca.cert_der(), &foreign, &key).unwrap();
     let result = connect(config, addr).await;
     let refused = match result {
@@ -69,7 +73,7 @@ async fn members_present_their_certificate_and_strangers_are_refused() {
 #[tokio::test]
 async fn messages_round_trip_and_oversized_ones_are_refused() {
     let ca = ClusterCa::create("c1").unwrap();
-    let (cert, key) = ca.issue("manager1", Role::Manager, "c1").unwrap();
+    let (cert, key) = ca.issue(subject("manager1", Role::Manager, "c1")).unwrap();
     let config = transport::server_config(&ca.cert_der(), &cert, &key).unwrap();
     let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = endpoint.local_addr().unwrap();

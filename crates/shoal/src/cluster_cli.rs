@@ -24,9 +24,12 @@ pub enum SwarmCommand {
         /// VXLAN port (must be the daemon's)
         #[arg(long)]
         data_path_port: Option<u16>,
-        /// Seconds between heartbeats; a node is Down after three missed
-        #[arg(long, default_value_t = 5)]
+        /// Time between heartbeats (such as 5s); a node is Down after three missed
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
         dispatcher_heartbeat: u64,
+        /// Validity of node certificates (such as 90d or 2160h); nodes renew at 50-80 %
+        #[arg(long, default_value = "90d", value_parser = parse_duration)]
+        cert_expiry: u64,
     },
     /// Join a swarm as a node
     Join {
@@ -110,6 +113,22 @@ pub enum NodeCommand {
     },
 }
 
+/// Parses a duration such as `5s`, `10m`, `2160h` or `90d` (a bare number
+/// is seconds) into seconds.
+fn parse_duration(text: &str) -> Result<u64, String> {
+    let bad = || format!("invalid duration {text:?}: use a number with s, m, h or d, such as 90d or 5s");
+    let (number, unit) = text.find(|c: char| !c.is_ascii_digit()).map_or((text, "s"), |i| text.split_at(i));
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(scale).filter(|s| *s > 0).ok_or_else(bad)
+}
+
 fn out() -> std::io::StdoutLock<'static> {
     std::io::stdout().lock()
 }
@@ -123,11 +142,12 @@ pub fn swarm(client: &Client, command: SwarmCommand) -> anyhow::Result<()> {
             default_addr_pool,
             data_path_port,
             dispatcher_heartbeat,
+            cert_expiry,
         } => {
-            let _ = listen_addr;
             let body = serde_json::json!({
-                "advertise_addr": advertise_addr, "default_addr_pool": default_addr_pool,
+                "advertise_addr": advertise_addr, "listen_addr": listen_addr, "default_addr_pool": default_addr_pool,
                 "data_path_port": data_path_port, "dispatcher_heartbeat_secs": dispatcher_heartbeat,
+                "cert_expiry_secs": cert_expiry,
             });
             let answer = client.call("POST", "/v1/swarm/init", Some(&body))?;
             let mut o = out();
@@ -344,6 +364,18 @@ fn role_change(client: &Client, nodes: &[String], role: &str) -> anyhow::Result<
 #[cfg(test)]
 mod tests {
     use super::table;
+
+    #[test]
+    fn durations_parse_like_docker_flags() {
+        use super::parse_duration;
+        assert_eq!(parse_duration("5s"), Ok(5));
+        assert_eq!(parse_duration("90d"), Ok(90 * 86_400));
+        assert_eq!(parse_duration("2160h"), Ok(2160 * 3600));
+        assert_eq!(parse_duration("7"), Ok(7));
+        assert!(parse_duration("5x").unwrap_err().contains("invalid duration"));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("").is_err());
+    }
 
     #[test]
     fn tables_pad_like_docker() {

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use shoal_control::ca::{self, ClusterCa, Role};
+use shoal_control::ca::{self, ClusterCa, Role, Subject};
 use shoal_control::store::{ClusterState, NodeRecord, Store};
 use shoal_control::token::JoinToken;
 use shoal_control::transport::{self, SERVER_NAME};
@@ -94,6 +94,8 @@ enum Request {
     Join { secret: [u8; 16], csr: String, info: NodeInfo },
     /// I am alive (mutual TLS: the certificate says who).
     Heartbeat,
+    /// A new certificate for the same identity, over a new key.
+    Renew { csr: String },
 }
 
 /// Control-plane answers.
@@ -111,6 +113,9 @@ enum Response {
     },
     Ok {
         heartbeat_secs: u64,
+    },
+    Renewed {
+        cert: String,
     },
     Error {
         message: String,
@@ -204,12 +209,16 @@ fn write_files(dir: &Path, config: &SwarmConfig, cert: &str, key: &str, ca: &str
 pub struct InitRequest {
     /// Must be the daemon's advertise address if given.
     pub advertise_addr: Option<String>,
+    /// Must be the daemon's listen address if given.
+    pub listen_addr: Option<String>,
     /// Address pool for networks.
     pub default_addr_pool: Option<String>,
     /// VXLAN port; must be the daemon's if given.
     pub data_path_port: Option<u16>,
     /// Heartbeat period in seconds.
     pub dispatcher_heartbeat_secs: Option<u64>,
+    /// Validity of node certificates in seconds.
+    pub cert_expiry_secs: Option<u64>,
 }
 
 /// `swarm init`: creates the cluster with this node as its manager.
@@ -229,6 +238,15 @@ pub async fn init(state: &Arc<State>, req: InitRequest) -> Result<serde_json::Va
             )));
         }
     }
+    if let Some(addr) = &req.listen_addr {
+        let own = state.settings.listen_addr.to_string();
+        let host = addr.split(':').next().unwrap_or(addr);
+        if host != own {
+            return Err(ApiError::BadRequest(format!(
+                "the daemon listens on {own}; restart it with --listen-addr {host} to listen there"
+            )));
+        }
+    }
     if let Some(port) = req.data_path_port
         && port != state.settings.data_port
     {
@@ -243,7 +261,13 @@ pub async fn init(state: &Arc<State>, req: InitRequest) -> Result<serde_json::Va
     let cluster_id = new_id();
     let node_id = new_id();
     let ca = ClusterCa::create(&cluster_id).map_err(internal)?;
-    let (cert, key) = ca.issue(&node_id, Role::Manager, &cluster_id).map_err(internal)?;
+    let cert_expiry_secs = req.cert_expiry_secs.unwrap_or(ca::NODE_CERT_VALIDITY.as_secs());
+    if cert_expiry_secs < 10 {
+        return Err(ApiError::BadRequest("--cert-expiry must be at least 10 seconds".into()));
+    }
+    let validity = Duration::from_secs(cert_expiry_secs);
+    let subject = Subject { node_id: &node_id, role: Role::Manager, cluster_id: &cluster_id, validity };
+    let (cert, key) = ca.issue(subject).map_err(internal)?;
     let gossip_keys = super::keygen().map_err(internal)?;
     let dir = swarm_dir(state.data_dir());
     std::fs::create_dir_all(&dir).map_err(internal)?;
@@ -256,6 +280,7 @@ pub async fn init(state: &Arc<State>, req: InitRequest) -> Result<serde_json::Va
         gossip_keys: gossip_keys.clone(),
         default_addr_pool: pool,
         data_path_port: state.settings.data_port,
+        cert_expiry_secs,
         created_at: now_unix(),
     };
     store.put_cluster(&cs).map_err(internal)?;
@@ -344,6 +369,30 @@ impl Manager {
     fn handle(&self, request: Request, peer: Option<&(String, Role)>) -> Response {
         match request {
             Request::Join { secret, csr, info } => self.join(secret, &csr, &info),
+            Request::Renew { csr } => {
+                let Some((id, role)) = peer else {
+                    return Response::Error {
+                        message: "renewal needs the node's current certificate".into(),
+                    };
+                };
+                let Ok(Some(cs)) = self.store.cluster() else {
+                    return Response::Error { message: "the manager has no cluster state".into() };
+                };
+                if !matches!(self.store.node(id), Ok(Some(_))) {
+                    return Response::Error { message: "this node was removed from the swarm".into() };
+                }
+                let validity = Duration::from_secs(cs.cert_expiry_secs);
+                let subject = Subject { node_id: id, role: *role, cluster_id: &cs.id, validity };
+                match cs.ca.sign_csr(&csr, subject) {
+                    Ok(cert) => {
+                        tracing::info!(node = %id, "certificate renewed");
+                        Response::Renewed { cert }
+                    }
+                    Err(e) => {
+                        Response::Error { message: format!("cannot sign the certificate request: {e}") }
+                    }
+                }
+            }
             Request::Heartbeat => {
                 let Some((id, _)) = peer else {
                     return Response::Error { message: "heartbeats need the node's certificate".into() };
@@ -383,7 +432,9 @@ impl Manager {
             };
         }
         let node_id = new_id();
-        let cert = match cs.ca.sign_csr(csr, &node_id, Role::Worker, &cs.id) {
+        let validity = Duration::from_secs(cs.cert_expiry_secs);
+        let subject = Subject { node_id: &node_id, role: Role::Worker, cluster_id: &cs.id, validity };
+        let cert = match cs.ca.sign_csr(csr, subject) {
             Ok(cert) => cert,
             Err(e) => {
                 return Response::Error { message: format!("cannot sign the certificate request: {e}") };
@@ -572,22 +623,49 @@ async fn start_worker(state: &Arc<State>, config: SwarmConfig) -> anyhow::Result
         )
         .await?;
     }
-    let dir = swarm_dir(state.data_dir());
+    let session = tokio::spawn(session_loop(swarm_dir(state.data_dir()), config.manager));
+    Ok(Worker { config, session })
+}
+
+/// The client configuration from this node's certificate files, and when the
+/// certificate should be renewed: at a random point between 50 % and 80 % of
+/// its validity, as Swarm does.
+fn session_client(dir: &Path) -> anyhow::Result<(quinn::ClientConfig, std::time::SystemTime)> {
     let cert = std::fs::read_to_string(dir.join("node.crt"))?;
     let key = std::fs::read_to_string(dir.join("node.key"))?;
     let ca = std::fs::read_to_string(dir.join("ca.crt"))?;
     let ca_der = ca::pem_to_der(&ca).ok_or_else(|| anyhow::anyhow!("ca.crt is not PEM"))?;
-    let client = transport::client_config(&ca_der, &cert, &key)?;
-    let session = tokio::spawn(session_loop(client, config.manager));
-    Ok(Worker { config, session })
+    let cert_der = ca::pem_to_der(&cert).ok_or_else(|| anyhow::anyhow!("node.crt is not PEM"))?;
+    let (_, _, not_after) = ca::identity(&cert_der)?;
+    let not_before = std::fs::metadata(dir.join("node.crt"))?.modified()?;
+    let end = std::time::UNIX_EPOCH + Duration::from_secs(not_after.max(0) as u64);
+    let life = end.duration_since(not_before).unwrap_or_default();
+    let fraction = 0.5 + 0.3 * f64::from(random_secret()[0]) / 255.0;
+    Ok((transport::client_config(&ca_der, &cert, &key)?, not_before + life.mul_f64(fraction)))
 }
 
-/// Keeps a mutual-TLS session to the manager and heartbeats over it,
-/// reconnecting when it drops.
-async fn session_loop(client: quinn::ClientConfig, manager: SocketAddr) {
+/// Keeps a mutual-TLS session to the manager, heartbeats over it, renews
+/// the node certificate when due, and reconnects when the session drops.
+async fn session_loop(dir: PathBuf, manager: SocketAddr) {
     loop {
-        match connect(client.clone(), manager).await {
+        let (client, renew_at) = match session_client(&dir) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load this node's certificate");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                continue;
+            }
+        };
+        match connect(client, manager).await {
             Ok(conn) => loop {
+                if std::time::SystemTime::now() >= renew_at {
+                    match renew(&conn, &dir).await {
+                        Ok(()) => tracing::info!("node certificate renewed"),
+                        Err(e) => tracing::warn!(error = %e, "certificate renewal failed"),
+                    }
+                    // Reconnect with the new certificate.
+                    break;
+                }
                 match transport::call::<_, Response>(&conn, &Request::Heartbeat).await {
                     Ok(Response::Ok { heartbeat_secs }) => {
                         tokio::time::sleep(Duration::from_secs(heartbeat_secs.max(1))).await;
@@ -602,6 +680,21 @@ async fn session_loop(client: quinn::ClientConfig, manager: SocketAddr) {
             Err(e) => tracing::debug!(error = ?e, "cannot reach the manager"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn renew(conn: &quinn::Connection, dir: &Path) -> anyhow::Result<()> {
+    let (csr, key) = ca::new_csr()?;
+    match transport::call::<_, Response>(conn, &Request::Renew { csr }).await? {
+        Response::Renewed { cert } => {
+            std::fs::write(dir.join("node.key.new"), &key)?;
+            std::fs::write(dir.join("node.crt.new"), &cert)?;
+            std::fs::rename(dir.join("node.key.new"), dir.join("node.key"))?;
+            std::fs::rename(dir.join("node.crt.new"), dir.join("node.crt"))?;
+            Ok(())
+        }
+        Response::Error { message } => anyhow::bail!(message),
+        _ => anyhow::bail!("unexpected answer to a renewal"),
     }
 }
 
