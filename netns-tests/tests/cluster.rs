@@ -153,13 +153,20 @@ fn workers_renew_their_certificates_and_strangers_get_no_session() {
     c.cli(1, &["swarm", "join", "--token", &token, &manager]);
     let cert_path = c.data_dir(1).join("swarm/node.crt");
     let first = std::fs::read_to_string(&cert_path).unwrap();
+    let manager_cert = c.data_dir(0).join("swarm/node.crt");
+    let manager_first = std::fs::read_to_string(&manager_cert).unwrap();
     assert!(
         wait_until(Duration::from_secs(25), || std::fs::read_to_string(&cert_path).unwrap_or_default()
             != first),
         "the worker did not renew its 20 s certificate"
     );
+    assert!(
+        wait_until(Duration::from_secs(30), || std::fs::read_to_string(&manager_cert).unwrap_or_default()
+            != manager_first),
+        "the manager did not renew its own certificate"
+    );
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(state_of(&c, "node2"), "ready", "the session goes on with the renewed certificate");
+    assert_eq!(state_of(&c, "node2"), "ready", "the session goes on with the renewed certificates");
 
     // A client with no certificate may ask to join, nothing else; a client
     // whose certificate comes from another CA gets no connection at all.

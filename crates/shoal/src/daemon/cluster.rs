@@ -67,6 +67,7 @@ pub struct Worker {
 /// The manager's running services and state.
 pub struct Manager {
     config: SwarmConfig,
+    dir: PathBuf,
     store: Store,
     last_seen: Mutex<HashMap<String, Instant>>,
     started: Instant,
@@ -318,6 +319,7 @@ async fn start_manager(state: &Arc<State>, config: SwarmConfig) -> anyhow::Resul
     }
     let mut manager = Manager {
         config,
+        dir,
         store,
         last_seen: Mutex::new(HashMap::new()),
         started: Instant::now(),
@@ -354,10 +356,17 @@ async fn accept_loop(endpoint: quinn::Endpoint, manager: std::sync::Weak<Manager
 }
 
 async fn monitor_loop(manager: std::sync::Weak<Manager>) {
+    let mut ticks = 0u64;
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let Some(m) = manager.upgrade() else { return };
         m.mark_down();
+        ticks += 1;
+        if ticks.is_multiple_of(20)
+            && let Err(e) = m.renew_own_certificate()
+        {
+            tracing::warn!(error = %e, "cannot renew the manager's certificate");
+        }
     }
 }
 
@@ -455,6 +464,31 @@ impl Manager {
             gossip_seed: self.config.gossip_seed,
             heartbeat_secs: self.config.heartbeat_secs,
         }
+    }
+
+    /// Reissues the manager's own certificate once 60 % of its validity has
+    /// passed, and serves with it from then on.
+    fn renew_own_certificate(&self) -> anyhow::Result<()> {
+        let dir = &self.dir;
+        let cert = std::fs::read_to_string(dir.join("node.crt"))?;
+        let der = ca::pem_to_der(&cert).ok_or_else(|| anyhow::anyhow!("node.crt is not PEM"))?;
+        let (_, _, not_after) = ca::identity(&der)?;
+        let issued = std::fs::metadata(dir.join("node.crt"))?.modified()?;
+        let end = std::time::UNIX_EPOCH + Duration::from_secs(not_after.max(0) as u64);
+        let life = end.duration_since(issued).unwrap_or_default();
+        if std::time::SystemTime::now() < issued + life.mul_f64(0.6) {
+            return Ok(());
+        }
+        let cs = self.store.cluster()?.ok_or_else(|| anyhow::anyhow!("no cluster"))?;
+        let validity = Duration::from_secs(cs.cert_expiry_secs);
+        let subject =
+            Subject { node_id: &self.config.node_id, role: Role::Manager, cluster_id: &cs.id, validity };
+        let (cert, key) = cs.ca.issue(subject)?;
+        std::fs::write(dir.join("node.key"), &key)?;
+        std::fs::write(dir.join("node.crt"), &cert)?;
+        self.endpoint.set_server_config(Some(transport::server_config(&cs.ca.cert_der(), &cert, &key)?));
+        tracing::info!("manager certificate renewed");
+        Ok(())
     }
 
     /// Marks down every worker whose heartbeats stopped.
