@@ -9,10 +9,12 @@
 #![forbid(unsafe_code)]
 
 pub mod ca;
+pub mod ipam;
 pub mod store;
 pub mod token;
 pub mod transport;
 
 pub use ca::{CaError, ClusterCa, Role, Subject};
+pub use ipam::{Ipam, IpamError, NetworkAlloc};
 pub use store::{ClusterState, NodeRecord, Store, StoreError};
 pub use token::{JoinToken, TokenError};
