@@ -151,6 +151,11 @@ fn workers_renew_their_certificates_and_strangers_get_no_session() {
     let token = c.cli(0, &["swarm", "join-token", "-q", "worker"]).trim().to_owned();
     let manager = format!("{}:2377", c.lab.host(0).underlay);
     c.cli(1, &["swarm", "join", "--token", &token, &manager]);
+    for i in [0, 1] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(c.data_dir(i).join("swarm")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the swarm directory (keys, CA) is root's alone, not {mode:o}");
+    }
     let cert_path = c.data_dir(1).join("swarm/node.crt");
     let first = std::fs::read_to_string(&cert_path).unwrap();
     let manager_cert = c.data_dir(0).join("swarm/node.crt");

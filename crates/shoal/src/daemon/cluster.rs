@@ -192,14 +192,18 @@ fn record(id: &str, role: Role, info: &NodeInfo, leader: bool) -> NodeRecord {
     }
 }
 
-fn write_files(dir: &Path, config: &SwarmConfig, cert: &str, key: &str, ca: &str) -> std::io::Result<()> {
+/// Creates the swarm directory readable by root alone: it holds the node's
+/// key and, on the manager, the CA's key in the state store.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+}
+
+fn write_files(dir: &Path, config: &SwarmConfig, cert: &str, key: &str, ca: &str) -> std::io::Result<()> {
+    private_dir(dir)?;
     std::fs::write(dir.join("node.crt"), cert)?;
     std::fs::write(dir.join("node.key"), key)?;
-    std::os::unix::fs::PermissionsExt::set_mode(
-        &mut std::fs::metadata(dir.join("node.key"))?.permissions(),
-        0o600,
-    );
+    std::fs::set_permissions(dir.join("node.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     std::fs::write(dir.join("ca.crt"), ca)?;
     std::fs::write(dir.join("swarm.json"), serde_json::to_vec_pretty(config).expect("serialisable"))
 }
@@ -271,7 +275,7 @@ pub async fn init(state: &Arc<State>, req: InitRequest) -> Result<serde_json::Va
     let (cert, key) = ca.issue(subject).map_err(internal)?;
     let gossip_keys = super::keygen().map_err(internal)?;
     let dir = swarm_dir(state.data_dir());
-    std::fs::create_dir_all(&dir).map_err(internal)?;
+    private_dir(&dir).map_err(internal)?;
     let store = Store::open(&dir.join("state.redb")).map_err(internal)?;
     let cs = ClusterState {
         id: cluster_id.clone(),
