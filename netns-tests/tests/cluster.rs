@@ -142,6 +142,14 @@ fn the_manager_keeps_its_state_across_restarts_and_worker_liveness_is_tracked() 
     c.cli(0, &["node", "rm", "node2"]);
     assert_eq!(ls(&c).len(), 2);
     assert!(c.cli(2, &["swarm", "leave"]).contains("left the swarm"));
+    // Leaving frees everything: the same daemon can join again.
+    let token = c.cli(0, &["swarm", "join-token", "-q", "worker"]).trim().to_owned();
+    c.cli(2, &["swarm", "join", "--token", &token, &format!("{}:2377", c.lab.host(0).underlay)]);
+    assert!(wait_until(Duration::from_secs(10), || ls(&c)
+        .iter()
+        .filter(|n| n["Status"]["State"] == "ready")
+        .count()
+        == 2));
 }
 
 #[test]

@@ -63,6 +63,9 @@ pub enum CaError {
     /// A certificate does not parse.
     #[error("certificate does not parse")]
     BadCertificate,
+    /// The operating system gave no random bytes.
+    #[error("no randomness available from the operating system")]
+    NoRandomness,
 }
 
 /// The cluster CA: its certificate and private key, PEM-encoded.
@@ -157,12 +160,15 @@ fn node_params(
     dn.push(DnType::OrganizationalUnitName, role.ou());
     dn.push(DnType::OrganizationName, cluster_id);
     params.distinguished_name = dn;
-    // The node id doubles as the name TLS verifies (quinn needs a server name).
-    params.subject_alt_names =
-        vec![SanType::DnsName(node_id.try_into()?), SanType::DnsName("swarm-manager".try_into()?)];
+    // Only a manager may serve the control plane: only its certificate
+    // carries the name clients verify and the server-auth usage.
+    params.subject_alt_names = vec![SanType::DnsName(node_id.try_into()?)];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    params.extended_key_usages =
-        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    if role == Role::Manager {
+        params.subject_alt_names.push(SanType::DnsName(crate::transport::SERVER_NAME.try_into()?));
+        params.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
+    }
     let now = OffsetDateTime::now_utc();
     params.not_before = now - Duration::hours(1);
     params.not_after = now + Duration::try_from(validity).map_err(|_| CaError::BadCertificate)?;
@@ -175,6 +181,19 @@ pub fn new_csr() -> Result<(String, String), CaError> {
     let params = CertificateParams::new(Vec::<String>::new())?;
     let csr = params.serialize_request(&key)?;
     Ok((csr.pem()?, key.serialize_pem()))
+}
+
+/// `N` bytes from the operating system's random source.
+pub fn random<const N: usize>() -> Result<[u8; N], CaError> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; N];
+    ring::rand::SystemRandom::new().fill(&mut bytes).map_err(|_| CaError::NoRandomness)?;
+    Ok(bytes)
+}
+
+/// Whether two secrets are equal, in time independent of where they differ.
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && std::hint::black_box(a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y))) == 0
 }
 
 /// SHA-256 of `bytes`.

@@ -210,17 +210,38 @@ pub async fn write_message<T: Serialize>(
     send.write_all(&body).await.map_err(|e| TransportError::Connection(e.to_string()))
 }
 
-/// Reads one length-prefixed JSON message.
+/// How long a peer may take to send one message.
+pub const MESSAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads one length-prefixed JSON message. Memory grows only as bytes
+/// arrive (never to a length merely claimed), and a silent peer is dropped
+/// after [`MESSAGE_TIMEOUT`].
 pub async fn read_message<T: DeserializeOwned>(recv: &mut quinn::RecvStream) -> Result<T, TransportError> {
-    let mut len = [0u8; 4];
-    recv.read_exact(&mut len).await.map_err(|e| TransportError::Connection(e.to_string()))?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_MESSAGE {
-        return Err(TransportError::Message(format!("{len} bytes is over the {MAX_MESSAGE} limit")));
-    }
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.map_err(|e| TransportError::Connection(e.to_string()))?;
-    serde_json::from_slice(&body).map_err(|e| TransportError::Message(e.to_string()))
+    let read = async {
+        let mut len = [0u8; 4];
+        recv.read_exact(&mut len).await.map_err(|e| TransportError::Connection(e.to_string()))?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_MESSAGE {
+            return Err(TransportError::Message(format!("{len} bytes is over the {MAX_MESSAGE} limit")));
+        }
+        let mut body = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        while body.len() < len {
+            let want = (len - body.len()).min(chunk.len());
+            match recv
+                .read(&mut chunk[..want])
+                .await
+                .map_err(|e| TransportError::Connection(e.to_string()))?
+            {
+                Some(n) => body.extend_from_slice(&chunk[..n]),
+                None => return Err(TransportError::Message("stream ended inside a message".into())),
+            }
+        }
+        serde_json::from_slice(&body).map_err(|e| TransportError::Message(e.to_string()))
+    };
+    tokio::time::timeout(MESSAGE_TIMEOUT, read)
+        .await
+        .map_err(|_| TransportError::Connection("timed out waiting for a message".into()))?
 }
 
 /// Sends `request` on a new stream of `conn` and reads the answer.

@@ -97,3 +97,22 @@ async fn messages_round_trip_and_oversized_ones_are_refused() {
     let answer: serde_json::Value = transport::read_message(&mut recv).await.unwrap();
     assert!(answer["error"].as_str().unwrap().contains("limit"), "{answer}");
 }
+
+#[tokio::test]
+async fn a_worker_certificate_cannot_pose_as_the_manager() {
+    let ca = ClusterCa::create("c1").unwrap();
+    let (csr, key) = ca::new_csr().unwrap();
+    let worker = ca.sign_csr(&csr, subject("worker7", Role::Worker, "c1")).unwrap();
+    let config = transport::server_config(&ca.cert_der(), &worker, &key).unwrap();
+    let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            let _ = incoming.await;
+        }
+    });
+    assert!(connect(transport::join_client_config(ca.digest()).unwrap(), addr).await.is_err());
+    let (csr, key) = ca::new_csr().unwrap();
+    let other = ca.sign_csr(&csr, subject("worker8", Role::Worker, "c1")).unwrap();
+    assert!(connect(transport::client_config(&ca.cert_der(), &other, &key).unwrap(), addr).await.is_err());
+}

@@ -258,6 +258,18 @@ impl Lab {
     /// Takes down a kept lab by name: stops the given processes (SIGTERM,
     /// then SIGKILL after `grace`) and deletes every namespace of the lab.
     pub fn remove(name: &str, pids: &[u32], grace: Duration) {
+        // A pid may have been reused since: signal only processes that still
+        // run inside one of the lab's own namespaces.
+        let own = format!("/run/netns/{name}-");
+        let pids: Vec<u32> = pids
+            .iter()
+            .copied()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.split('\0').any(|arg| arg.contains(&own)) || c.contains("shoal"))
+            })
+            .collect();
+        let pids = &pids[..];
         for &pid in pids {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
         }

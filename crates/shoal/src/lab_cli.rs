@@ -109,6 +109,7 @@ fn up(nodes: usize, name: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(&state)?;
     let exe = std::env::current_exe().context("find the shoal binary")?;
     let mut record = LabRecord { name: name.to_owned(), netns_prefix: prefix.clone(), nodes: Vec::new() };
+    let mut children = Vec::new();
     let result = (|| -> anyhow::Result<()> {
         for (i, host) in lab.hosts().iter().enumerate() {
             let node = format!("node{}", i + 1);
@@ -134,17 +135,19 @@ fn up(nodes: usize, name: &str) -> anyhow::Result<()> {
                 .stderr(log);
             std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
             let child = cmd.spawn().context("start shoal daemon")?;
+            let pid = child.id();
+            children.push(child);
             record.nodes.push(NodeRecord {
                 name: node,
                 netns: host.netns.clone(),
                 underlay: host.underlay.to_string(),
                 socket,
-                pid: child.id(),
+                pid,
             });
         }
         std::fs::write(state.join("lab.json"), serde_json::to_vec_pretty(&record)?)?;
-        for node in &record.nodes {
-            wait_for_daemon(node)?;
+        for (node, child) in record.nodes.iter().zip(children.iter_mut()) {
+            wait_for_daemon(node, child)?;
         }
         let manager = Client::new(&format!("unix://{}", record.nodes[0].socket.display()))?;
         manager.call("POST", "/v1/swarm/init", Some(&serde_json::json!({})))?;
@@ -180,12 +183,19 @@ fn up(nodes: usize, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn wait_for_daemon(node: &NodeRecord) -> anyhow::Result<()> {
+fn wait_for_daemon(node: &NodeRecord, child: &mut std::process::Child) -> anyhow::Result<()> {
     let client = Client::new(&format!("unix://{}", node.socket.display()))?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if client.call("GET", "/v1/swarm", None).is_ok() {
             return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!(
+                "the daemon of {} exited ({status}): see {}",
+                node.name,
+                node.socket.with_extension("log").display()
+            );
         }
         if !Path::new(&format!("/proc/{}", node.pid)).exists() {
             bail!("the daemon of {} exited: see its log next to {}", node.name, node.socket.display());

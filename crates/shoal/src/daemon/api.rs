@@ -338,6 +338,7 @@ async fn node_update(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let update = body(b, "node update")?;
     let m = cluster::manager(&state).await?;
+    let _writer = m.writer.lock().unwrap_or_else(|e| e.into_inner());
     let mut node = m.find(&id)?;
     for label in &update.label_add {
         let (k, v) = label.split_once('=').unwrap_or((label, ""));
@@ -386,6 +387,7 @@ async fn node_remove(
 ) -> Result<StatusCode, ApiError> {
     let force = body(b, "node rm")?.force;
     let m = cluster::manager(&state).await?;
+    let _writer = m.writer.lock().unwrap_or_else(|e| e.into_inner());
     let node = m.find(&id)?;
     if node.id == m.node_id() {
         return Err(ApiError::BadRequest(format!(

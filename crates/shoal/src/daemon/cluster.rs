@@ -68,6 +68,9 @@ pub struct Worker {
 pub struct Manager {
     config: SwarmConfig,
     dir: PathBuf,
+    /// Serialises read-modify-write of records (heartbeats, the down
+    /// monitor, `node update/rm`, token rotation), so none undoes another.
+    pub writer: Mutex<()>,
     store: Store,
     last_seen: Mutex<HashMap<String, Instant>>,
     started: Instant,
@@ -132,26 +135,24 @@ fn now_unix() -> i64 {
 }
 
 /// A Swarm-style node or cluster id: 25 base-36 characters.
-fn new_id() -> String {
-    let mut bytes = [0u8; 16];
-    let _ =
-        std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
-    let mut n = u128::from_le_bytes(bytes);
-    (0..25)
+fn new_id() -> Result<String, ApiError> {
+    let mut n = u128::from_le_bytes(ca::random().map_err(internal)?);
+    Ok((0..25)
         .map(|_| {
             let d = (n % 36) as u32;
             n /= 36;
             char::from_digit(d, 36).expect("below 36")
         })
-        .collect()
+        .collect())
 }
 
-fn random_secret() -> [u8; 16] {
-    let mut bytes = [0u8; 16];
-    let _ =
-        std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
-    bytes
+fn random_secret() -> Result<[u8; 16], ApiError> {
+    ca::random().map_err(internal)
 }
+
+/// Upper bounds on `swarm init` settings, so no arithmetic on them overflows.
+const MAX_HEARTBEAT_SECS: u64 = 3600;
+const MAX_CERT_EXPIRY_SECS: u64 = 20 * 365 * 86_400;
 
 fn internal<E: std::fmt::Display>(e: E) -> ApiError {
     ApiError::Internal(e.to_string())
@@ -208,6 +209,26 @@ fn write_files(dir: &Path, config: &SwarmConfig, cert: &str, key: &str, ca: &str
     std::fs::write(dir.join("swarm.json"), serde_json::to_vec_pretty(config).expect("serialisable"))
 }
 
+/// Replaces the node's key and certificate: both written beside the old
+/// ones (the key 0600), then renamed over them, certificate last, so a crash
+/// leaves the old pair or a key whose certificate is still the old one's
+/// successor to be fetched again, never a half-written file.
+fn replace_key_pair(dir: &Path, cert: &str, key: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(dir.join("node.key.new"))?;
+    file.write_all(key.as_bytes())?;
+    file.sync_all()?;
+    std::fs::write(dir.join("node.crt.new"), cert)?;
+    std::fs::rename(dir.join("node.key.new"), dir.join("node.key"))?;
+    std::fs::rename(dir.join("node.crt.new"), dir.join("node.crt"))
+}
+
 /// What `swarm init` is asked.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -262,13 +283,22 @@ pub async fn init(state: &Arc<State>, req: InitRequest) -> Result<serde_json::Va
     }
     let pool = req.default_addr_pool.unwrap_or_else(|| "10.0.0.0/8".into());
     pool.parse::<shoal_wire::ip::Ipv4Cidr>().map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let heartbeat_secs = req.dispatcher_heartbeat_secs.unwrap_or(DEFAULT_HEARTBEAT.as_secs()).max(1);
-    let cluster_id = new_id();
-    let node_id = new_id();
+    let heartbeat_secs = req.dispatcher_heartbeat_secs.unwrap_or(DEFAULT_HEARTBEAT.as_secs());
+    if !(1..=MAX_HEARTBEAT_SECS).contains(&heartbeat_secs) {
+        return Err(ApiError::BadRequest("--dispatcher-heartbeat must be between 1s and 1h".into()));
+    }
+    if state.gossip().is_ok() {
+        return Err(ApiError::Unavailable(
+            "this daemon already gossips with --gossip-key-file: restart it without that flag to use a swarm"
+                .into(),
+        ));
+    }
+    let cluster_id = new_id()?;
+    let node_id = new_id()?;
     let ca = ClusterCa::create(&cluster_id).map_err(internal)?;
     let cert_expiry_secs = req.cert_expiry_secs.unwrap_or(ca::NODE_CERT_VALIDITY.as_secs());
-    if cert_expiry_secs < 10 {
-        return Err(ApiError::BadRequest("--cert-expiry must be at least 10 seconds".into()));
+    if !(10..=MAX_CERT_EXPIRY_SECS).contains(&cert_expiry_secs) {
+        return Err(ApiError::BadRequest("--cert-expiry must be between 10s and 20 years".into()));
     }
     let validity = Duration::from_secs(cert_expiry_secs);
     let subject = Subject { node_id: &node_id, role: Role::Manager, cluster_id: &cluster_id, validity };
@@ -280,8 +310,8 @@ pub async fn init(state: &Arc<State>, req: InitRequest) -> Result<serde_json::Va
     let cs = ClusterState {
         id: cluster_id.clone(),
         ca: ca.clone(),
-        worker_secret: random_secret(),
-        manager_secret: random_secret(),
+        worker_secret: random_secret()?,
+        manager_secret: random_secret()?,
         gossip_keys: gossip_keys.clone(),
         default_addr_pool: pool,
         data_path_port: state.settings.data_port,
@@ -301,7 +331,15 @@ pub async fn init(state: &Arc<State>, req: InitRequest) -> Result<serde_json::Va
     };
     write_files(&dir, &config, &cert, &key, &ca.cert_pem).map_err(internal)?;
     drop(store);
-    let manager = start_manager(state, config).await.map_err(internal)?;
+    let manager = match start_manager(state, config).await {
+        Ok(m) => m,
+        Err(e) => {
+            // Nothing of a swarm that never started may be resumed later.
+            stop_gossip(state).await;
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(internal(e));
+        }
+    };
     let token = JoinToken::new(ca.digest(), cs.worker_secret).to_string();
     let addr = manager.config.manager;
     *cluster = Cluster::Manager(manager);
@@ -324,6 +362,7 @@ async fn start_manager(state: &Arc<State>, config: SwarmConfig) -> anyhow::Resul
     let mut manager = Manager {
         config,
         dir,
+        writer: Mutex::new(()),
         store,
         last_seen: Mutex::new(HashMap::new()),
         started: Instant::now(),
@@ -410,6 +449,7 @@ impl Manager {
                 let Some((id, _)) = peer else {
                     return Response::Error { message: "heartbeats need the node's certificate".into() };
                 };
+                let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
                 match self.store.node(id) {
                     Ok(Some(mut node)) => {
                         self.last_seen
@@ -434,17 +474,19 @@ impl Manager {
         let Ok(Some(cs)) = self.store.cluster() else {
             return Response::Error { message: "the manager has no cluster state".into() };
         };
-        if secret == cs.manager_secret {
+        if ca::same_secret(&secret, &cs.manager_secret) {
             return Response::Error {
                 message: "joining as a manager needs replicated manager state, which Shoal does not have yet: join with the worker token".into(),
             };
         }
-        if secret != cs.worker_secret {
+        if !ca::same_secret(&secret, &cs.worker_secret) {
             return Response::Error {
                 message: "invalid join token: it may have been rotated; get the current one with `shoal swarm join-token worker` on a manager".into(),
             };
         }
-        let node_id = new_id();
+        let Ok(node_id) = new_id() else {
+            return Response::Error { message: "the manager has no randomness for a node id".into() };
+        };
         let validity = Duration::from_secs(cs.cert_expiry_secs);
         let subject = Subject { node_id: &node_id, role: Role::Worker, cluster_id: &cs.id, validity };
         let cert = match cs.ca.sign_csr(csr, subject) {
@@ -488,8 +530,7 @@ impl Manager {
         let subject =
             Subject { node_id: &self.config.node_id, role: Role::Manager, cluster_id: &cs.id, validity };
         let (cert, key) = cs.ca.issue(subject)?;
-        std::fs::write(dir.join("node.key"), &key)?;
-        std::fs::write(dir.join("node.crt"), &cert)?;
+        replace_key_pair(dir, &cert, &key)?;
         self.endpoint.set_server_config(Some(transport::server_config(&cs.ca.cert_der(), &cert, &key)?));
         tracing::info!("manager certificate renewed");
         Ok(())
@@ -498,6 +539,7 @@ impl Manager {
     /// Marks down every worker whose heartbeats stopped.
     fn mark_down(&self) {
         let limit = self.heartbeat() * MISSED_BEFORE_DOWN;
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let seen = self.last_seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let Ok(nodes) = self.store.nodes() else { return };
         for mut node in nodes {
@@ -524,10 +566,15 @@ impl Manager {
     /// Finds one node by id, id prefix or hostname, as docker does.
     pub fn find(&self, name: &str) -> Result<NodeRecord, ApiError> {
         let nodes = self.nodes()?;
-        if let Some(n) = nodes.iter().find(|n| n.id == name || n.hostname == name) {
+        if let Some(n) = nodes.iter().find(|n| n.id == name) {
             return Ok(n.clone());
         }
-        let matches: Vec<&NodeRecord> = nodes.iter().filter(|n| n.id.starts_with(name)).collect();
+        let by_host: Vec<&NodeRecord> = nodes.iter().filter(|n| n.hostname == name).collect();
+        let matches: Vec<&NodeRecord> = if by_host.is_empty() {
+            nodes.iter().filter(|n| n.id.starts_with(name)).collect()
+        } else {
+            by_host
+        };
         match matches[..] {
             [one] => Ok(one.clone()),
             [] => Err(ApiError::NotFound(format!("node {name} not found"))),
@@ -554,11 +601,12 @@ impl Manager {
 
     /// The join token for `role`, after a new secret if `rotate`.
     pub fn join_token(&self, role: Role, rotate: bool) -> Result<String, ApiError> {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let mut cs = self.store.cluster().map_err(internal)?.ok_or_else(|| internal("no cluster"))?;
         if rotate {
             match role {
-                Role::Worker => cs.worker_secret = random_secret(),
-                Role::Manager => cs.manager_secret = random_secret(),
+                Role::Worker => cs.worker_secret = random_secret()?,
+                Role::Manager => cs.manager_secret = random_secret()?,
             }
             self.store.put_cluster(&cs).map_err(internal)?;
         }
@@ -678,7 +726,7 @@ fn session_client(dir: &Path) -> anyhow::Result<(quinn::ClientConfig, std::time:
     let not_before = std::fs::metadata(dir.join("node.crt"))?.modified()?;
     let end = std::time::UNIX_EPOCH + Duration::from_secs(not_after.max(0) as u64);
     let life = end.duration_since(not_before).unwrap_or_default();
-    let fraction = 0.5 + 0.3 * f64::from(random_secret()[0]) / 255.0;
+    let fraction = 0.5 + 0.3 * f64::from(ca::random::<1>().map_or(128, |b| b[0])) / 255.0;
     Ok((transport::client_config(&ca_der, &cert, &key)?, not_before + life.mul_f64(fraction)))
 }
 
@@ -715,7 +763,7 @@ async fn session_loop(dir: PathBuf, manager: SocketAddr) {
                     Ok(_) | Err(_) => break,
                 }
             },
-            Err(e) => tracing::debug!(error = ?e, "cannot reach the manager"),
+            Err(e) => tracing::warn!(error = ?e, %manager, "cannot reach the manager"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -725,10 +773,7 @@ async fn renew(conn: &quinn::Connection, dir: &Path) -> anyhow::Result<()> {
     let (csr, key) = ca::new_csr()?;
     match transport::call::<_, Response>(conn, &Request::Renew { csr }).await? {
         Response::Renewed { cert } => {
-            std::fs::write(dir.join("node.key.new"), &key)?;
-            std::fs::write(dir.join("node.crt.new"), &cert)?;
-            std::fs::rename(dir.join("node.key.new"), dir.join("node.key"))?;
-            std::fs::rename(dir.join("node.crt.new"), dir.join("node.crt"))?;
+            replace_key_pair(dir, &cert, &key)?;
             Ok(())
         }
         Response::Error { message } => anyhow::bail!(message),
@@ -764,13 +809,19 @@ pub async fn leave(state: &Arc<State>, force: bool) -> Result<(), ApiError> {
         }
         Cluster::Worker(w) => w.session.abort(),
     }
-    if let Ok(gossip) = state.gossip() {
-        gossip.leave().await;
-    }
-    state.set_gossip(None);
+    stop_gossip(state).await;
     let _ = std::fs::remove_dir_all(swarm_dir(state.data_dir()));
     *cluster = Cluster::Inactive;
     Ok(())
+}
+
+/// Leaves gossip and stops its driver, freeing the gossip port.
+async fn stop_gossip(state: &State) {
+    if let Ok(gossip) = state.gossip() {
+        gossip.leave().await;
+        gossip.stop().await;
+    }
+    state.set_gossip(None);
 }
 
 /// What `GET /v1/swarm` answers.

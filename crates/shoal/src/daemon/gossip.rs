@@ -22,6 +22,7 @@ enum Command {
     Frame { data: Vec<u8>, reply: oneshot::Sender<Option<Vec<u8>>> },
     Refused(SocketAddrV4),
     Leave(oneshot::Sender<()>),
+    Stop(oneshot::Sender<()>),
 }
 
 /// The daemon's handle on the gossip driver.
@@ -90,6 +91,11 @@ impl GossipHandle {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    /// Stops the driver: its sockets close and no event follows.
+    pub async fn stop(&self) {
+        self.ask(Command::Stop).await;
+    }
+
     async fn frame(&self, data: Vec<u8>) -> Option<Vec<u8>> {
         self.ask(|reply| Command::Frame { data, reply }).await.flatten()
     }
@@ -129,6 +135,10 @@ async fn drive(
                     let _ = reply.send(node.handle_frame(Instant::now(), &data).ok().flatten());
                 }
                 Some(Command::Refused(peer)) => node.handle_sync_refused(Instant::now(), peer),
+                Some(Command::Stop(done)) => {
+                    let _ = done.send(());
+                    return;
+                }
                 Some(Command::Leave(done)) => {
                     node.leave(Instant::now());
                     flush(&mut node, &udp, &handle, &events).await;
