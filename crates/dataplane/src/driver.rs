@@ -376,30 +376,45 @@ impl GsoBatch {
             return;
         }
         let port = &shared.senders[self.sender];
-        let transmit = Transmit {
-            destination: SocketAddr::V4(self.to),
-            ecn: None,
-            contents: &self.buf,
-            segment_size: (self.count > 1).then_some(self.segment),
-            src_ip: None,
-        };
-        let sent = port
-            .socket
-            .async_io(Interest::WRITABLE, || port.state.try_send((&port.socket).into(), &transmit))
-            .await;
-        match sent {
+        let segment_size = (self.count > 1).then_some(self.segment);
+        match send(port, self.to, &self.buf, segment_size).await {
             Ok(()) => {
                 let inner = self.buf.len() - self.count * ENCAP_HEADROOM;
                 shared.counters.encapsulated(self.count as u64, inner as u64)
             }
+            Err(e) if self.count > 1 => {
+                // quinn-udp turns GSO off on the socket when the kernel or NIC
+                // refuses it: send this batch one datagram at a time, and
+                // build smaller batches from now on.
+                tracing::debug!(to = %self.to, error = %e, "VXLAN GSO send failed; sending one by one");
+                self.max_segments = port.state.max_gso_segments().clamp(1, 64);
+                for frame in self.buf.chunks(self.segment) {
+                    match send(port, self.to, frame, None).await {
+                        Ok(()) => shared.counters.encapsulated(1, (frame.len() - ENCAP_HEADROOM) as u64),
+                        Err(_) => shared.counters.drop(DropReason::UdpSendFailed, 1),
+                    }
+                }
+            }
             Err(e) => {
                 tracing::debug!(to = %self.to, error = %e, "VXLAN send failed");
-                shared.counters.drop(DropReason::UdpSendFailed, self.count as u64);
+                shared.counters.drop(DropReason::UdpSendFailed, 1);
             }
         }
         self.buf.clear();
         self.count = 0;
     }
+}
+
+/// One `sendmsg`, waiting for room in the socket buffer.
+async fn send(
+    port: &UdpPort,
+    to: SocketAddrV4,
+    contents: &[u8],
+    segment_size: Option<usize>,
+) -> io::Result<()> {
+    let transmit =
+        Transmit { destination: SocketAddr::V4(to), ecn: None, contents, segment_size, src_ip: None };
+    port.socket.async_io(Interest::WRITABLE, || port.state.try_send((&port.socket).into(), &transmit)).await
 }
 
 // === impl receive loop ===

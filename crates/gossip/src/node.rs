@@ -576,7 +576,11 @@ impl GossipNode {
                 self.tables.owner_down(now, m.id, m.epoch, &mut changes);
                 self.events.push_back(Event::MemberDown(m));
             }
-            OwnedNotification::Rename(_old, new) => {
+            OwnedNotification::Rename(old, new) => {
+                if old.id != new.id {
+                    // Another node now holds the address: the old one is gone.
+                    self.tables.owner_down(now, old.id, old.epoch, &mut changes);
+                }
                 // The same address under a new identity: a rejoin (same
                 // epoch, rows come back) or a restart (new epoch, rows go).
                 self.tables.owner_up(new.id, new.epoch, &mut changes);
@@ -685,7 +689,10 @@ impl GossipNode {
         self.queue.sort_by_key(|q| Reverse(q.remaining));
         let mut body = Vec::with_capacity(self.config.max_datagram);
         for q in self.queue.iter_mut() {
-            if body.len() + 2 + q.encoded.len() > self.config.max_datagram {
+            // A delta larger than a datagram budget goes alone (UDP carries
+            // up to 64 KiB), never skipped for ever.
+            let fits = body.len() + 2 + q.encoded.len() <= self.config.max_datagram;
+            if !fits && !body.is_empty() {
                 continue;
             }
             body.extend_from_slice(&(q.encoded.len() as u16).to_be_bytes());
@@ -702,11 +709,13 @@ impl GossipNode {
         let mut changes = Vec::new();
         while !body.is_empty() {
             let Some((len, rest)) = body.split_first_chunk::<2>() else {
-                return self.drop_input("malformed");
+                self.drop_input("malformed");
+                break;
             };
             let len = usize::from(u16::from_be_bytes(*len));
             if rest.len() < len {
-                return self.drop_input("malformed");
+                self.drop_input("malformed");
+                break;
             }
             let (encoded, rest) = rest.split_at(len);
             body = rest;
@@ -735,6 +744,19 @@ impl GossipNode {
         let mut runtime = foca::AccumulatingRuntime::new();
         let _ = self.swim.apply_many(members.into_iter(), false, &mut runtime);
         self.drain_swim(now, runtime);
+        // SWIM reports no change for a member first learnt as down: suspend
+        // its rows here, before any row of it can show.
+        let down: Vec<Member> = self
+            .swim
+            .iter_membership_state()
+            .filter(|m| m.state() == foca::State::Down)
+            .map(|m| *m.id())
+            .collect();
+        let mut changes = Vec::new();
+        for m in down {
+            self.tables.owner_down(now, m.id, m.epoch, &mut changes);
+        }
+        self.events.extend(changes.into_iter().map(Event::Table));
     }
 
     fn apply_items(&mut self, now: Instant, items: Vec<SyncItem>) {

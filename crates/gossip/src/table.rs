@@ -225,6 +225,9 @@ pub struct Tables {
     epoch: u64,
     streams: HashMap<(NodeId, NetworkId), Stream>,
     owners: HashMap<NodeId, OwnerState>,
+    /// Owners forgotten after their retention, with the last epoch held:
+    /// rows of that epoch or older are refused.
+    forgotten: HashMap<NodeId, u64>,
     retention: Retention,
 }
 
@@ -233,7 +236,7 @@ impl Tables {
     pub fn new(local: NodeId, epoch: u64, retention: Retention) -> Tables {
         let mut owners = HashMap::new();
         owners.insert(local, OwnerState { epoch, down_since: None });
-        Tables { local, epoch, streams: HashMap::new(), owners, retention }
+        Tables { local, epoch, streams: HashMap::new(), owners, forgotten: HashMap::new(), retention }
     }
 
     /// Writes one of this node's own rows; returns the delta to gossip.
@@ -268,6 +271,9 @@ impl Tables {
         epoch: u64,
         changes: &mut Vec<Change>,
     ) -> bool {
+        if self.forgotten.get(&owner).is_some_and(|e| epoch <= *e) {
+            return false;
+        }
         let state = self.owners.entry(owner).or_insert(OwnerState { epoch, down_since: None });
         if epoch < state.epoch {
             return false;
@@ -454,7 +460,24 @@ impl Tables {
             return;
         }
         let state = self.owners.entry(owner).or_insert(OwnerState { epoch, down_since: None });
-        if epoch < state.epoch || state.down_since.is_some() {
+        if epoch < state.epoch || (epoch == state.epoch && state.down_since.is_some()) {
+            return;
+        }
+        if epoch > state.epoch {
+            // A newer epoch, already down: the older rows are gone with their
+            // process, and rows of the new one arrive suspended.
+            let was_visible = state.down_since.is_none();
+            *state = OwnerState { epoch, down_since: Some(now) };
+            let old: Vec<NetworkId> =
+                self.streams.keys().filter(|(o, _)| *o == owner).map(|(_, n)| *n).collect();
+            for n in old {
+                let stream = self.streams.remove(&(owner, n)).expect("listed");
+                for (key, row) in stream.rows {
+                    if was_visible && row.value.is_some() {
+                        changes.push(Change::Remove { owner, network: n, key });
+                    }
+                }
+            }
             return;
         }
         state.down_since = Some(now);
@@ -525,14 +548,20 @@ impl Tables {
             .map(|(id, _)| *id)
             .collect();
         for owner in expired {
-            self.owners.remove(&owner);
+            if let Some(state) = self.owners.remove(&owner) {
+                // Peers that have not forgotten yet must not hand the rows back.
+                self.forgotten.insert(owner, state.epoch);
+            }
             self.streams.retain(|(o, _), _| *o != owner);
         }
         let ttl = self.retention.tombstones;
         for stream in self.streams.values_mut() {
             let mut floor = stream.floor;
+            let known = stream.known;
+            // A tombstone above `known` still guards against the write it
+            // replaced arriving late: keep it until `known` passes it.
             stream.rows.retain(|_, row| match row.deleted_at {
-                Some(t) if now.duration_since(t) >= ttl => {
+                Some(t) if now.duration_since(t) >= ttl && row.seq <= known => {
                     floor = floor.max(row.seq);
                     false
                 }

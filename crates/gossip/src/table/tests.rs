@@ -168,6 +168,60 @@ fn down_owners_are_forgotten_after_retention() {
     assert_eq!(b.len(), 0);
 }
 
+#[test]
+fn a_tombstone_above_known_outlives_its_ttl() {
+    let t0 = Instant::now();
+    let retention = Retention { tombstones: Duration::from_secs(10), down_owners: Duration::from_secs(100) };
+    let mut a = Tables::new(A, 1, retention);
+    let mut b = Tables::new(B, 1, retention);
+    let mut changes = Vec::new();
+    let d1 = a.write(t0, NET, key("x"), Some(b"1".to_vec()));
+    b.apply_delta(t0, &d1, &mut changes);
+    let d2 = a.write(t0, NET, key("k"), Some(b"v".to_vec())); // missed by b
+    let d3 = a.write(t0, NET, key("k"), None); // the delete arrives first
+    b.apply_delta(t0, &d3, &mut changes);
+    b.collect_garbage(t0 + Duration::from_secs(60));
+    changes.clear();
+    assert!(!b.apply_delta(t0, &d2, &mut changes), "the late write must not bring k back");
+    assert!(b.visible_rows().iter().all(|r| r.key != "k"));
+}
+
+#[test]
+fn forgotten_owners_are_not_handed_back() {
+    let t0 = Instant::now();
+    let retention = Retention { tombstones: Duration::from_secs(10), down_owners: Duration::from_secs(100) };
+    let mut a = Tables::new(A, 1, retention);
+    let mut b = Tables::new(B, 1, retention);
+    let mut c = Tables::new(C, 1, retention);
+    let mut changes = Vec::new();
+    let d = a.write(t0, NET, key("k"), Some(b"v".to_vec()));
+    b.apply_delta(t0, &d, &mut changes);
+    c.apply_delta(t0, &d, &mut changes);
+    b.owner_down(t0, A, 1, &mut changes);
+    b.collect_garbage(t0 + Duration::from_secs(100));
+    assert_eq!(b.len(), 0);
+    // c has not forgotten A yet and answers b's digest with A's stream.
+    sync(t0, &mut b, B, &mut c, C);
+    assert_eq!(b.len(), 0, "the forgotten owner's rows came back: {:?}", b.rows());
+}
+
+#[test]
+fn a_newer_epoch_already_down_arrives_suspended() {
+    let now = Instant::now();
+    let mut a1 = Tables::new(A, 1, Retention::default());
+    let mut a2 = Tables::new(A, 2, Retention::default());
+    let mut b = tables(B);
+    let mut changes = Vec::new();
+    b.apply_delta(now, &a1.write(now, NET, key("old"), Some(b"o".to_vec())), &mut changes);
+    changes.clear();
+    b.owner_down(now, A, 2, &mut changes);
+    assert_eq!(changes, [remove(A, "old")]);
+    changes.clear();
+    b.apply_delta(now, &a2.write(now, NET, key("new"), Some(b"n".to_vec())), &mut changes);
+    assert!(changes.is_empty(), "rows of a down epoch are not visible");
+    assert!(b.visible_rows().is_empty());
+}
+
 /// One step of a random history over three nodes.
 #[derive(Debug, Clone)]
 enum Op {

@@ -110,6 +110,7 @@ async fn drive(
     events: mpsc::UnboundedSender<Event>,
 ) {
     let mut buf = vec![0u8; 65_536];
+    let streams = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS));
     loop {
         let deadline = node.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
         tokio::select! {
@@ -119,8 +120,22 @@ async fn drive(
                 Err(e) => tracing::debug!(error = %e, "gossip receive failed"),
             },
             _ = tokio::time::sleep_until(deadline.into()) => node.handle_timeout(Instant::now()),
-            accepted = tcp.accept() => if let Ok((stream, _)) = accepted {
-                tokio::spawn(answer_stream(stream, handle.clone()));
+            accepted = tcp.accept() => match accepted {
+                Ok((stream, _)) => match streams.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let handle = handle.clone();
+                        tokio::spawn(async move {
+                            answer_stream(stream, handle).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => tracing::debug!("too many anti-entropy streams: refusing one"),
+                },
+                Err(e) => {
+                    // Out of descriptors or similar: do not spin.
+                    tracing::warn!(error = %e, "gossip accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             },
             command = commands.recv() => match command {
                 None => return,
@@ -173,13 +188,23 @@ async fn flush(
 
 const STREAM_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Anti-entropy streams served at once; more wait for a slot.
+const MAX_STREAMS: usize = 16;
+
+/// Reads one length-prefixed frame. Memory grows only as bytes arrive, not
+/// to the length a peer merely claims (frames are authenticated only once
+/// whole).
 async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     let len = tokio::time::timeout(STREAM_TIMEOUT, stream.read_u32()).await?? as usize;
     if len > MAX_FRAME {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "frame too long"));
     }
-    let mut frame = vec![0u8; len];
-    tokio::time::timeout(STREAM_TIMEOUT, stream.read_exact(&mut frame)).await??;
+    let mut frame = Vec::new();
+    let mut limited = (&mut *stream).take(len as u64);
+    tokio::time::timeout(STREAM_TIMEOUT, limited.read_to_end(&mut frame)).await??;
+    if frame.len() != len {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "stream ended inside a frame"));
+    }
     Ok(frame)
 }
 

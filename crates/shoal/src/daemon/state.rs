@@ -93,6 +93,9 @@ pub struct State {
     pub cluster: Mutex<super::cluster::Cluster>,
     /// Daemon settings the control plane needs.
     pub settings: super::Settings,
+    /// Which owner's row each remote route came from: a removal by another
+    /// owner (an address that moved) must not delete it.
+    claims: std::sync::Mutex<std::collections::HashMap<(u32, Ipv4Addr), shoal_gossip::NodeId>>,
 }
 
 impl State {
@@ -107,6 +110,7 @@ impl State {
             endpoints: Mutex::new(BTreeMap::new()),
             cluster: Mutex::new(super::cluster::Cluster::Inactive),
             settings,
+            claims: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -217,13 +221,25 @@ impl State {
                     .dataplane
                     .add_network(vni, subnet)
                     .and_then(|()| self.dataplane.set_remote(vni, record.ip, record.node));
-                if let Err(e) = programmed {
-                    tracing::warn!(%owner, ip = %record.ip, error = %e, "cannot route to remote endpoint");
+                match programmed {
+                    Ok(()) => {
+                        self.claims
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert((network, record.ip), owner);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%owner, ip = %record.ip, error = %e, "cannot route to remote endpoint")
+                    }
                 }
             }
-            Change::Remove { network, key, .. } if key.table == ENDPOINTS => {
+            Change::Remove { network, key, owner } if key.table == ENDPOINTS => {
                 if let (Some(vni), Ok(ip)) = (Vni::new(network), key.key.parse::<Ipv4Addr>()) {
-                    self.dataplane.remove_remote(vni, ip);
+                    let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+                    if claims.get(&(network, ip)) == Some(&owner) {
+                        claims.remove(&(network, ip));
+                        self.dataplane.remove_remote(vni, ip);
+                    }
                 }
             }
             _ => {}
