@@ -207,7 +207,9 @@ pub struct GossipNode {
     rng: StdRng,
     swim: Swim,
     tables: Tables,
-    windows: HashMap<(NodeId, u64), ReplayWindow>,
+    /// Per sender: its newest epoch seen and that epoch's replay window;
+    /// frames of older epochs are replays of a dead process.
+    windows: HashMap<NodeId, (u64, ReplayWindow)>,
     seeds: Vec<SocketAddrV4>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     due: HashMap<u64, Due>,
@@ -497,7 +499,16 @@ impl GossipNode {
                 return None;
             }
         };
-        let window = self.windows.entry((sender.id, sender.epoch)).or_default();
+        let (epoch, window) =
+            self.windows.entry(sender.id).or_insert((sender.epoch, ReplayWindow::default()));
+        if sender.epoch < *epoch {
+            self.drop_input(OpenError::Replayed.name());
+            return None;
+        }
+        if sender.epoch > *epoch {
+            *epoch = sender.epoch;
+            *window = ReplayWindow::default();
+        }
         if !window.accept(sender.counter) {
             self.drop_input(OpenError::Replayed.name());
             return None;

@@ -417,10 +417,16 @@ impl Tables {
                 if owner == self.local || !self.stream_at(owner, network, epoch, changes) {
                     return;
                 }
+                let mut seen = Vec::with_capacity(rows.len());
                 for (key, seq, value) in rows {
                     self.put(now, (owner, network), key, seq, value, changes);
+                    seen.push(seq);
                 }
-                self.streams.get_mut(&(owner, network)).expect("exists").raise_known(known);
+                let stream = self.streams.get_mut(&(owner, network)).expect("exists");
+                stream.raise_known(known);
+                for seq in seen {
+                    stream.mark_seen(seq);
+                }
             }
             SyncItem::Snapshot { owner, network, epoch, known, rows } => {
                 if owner == self.local || !self.stream_at(owner, network, epoch, changes) {
