@@ -283,16 +283,7 @@ impl Tables {
             // (and was already invisible if the owner was down).
             let was_visible = state.down_since.is_none();
             *state = OwnerState { epoch, down_since: None };
-            let old: Vec<NetworkId> =
-                self.streams.keys().filter(|(o, _)| *o == owner).map(|(_, n)| *n).collect();
-            for n in old {
-                let stream = self.streams.remove(&(owner, n)).expect("listed");
-                for (key, row) in stream.rows {
-                    if was_visible && row.value.is_some() {
-                        changes.push(Change::Remove { owner, network: n, key });
-                    }
-                }
-            }
+            self.drop_streams(owner, was_visible, changes);
         }
         self.streams.entry((owner, network)).or_insert_with(|| Stream::new(epoch));
         true
@@ -325,6 +316,20 @@ impl Tables {
         let deleted_at = value.is_none().then_some(now);
         stream.rows.insert(key, Row { seq, value, deleted_at });
         true
+    }
+
+    /// Drops every stream of `owner` (its process is gone), reporting the
+    /// live rows as removed if they were visible.
+    fn drop_streams(&mut self, owner: NodeId, were_visible: bool, changes: &mut Vec<Change>) {
+        let old: Vec<NetworkId> = self.streams.keys().filter(|(o, _)| *o == owner).map(|(_, n)| *n).collect();
+        for n in old {
+            let stream = self.streams.remove(&(owner, n)).expect("listed");
+            for (key, row) in stream.rows {
+                if were_visible && row.value.is_some() {
+                    changes.push(Change::Remove { owner, network: n, key });
+                }
+            }
+        }
     }
 
     /// Applies a gossiped write; returns whether it was new (and so worth
@@ -474,16 +479,7 @@ impl Tables {
             // process, and rows of the new one arrive suspended.
             let was_visible = state.down_since.is_none();
             *state = OwnerState { epoch, down_since: Some(now) };
-            let old: Vec<NetworkId> =
-                self.streams.keys().filter(|(o, _)| *o == owner).map(|(_, n)| *n).collect();
-            for n in old {
-                let stream = self.streams.remove(&(owner, n)).expect("listed");
-                for (key, row) in stream.rows {
-                    if was_visible && row.value.is_some() {
-                        changes.push(Change::Remove { owner, network: n, key });
-                    }
-                }
-            }
+            self.drop_streams(owner, was_visible, changes);
             return;
         }
         state.down_since = Some(now);
@@ -509,18 +505,7 @@ impl Tables {
             // stream_at drops the old epoch; make sure it runs even without a
             // stream of the new epoch yet.
             self.owners.insert(owner, OwnerState { epoch, down_since: None });
-            let old: Vec<NetworkId> =
-                self.streams.keys().filter(|(o, _)| *o == owner).map(|(_, n)| *n).collect();
-            for n in old {
-                let stream = self.streams.remove(&(owner, n)).expect("listed");
-                if state.down_since.is_none() {
-                    for (key, row) in stream.rows {
-                        if row.value.is_some() {
-                            changes.push(Change::Remove { owner, network: n, key });
-                        }
-                    }
-                }
-            }
+            self.drop_streams(owner, state.down_since.is_none(), changes);
             return;
         }
         if epoch < state.epoch || state.down_since.is_none() {

@@ -91,12 +91,7 @@ impl Lab {
 
     /// Builds a lab of `hosts` hosts, its namespaces named `<prefix>-...`.
     pub fn with_prefix(prefix: &str, hosts: usize) -> Result<Lab, LabError> {
-        if !nix::unistd::geteuid().is_root() {
-            return Err(LabError::NotRoot);
-        }
-        if !(1..=200).contains(&hosts) {
-            return Err(LabError::HostCount(hosts));
-        }
+        check_request(hosts)?;
         remove_stale(prefix);
         let name = format!("{prefix}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
         Lab::build(name, hosts)
@@ -106,12 +101,7 @@ impl Lab {
     /// `<name>-h1`, ...), for labs that outlive the process that made them;
     /// fails if any namespace of that name exists.
     pub fn named(name: &str, hosts: usize) -> Result<Lab, LabError> {
-        if !nix::unistd::geteuid().is_root() {
-            return Err(LabError::NotRoot);
-        }
-        if !(1..=200).contains(&hosts) {
-            return Err(LabError::HostCount(hosts));
-        }
+        check_request(hosts)?;
         let own = format!("{name}-");
         if let Some(existing) = NetNs::list().into_iter().find(|n| n.starts_with(&own)) {
             return Err(LabError::Netns(NetnsError::Exists(existing)));
@@ -309,6 +299,17 @@ impl Drop for Lab {
         }
         tracing::info!(lab = %self.name, "lab down");
     }
+}
+
+/// Labs need root, and 1 to 200 hosts.
+fn check_request(hosts: usize) -> Result<(), LabError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(LabError::NotRoot);
+    }
+    if !(1..=200).contains(&hosts) {
+        return Err(LabError::HostCount(hosts));
+    }
+    Ok(())
 }
 
 fn stop_child(mut child: Child, grace: Duration) -> Result<ExitStatus, LabError> {
