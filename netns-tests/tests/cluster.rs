@@ -244,3 +244,46 @@ async fn client(
         endpoint.connect(addr, shoal_control::transport::SERVER_NAME).map_err(|e| e.to_string())?;
     connecting.await.map_err(|e| e.to_string())
 }
+
+#[test]
+fn overlay_networks_get_subnets_and_vnis_and_survive_a_manager_restart() {
+    let (mut c, _) = swarm();
+    let id = c.cli(0, &["network", "create", "-d", "overlay", "backend"]);
+    assert_eq!(id.trim().len(), 25, "prints the new network's id: {id}");
+    c.cli(0, &["network", "create", "--subnet", "10.20.0.0/16", "--attachable", "frontend"]);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&c.cli(0, &["network", "inspect", "backend"])).unwrap();
+    assert_eq!(inspect[0]["IPAM"]["Config"][0]["Subnet"], "10.0.0.0/24");
+    assert_eq!(inspect[0]["IPAM"]["Config"][0]["Gateway"], "10.0.0.1");
+    assert_eq!(inspect[0]["Options"]["com.docker.network.driver.overlay.vxlanid_list"], "4096");
+    let table = c.cli(0, &["network", "ls"]);
+    assert!(table.starts_with("NETWORK ID"), "{table}");
+    assert!(
+        table.lines().any(|l| l.contains("frontend") && l.contains("overlay") && l.contains("swarm")),
+        "{table}"
+    );
+
+    assert!(c.cli_err(0, &["network", "create", "backend"]).contains("already exists"));
+    assert!(
+        c.cli_err(0, &["network", "create", "--subnet", "10.20.5.0/24", "x"])
+            .contains("overlaps network frontend")
+    );
+    assert!(c.cli_err(0, &["network", "create", "-d", "bridge", "y"]).contains("overlay driver"));
+    assert!(c.cli_err(0, &["network", "create", "--subnet", "10.0.9.1/24", "z"]).contains("invalid subnet"));
+    assert!(c.cli_err(1, &["network", "ls"]).contains("not a swarm manager"));
+
+    assert!(c.stop_daemon(0));
+    c.start_daemon(0);
+    assert_eq!(
+        c.cli(0, &["network", "ls", "--format", "json"]).lines().count(),
+        2,
+        "networks survive a restart"
+    );
+    assert_eq!(c.cli(0, &["network", "rm", "backend"]).trim(), "backend");
+    assert!(c.cli_err(0, &["network", "inspect", "backend"]).contains("network backend not found"));
+    // The freed subnet and VNI go to the next network.
+    c.cli(0, &["network", "create", "again"]);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&c.cli(0, &["network", "inspect", "again"])).unwrap();
+    assert_eq!(inspect[0]["IPAM"]["Config"][0]["Subnet"], "10.0.0.0/24");
+}

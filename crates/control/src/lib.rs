@@ -16,5 +16,5 @@ pub mod transport;
 
 pub use ca::{CaError, ClusterCa, Role, Subject};
 pub use ipam::{Ipam, IpamError, NetworkAlloc};
-pub use store::{ClusterState, NodeRecord, Store, StoreError};
+pub use store::{ClusterState, NetworkRecord, NodeRecord, Store, StoreError};
 pub use token::{JoinToken, TokenError};

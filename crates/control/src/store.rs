@@ -13,6 +13,7 @@ use crate::ca::{ClusterCa, Role};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +94,27 @@ pub struct NodeRecord {
     pub updated_at: i64,
 }
 
+/// An overlay network as the manager records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    /// Network id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Driver (`overlay`).
+    pub driver: String,
+    /// Whether standalone tasks may attach.
+    pub attachable: bool,
+    /// Subnet.
+    pub subnet: String,
+    /// Gateway address.
+    pub gateway: String,
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
 /// The cluster state store.
 #[derive(Debug)]
 pub struct Store {
@@ -106,6 +128,7 @@ impl Store {
         let txn = database.begin_write().map_err(db)?;
         txn.open_table(META).map_err(db)?;
         txn.open_table(NODES).map_err(db)?;
+        txn.open_table(NETWORKS).map_err(db)?;
         txn.commit().map_err(db)?;
         Ok(Store { db: database })
     }
@@ -170,6 +193,44 @@ impl Store {
     /// Creates or replaces a node.
     pub fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
         self.put(NODES, &node.id, node)
+    }
+
+    /// The address allocations, if any network was ever made.
+    pub fn ipam(&self) -> Result<Option<crate::ipam::Ipam>, StoreError> {
+        self.get(META, "ipam")
+    }
+
+    /// Records the address allocations.
+    pub fn put_ipam(&self, ipam: &crate::ipam::Ipam) -> Result<(), StoreError> {
+        self.put(META, "ipam", ipam)
+    }
+
+    /// Every network.
+    pub fn networks(&self) -> Result<Vec<NetworkRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let t = txn.open_table(NETWORKS).map_err(db)?;
+        let mut out = Vec::new();
+        for entry in t.iter().map_err(db)? {
+            let (_, v) = entry.map_err(db)?;
+            out.push(serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+        }
+        Ok(out)
+    }
+
+    /// Creates or replaces a network, keyed by name.
+    pub fn put_network(&self, network: &NetworkRecord) -> Result<(), StoreError> {
+        self.put(NETWORKS, &network.name, network)
+    }
+
+    /// Removes a network by name; returns whether it existed.
+    pub fn remove_network(&self, name: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(db)?;
+        let existed = {
+            let mut t = txn.open_table(NETWORKS).map_err(db)?;
+            t.remove(name).map_err(db)?.is_some()
+        };
+        txn.commit().map_err(db)?;
+        Ok(existed)
     }
 
     /// Removes a node; returns whether it existed.

@@ -58,6 +58,94 @@ pub enum SwarmCommand {
     },
 }
 
+/// `shoal network`.
+#[derive(Debug, Subcommand)]
+pub enum NetworkCommand {
+    /// Create a network
+    Create {
+        /// Driver: overlay
+        #[arg(short, long, default_value = "overlay")]
+        driver: String,
+        /// Subnet in CIDR form (default: the next free /24 of the swarm's pool)
+        #[arg(long)]
+        subnet: Option<String>,
+        /// Let standalone tasks attach
+        #[arg(long)]
+        attachable: bool,
+        /// Network name
+        name: String,
+    },
+    /// List networks
+    Ls {
+        /// `table` (default) or `json`
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// Display detailed information on one or more networks
+    Inspect {
+        /// Network names or ids
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+    /// Remove one or more networks
+    Rm {
+        /// Network names or ids
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+}
+
+/// Runs a `network` verb.
+pub fn network(client: &Client, command: NetworkCommand) -> anyhow::Result<()> {
+    match command {
+        NetworkCommand::Create { driver, subnet, attachable, name } => {
+            let body = serde_json::json!({ "name": name, "driver": driver, "subnet": subnet, "attachable": attachable });
+            let answer = client.call("POST", "/v1/networks", Some(&body))?;
+            writeln!(out(), "{}", answer["Id"].as_str().unwrap_or(""))?;
+        }
+        NetworkCommand::Ls { format } => {
+            let list = client.call("GET", "/v1/networks", None)?.as_array().cloned().unwrap_or_default();
+            match format.as_str() {
+                "json" => {
+                    for n in &list {
+                        writeln!(out(), "{n}")?;
+                    }
+                }
+                "table" => {
+                    let mut rows = vec![["NETWORK ID", "NAME", "DRIVER", "SCOPE"].map(String::from).to_vec()];
+                    for n in &list {
+                        let id: String = n["Id"].as_str().unwrap_or("").chars().take(12).collect();
+                        rows.push(vec![
+                            id,
+                            n["Name"].as_str().unwrap_or("").into(),
+                            n["Driver"].as_str().unwrap_or("").into(),
+                            n["Scope"].as_str().unwrap_or("").into(),
+                        ]);
+                    }
+                    write!(out(), "{}", table(&rows))?;
+                }
+                other => anyhow::bail!("unknown format {other:?}: use table or json"),
+            }
+        }
+        NetworkCommand::Inspect { networks } => {
+            let mut all = Vec::new();
+            for name in &networks {
+                all.push(client.call("GET", &format!("/v1/networks/{name}"), None)?);
+            }
+            let mut o = out();
+            serde_json::to_writer_pretty(&mut o, &serde_json::Value::Array(all))?;
+            writeln!(o)?;
+        }
+        NetworkCommand::Rm { networks } => {
+            for name in &networks {
+                client.call("DELETE", &format!("/v1/networks/{name}"), None)?;
+                writeln!(out(), "{name}")?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `shoal node`.
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {

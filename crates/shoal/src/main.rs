@@ -34,6 +34,9 @@ enum Command {
     /// Manage swarm nodes: ls, inspect, update, promote, demote, rm
     #[command(subcommand)]
     Node(cluster_cli::NodeCommand),
+    /// Manage overlay networks: create, ls, inspect, rm
+    #[command(subcommand)]
+    Network(cluster_cli::NetworkCommand),
     /// A local multi-node cluster in network namespaces: up, ls, exec, down
     #[command(subcommand)]
     Lab(lab_cli::LabCommand),
@@ -180,6 +183,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }),
         Command::Swarm(c) => cluster_cli::swarm(&client()?, c),
         Command::Node(c) => cluster_cli::node(&client()?, c),
+        Command::Network(c) => cluster_cli::network(&client()?, c),
         Command::Lab(c) => lab_cli::run(c),
         Command::Gossip(GossipCommand::Keygen) => {
             #[allow(clippy::print_stdout)]

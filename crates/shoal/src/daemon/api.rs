@@ -34,6 +34,8 @@ pub async fn serve(listener: tokio::net::UnixListener, state: Arc<State>) {
         .route("/v1/nodes/{id}", get(node_inspect))
         .route("/v1/nodes/{id}/update", post(node_update))
         .route("/v1/nodes/{id}/remove", post(node_remove))
+        .route("/v1/networks", get(networks).post(network_create))
+        .route("/v1/networks/{name}", get(network_inspect).delete(network_remove))
         .route("/metrics", get(metrics))
         .fallback(|| async {
             ApiError::NotFound("no such route: see `shoal --help` for what the API offers".into())
@@ -402,5 +404,64 @@ async fn node_remove(
         )));
     }
     m.remove(&node.id)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkCreate {
+    name: String,
+    #[serde(default = "overlay")]
+    driver: String,
+    subnet: Option<String>,
+    #[serde(default)]
+    attachable: bool,
+}
+
+fn overlay() -> String {
+    "overlay".into()
+}
+
+fn network_json(n: &shoal_control::NetworkRecord) -> serde_json::Value {
+    serde_json::json!({
+        "Id": n.id, "Name": n.name, "Driver": n.driver, "Scope": "swarm", "Attachable": n.attachable,
+        "Created": n.created_at,
+        "IPAM": { "Driver": "default", "Config": [{ "Subnet": n.subnet, "Gateway": n.gateway }] },
+        "Options": { "com.docker.network.driver.overlay.vxlanid_list": n.vni.to_string() },
+    })
+}
+
+async fn network_create(
+    Extract(state): Shared,
+    b: Body<NetworkCreate>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let req = body(b, "network create")?;
+    if req.driver != "overlay" {
+        return Err(ApiError::BadRequest(format!(
+            "driver {:?} is not supported: Shoal networks use the overlay driver (-d overlay)",
+            req.driver
+        )));
+    }
+    let m = cluster::manager(&state).await?;
+    let record = m.create_network(&req.name, req.subnet.as_deref(), req.attachable)?;
+    Ok((StatusCode::CREATED, Json(network_json(&record))))
+}
+
+async fn networks(Extract(state): Shared) -> Result<Json<serde_json::Value>, ApiError> {
+    let m = cluster::manager(&state).await?;
+    Ok(Json(serde_json::Value::Array(m.networks()?.iter().map(network_json).collect())))
+}
+
+async fn network_inspect(
+    Extract(state): Shared,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let m = cluster::manager(&state).await?;
+    Ok(Json(network_json(&m.find_network(&name)?)))
+}
+
+async fn network_remove(Extract(state): Shared, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    let m = cluster::manager(&state).await?;
+    m.remove_network(&name)?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use shoal_control::ca::{self, ClusterCa, Role, Subject};
-use shoal_control::store::{ClusterState, NodeRecord, Store};
+use shoal_control::ipam::Ipam;
+use shoal_control::store::{ClusterState, NetworkRecord, NodeRecord, Store};
 use shoal_control::token::JoinToken;
 use shoal_control::transport::{self, SERVER_NAME};
 
@@ -592,6 +593,88 @@ impl Manager {
         self.store.remove_node(id).map_err(internal)?;
         self.last_seen.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
         Ok(())
+    }
+
+    /// Creates an overlay network: a subnet (asked or from the pool) and a
+    /// VNI from the IPAM, recorded in the store.
+    pub fn create_network(
+        &self,
+        name: &str,
+        subnet: Option<&str>,
+        attachable: bool,
+    ) -> Result<NetworkRecord, ApiError> {
+        let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && name.len() <= 63
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !valid {
+            return Err(ApiError::BadRequest(format!(
+                "invalid network name {name:?}: use up to 63 letters, digits, '_', '.' or '-', starting with a letter or digit"
+            )));
+        }
+        let subnet = subnet
+            .map(|s| s.parse::<shoal_wire::ip::Ipv4Cidr>().map_err(|e| ApiError::BadRequest(e.to_string())))
+            .transpose()?;
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if self.store.networks().map_err(internal)?.iter().any(|n| n.name == name) {
+            return Err(ApiError::Conflict(format!("network with name {name} already exists")));
+        }
+        let mut ipam = match self.store.ipam().map_err(internal)? {
+            Some(ipam) => ipam,
+            None => {
+                let cs = self.store.cluster().map_err(internal)?.ok_or_else(|| internal("no cluster"))?;
+                let pool = cs.default_addr_pool.parse().map_err(internal)?;
+                Ipam::new(pool, 24)
+            }
+        };
+        let alloc = ipam.create(name, subnet).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let record = NetworkRecord {
+            id: new_id()?,
+            name: name.to_owned(),
+            driver: "overlay".into(),
+            attachable,
+            subnet: alloc.subnet.clone(),
+            gateway: alloc.gateway().to_string(),
+            vni: alloc.vni,
+            created_at: now_unix(),
+        };
+        self.store.put_ipam(&ipam).map_err(internal)?;
+        self.store.put_network(&record).map_err(internal)?;
+        Ok(record)
+    }
+
+    /// Every network, by name.
+    pub fn networks(&self) -> Result<Vec<NetworkRecord>, ApiError> {
+        let mut all = self.store.networks().map_err(internal)?;
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(all)
+    }
+
+    /// One network by name, id or id prefix.
+    pub fn find_network(&self, name: &str) -> Result<NetworkRecord, ApiError> {
+        let all = self.networks()?;
+        if let Some(n) = all.iter().find(|n| n.name == name || n.id == name) {
+            return Ok(n.clone());
+        }
+        let matches: Vec<&NetworkRecord> = all.iter().filter(|n| n.id.starts_with(name)).collect();
+        match matches[..] {
+            [one] => Ok(one.clone()),
+            [] => Err(ApiError::NotFound(format!("network {name} not found"))),
+            _ => {
+                Err(ApiError::BadRequest(format!("network {name} is ambiguous ({} matches)", matches.len())))
+            }
+        }
+    }
+
+    /// Removes a network and frees its subnet and VNI.
+    pub fn remove_network(&self, name: &str) -> Result<NetworkRecord, ApiError> {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let network = self.find_network(name)?;
+        if let Some(mut ipam) = self.store.ipam().map_err(internal)? {
+            let _ = ipam.remove(&network.name);
+            self.store.put_ipam(&ipam).map_err(internal)?;
+        }
+        self.store.remove_network(&network.name).map_err(internal)?;
+        Ok(network)
     }
 
     /// This manager's node id.
