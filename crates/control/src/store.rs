@@ -163,6 +163,30 @@ impl Store {
         txn.commit().map_err(db)
     }
 
+    fn list<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<T>, StoreError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let t = txn.open_table(table).map_err(db)?;
+        let mut out = Vec::new();
+        for entry in t.iter().map_err(db)? {
+            let (_, v) = entry.map_err(db)?;
+            out.push(serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+        }
+        Ok(out)
+    }
+
+    fn remove(&self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(db)?;
+        let existed = {
+            let mut t = txn.open_table(table).map_err(db)?;
+            t.remove(key).map_err(db)?.is_some()
+        };
+        txn.commit().map_err(db)?;
+        Ok(existed)
+    }
+
     /// The cluster, if this node created or joined one as a manager.
     pub fn cluster(&self) -> Result<Option<ClusterState>, StoreError> {
         self.get(META, "cluster")
@@ -180,14 +204,7 @@ impl Store {
 
     /// Every node, by id.
     pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
-        let t = txn.open_table(NODES).map_err(db)?;
-        let mut out = Vec::new();
-        for entry in t.iter().map_err(db)? {
-            let (_, v) = entry.map_err(db)?;
-            out.push(serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?);
-        }
-        Ok(out)
+        self.list(NODES)
     }
 
     /// Creates or replaces a node.
@@ -207,14 +224,7 @@ impl Store {
 
     /// Every network.
     pub fn networks(&self) -> Result<Vec<NetworkRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(db)?;
-        let t = txn.open_table(NETWORKS).map_err(db)?;
-        let mut out = Vec::new();
-        for entry in t.iter().map_err(db)? {
-            let (_, v) = entry.map_err(db)?;
-            out.push(serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?);
-        }
-        Ok(out)
+        self.list(NETWORKS)
     }
 
     /// Creates or replaces a network, keyed by name.
@@ -224,24 +234,12 @@ impl Store {
 
     /// Removes a network by name; returns whether it existed.
     pub fn remove_network(&self, name: &str) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write().map_err(db)?;
-        let existed = {
-            let mut t = txn.open_table(NETWORKS).map_err(db)?;
-            t.remove(name).map_err(db)?.is_some()
-        };
-        txn.commit().map_err(db)?;
-        Ok(existed)
+        self.remove(NETWORKS, name)
     }
 
     /// Removes a node; returns whether it existed.
     pub fn remove_node(&self, id: &str) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write().map_err(db)?;
-        let existed = {
-            let mut t = txn.open_table(NODES).map_err(db)?;
-            t.remove(id).map_err(db)?.is_some()
-        };
-        txn.commit().map_err(db)?;
-        Ok(existed)
+        self.remove(NODES, id)
     }
 }
 

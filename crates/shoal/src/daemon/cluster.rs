@@ -566,21 +566,7 @@ impl Manager {
 
     /// Finds one node by id, id prefix or hostname, as docker does.
     pub fn find(&self, name: &str) -> Result<NodeRecord, ApiError> {
-        let nodes = self.nodes()?;
-        if let Some(n) = nodes.iter().find(|n| n.id == name) {
-            return Ok(n.clone());
-        }
-        let by_host: Vec<&NodeRecord> = nodes.iter().filter(|n| n.hostname == name).collect();
-        let matches: Vec<&NodeRecord> = if by_host.is_empty() {
-            nodes.iter().filter(|n| n.id.starts_with(name)).collect()
-        } else {
-            by_host
-        };
-        match matches[..] {
-            [one] => Ok(one.clone()),
-            [] => Err(ApiError::NotFound(format!("node {name} not found"))),
-            _ => Err(ApiError::BadRequest(format!("node {name} is ambiguous ({} matches)", matches.len()))),
-        }
+        pick(self.nodes()?, name, "node", |n| (&n.id, &n.hostname))
     }
 
     /// Stores a changed node.
@@ -651,18 +637,7 @@ impl Manager {
 
     /// One network by name, id or id prefix.
     pub fn find_network(&self, name: &str) -> Result<NetworkRecord, ApiError> {
-        let all = self.networks()?;
-        if let Some(n) = all.iter().find(|n| n.name == name || n.id == name) {
-            return Ok(n.clone());
-        }
-        let matches: Vec<&NetworkRecord> = all.iter().filter(|n| n.id.starts_with(name)).collect();
-        match matches[..] {
-            [one] => Ok(one.clone()),
-            [] => Err(ApiError::NotFound(format!("network {name} not found"))),
-            _ => {
-                Err(ApiError::BadRequest(format!("network {name} is ambiguous ({} matches)", matches.len())))
-            }
-        }
+        pick(self.networks()?, name, "network", |n| (&n.id, &n.name))
     }
 
     /// Removes a network and frees its subnet and VNI.
@@ -710,6 +685,30 @@ impl Manager {
         for t in &self.tasks {
             t.abort();
         }
+    }
+}
+
+/// Finds one of `items` as docker does: by exact id, else by name (which
+/// must be unique), else by id prefix (which must be unique).
+fn pick<T: Clone>(
+    items: Vec<T>,
+    wanted: &str,
+    kind: &str,
+    keys: impl Fn(&T) -> (&String, &String),
+) -> Result<T, ApiError> {
+    if let Some(item) = items.iter().find(|i| keys(i).0 == wanted) {
+        return Ok(item.clone());
+    }
+    let by_name: Vec<&T> = items.iter().filter(|i| keys(i).1 == wanted).collect();
+    let matches = if by_name.is_empty() {
+        items.iter().filter(|i| keys(i).0.starts_with(wanted)).collect()
+    } else {
+        by_name
+    };
+    match matches[..] {
+        [one] => Ok(one.clone()),
+        [] => Err(ApiError::NotFound(format!("{kind} {wanted} not found"))),
+        _ => Err(ApiError::BadRequest(format!("{kind} {wanted} is ambiguous ({} matches)", matches.len()))),
     }
 }
 
