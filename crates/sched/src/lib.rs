@@ -137,6 +137,12 @@ fn fails(node: &Node, req: &Requirements) -> Option<Filter> {
     None
 }
 
+/// Whether `node` passes every filter for one more task of `req` (what a
+/// global service asks of each node).
+pub fn eligible(node: &Node, req: &Requirements) -> bool {
+    fails(node, req).is_none()
+}
+
 fn pending(nodes: &[Node], req: &Requirements) -> Pending {
     let mut counts: BTreeMap<Filter, usize> = BTreeMap::new();
     for node in nodes {
