@@ -197,6 +197,16 @@ impl Store {
         self.put(META, "cluster", cluster)
     }
 
+    /// A record of the META table by key (such as the orchestrator's world).
+    pub fn load<T: for<'de> Deserialize<'de>>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        self.get(META, key)
+    }
+
+    /// Stores a record of the META table.
+    pub fn save<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+        self.put(META, key, value)
+    }
+
     /// One node.
     pub fn node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError> {
         self.get(NODES, id)

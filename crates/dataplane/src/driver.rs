@@ -164,6 +164,11 @@ impl Dataplane {
         self.update(|s| s.tables.add_network(vni, subnet))
     }
 
+    /// Removes a network with its routes and local endpoints (idempotent).
+    pub fn remove_network(&self, vni: Vni) {
+        self.update(|s| s.tables.remove_network(vni))
+    }
+
     /// Attaches a local endpoint: `device` is its TUN, holding `ip` on network
     /// `vni`. Starts reading the device.
     pub fn attach(&self, vni: Vni, ip: Ipv4Addr, device: SyncDevice) -> Result<EndpointId, AttachError> {

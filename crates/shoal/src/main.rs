@@ -87,6 +87,9 @@ struct DaemonOptions {
     /// Overlay MTU
     #[arg(long, env = "SHOAL_MTU", default_value_t = 1450)]
     mtu: u16,
+    /// Prefix of the names of task network namespaces and cgroups
+    #[arg(long, env = "SHOAL_TASK_PREFIX", default_value = "shoal")]
+    task_prefix: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,6 +183,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             hostname: o.hostname,
             socket: o.socket,
             mtu: o.mtu,
+            task_prefix: o.task_prefix,
         }),
         Command::Swarm(c) => cluster_cli::swarm(&client()?, c),
         Command::Node(c) => cluster_cli::node(&client()?, c),
@@ -220,6 +224,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // The task runtime's helpers: single-threaded, before anything else.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match args.get(1).and_then(|a| a.to_str()) {
+        Some("__task-shim") if args.len() == 3 => shoal_runtime::exec::shim_main(std::path::Path::new(&args[2])),
+        Some("__enter") if args.len() == 3 => {
+            let spec = serde_json::from_str(&args[2].to_string_lossy());
+            match spec {
+                Ok(spec) => shoal_runtime::exec::enter_main(&spec),
+                Err(e) => {
+                    #[allow(clippy::print_stderr)]
+                    {
+                        eprintln!("Error: bad enter spec: {e}");
+                    }
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        _ => {}
+    }
     let cli = Cli::parse();
     // Agents log what they do; client verbs only what went wrong.
     let agent = matches!(cli.command, Command::Daemon(_) | Command::Dataplane(DataplaneCommand::Run { .. }));

@@ -46,6 +46,17 @@ pub async fn serve(listener: tokio::net::UnixListener, state: Arc<State>) {
     }
 }
 
+/// The message of an API error.
+pub fn message(e: &ApiError) -> &str {
+    match e {
+        ApiError::BadRequest(m)
+        | ApiError::NotFound(m)
+        | ApiError::Conflict(m)
+        | ApiError::Internal(m)
+        | ApiError::Unavailable(m) => m,
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, message) = match self {

@@ -70,9 +70,11 @@ pub struct Manager {
     config: SwarmConfig,
     dir: PathBuf,
     /// Serialises read-modify-write of records (heartbeats, the down
-    /// monitor, `node update/rm`, token rotation), so none undoes another.
+    /// monitor, `node update/rm`, token rotation, the orchestrator), so
+    /// none undoes another.
     pub writer: Mutex<()>,
-    store: Store,
+    pub(super) store: Store,
+    pub(super) orch: super::services::Orchestration,
     last_seen: Mutex<HashMap<String, Instant>>,
     started: Instant,
     endpoint: quinn::Endpoint,
@@ -94,18 +96,23 @@ pub struct NodeInfo {
 
 /// Control-plane requests on 2377.
 #[derive(Debug, Serialize, Deserialize)]
-enum Request {
+pub(super) enum Request {
     /// Join with a token's secret and a CSR (no client certificate yet).
     Join { secret: [u8; 16], csr: String, info: NodeInfo },
     /// I am alive (mutual TLS: the certificate says who).
     Heartbeat,
     /// A new certificate for the same identity, over a new key.
     Renew { csr: String },
+    /// This node's tasks, once they differ from the digest `known` (a long
+    /// poll of up to 5 s).
+    Assignments { known: u64 },
+    /// Task status and output from this node's agent.
+    Report { reports: Vec<super::agent::Report> },
 }
 
 /// Control-plane answers.
 #[derive(Debug, Serialize, Deserialize)]
-enum Response {
+pub(super) enum Response {
     Joined {
         node_id: String,
         role: Role,
@@ -122,6 +129,10 @@ enum Response {
     Renewed {
         cert: String,
     },
+    Assignments {
+        digest: u64,
+        tasks: Vec<shoal_orch::Task>,
+    },
     Error {
         message: String,
     },
@@ -136,7 +147,7 @@ fn now_unix() -> i64 {
 }
 
 /// A Swarm-style node or cluster id: 25 base-36 characters.
-fn new_id() -> Result<String, ApiError> {
+pub(super) fn new_id() -> Result<String, ApiError> {
     let mut n = u128::from_le_bytes(ca::random().map_err(internal)?);
     Ok((0..25)
         .map(|_| {
@@ -155,7 +166,7 @@ fn random_secret() -> Result<[u8; 16], ApiError> {
 const MAX_HEARTBEAT_SECS: u64 = 3600;
 const MAX_CERT_EXPIRY_SECS: u64 = 20 * 365 * 86_400;
 
-fn internal<E: std::fmt::Display>(e: E) -> ApiError {
+pub(super) fn internal<E: std::fmt::Display>(e: E) -> ApiError {
     ApiError::Internal(e.to_string())
 }
 
@@ -360,11 +371,17 @@ async fn start_manager(state: &Arc<State>, config: SwarmConfig) -> anyhow::Resul
     if state.gossip().is_err() {
         super::start_gossip(state, super::parse_keys(&config.gossip_keys, "swarm state")?, &[]).await?;
     }
+    let orch = super::services::Orchestration::load(&store)?;
+    let node_id = config.node_id.clone();
+    let (assign_tx, assign_rx) = tokio::sync::watch::channel(Vec::new());
+    let (report_tx, report_rx) = tokio::sync::mpsc::unbounded_channel();
+    state.set_agent(Some(super::agent::Agent::start(state.clone(), assign_rx, report_tx)));
     let mut manager = Manager {
         config,
         dir,
         writer: Mutex::new(()),
         store,
+        orch,
         last_seen: Mutex::new(HashMap::new()),
         started: Instant::now(),
         endpoint,
@@ -373,7 +390,9 @@ async fn start_manager(state: &Arc<State>, config: SwarmConfig) -> anyhow::Resul
     let weak = Arc::new_cyclic(|weak: &std::sync::Weak<Manager>| {
         let accept = tokio::spawn(accept_loop(manager.endpoint.clone(), weak.clone()));
         let monitor = tokio::spawn(monitor_loop(weak.clone()));
-        manager.tasks = vec![accept, monitor];
+        let orchestrate = tokio::spawn(super::services::orchestrate_loop(weak.clone()));
+        let agent = tokio::spawn(super::services::local_agent_loop(weak.clone(), node_id, assign_tx, report_rx));
+        manager.tasks = vec![accept, monitor, orchestrate, agent];
         manager
     });
     tracing::info!(addr = %listen, "manager: control plane listening");
@@ -388,12 +407,17 @@ async fn accept_loop(endpoint: quinn::Endpoint, manager: std::sync::Weak<Manager
             let peer = transport::peer_node(&conn);
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                 let Some(m) = manager.upgrade() else { return };
-                let answer = match transport::read_message::<Request>(&mut recv).await {
-                    Ok(request) => m.handle(request, peer.as_ref()),
-                    Err(e) => Response::Error { message: e.to_string() },
-                };
-                let _ = transport::write_message(&mut send, &answer).await;
-                let _ = send.finish();
+                let peer = peer.clone();
+                // One task per stream: a long poll must not hold up heartbeats.
+                tokio::spawn(async move {
+                    let answer = match transport::read_message::<Request>(&mut recv).await {
+                        Ok(request) => m.handle_async(request, peer.as_ref()).await,
+                        Err(e) => Response::Error { message: e.to_string() },
+                    };
+                    drop(m);
+                    let _ = transport::write_message(&mut send, &answer).await;
+                    let _ = send.finish();
+                });
             }
         });
     }
@@ -419,8 +443,39 @@ impl Manager {
         Duration::from_secs(self.config.heartbeat_secs)
     }
 
+    async fn handle_async(&self, request: Request, peer: Option<&(String, Role)>) -> Response {
+        let node = match (&request, peer) {
+            (Request::Assignments { .. } | Request::Report { .. }, Some((id, _))) => id.clone(),
+            (Request::Assignments { .. } | Request::Report { .. }, None) => {
+                return Response::Error { message: "dispatching needs the node's certificate".into() };
+            }
+            _ => return self.handle(request, peer),
+        };
+        if !matches!(self.store.node(&node), Ok(Some(_))) {
+            return Response::Error { message: "this node was removed from the swarm".into() };
+        }
+        match request {
+            Request::Assignments { known } => {
+                let (mut digest, mut tasks) = self.assignments(&node);
+                if digest == known {
+                    self.wait_change(Duration::from_secs(5)).await;
+                    (digest, tasks) = self.assignments(&node);
+                }
+                Response::Assignments { digest, tasks }
+            }
+            Request::Report { reports } => {
+                self.apply_reports(&node, reports);
+                Response::Ok { heartbeat_secs: self.config.heartbeat_secs }
+            }
+            _ => unreachable!("matched above"),
+        }
+    }
+
     fn handle(&self, request: Request, peer: Option<&(String, Role)>) -> Response {
         match request {
+            Request::Assignments { .. } | Request::Report { .. } => {
+                Response::Error { message: "dispatching is asynchronous".into() }
+            }
             Request::Join { secret, csr, info } => self.join(secret, &csr, &info),
             Request::Renew { csr } => {
                 let Some((id, role)) = peer else {
@@ -644,6 +699,14 @@ impl Manager {
     pub fn remove_network(&self, name: &str) -> Result<NetworkRecord, ApiError> {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let network = self.find_network(name)?;
+        let users = self.network_users(&network.name);
+        if !users.is_empty() {
+            return Err(ApiError::Conflict(format!(
+                "network {} is in use by service {}: remove the service first",
+                network.name,
+                users.join(", ")
+            )));
+        }
         if let Some(mut ipam) = self.store.ipam().map_err(internal)? {
             let _ = ipam.remove(&network.name);
             self.store.put_ipam(&ipam).map_err(internal)?;
@@ -690,7 +753,7 @@ impl Manager {
 
 /// Finds one of `items` as docker does: by exact id, else by name (which
 /// must be unique), else by id prefix (which must be unique).
-fn pick<T: Clone>(
+pub(super) fn pick<T: Clone>(
     items: Vec<T>,
     wanted: &str,
     kind: &str,
@@ -791,7 +854,12 @@ async fn start_worker(state: &Arc<State>, config: SwarmConfig) -> anyhow::Result
         )
         .await?;
     }
-    let session = tokio::spawn(session_loop(swarm_dir(state.data_dir()), config.manager));
+    let (assign_tx, assign_rx) = tokio::sync::watch::channel(Vec::new());
+    let (report_tx, report_rx) = tokio::sync::mpsc::unbounded_channel();
+    state.set_agent(Some(super::agent::Agent::start(state.clone(), assign_rx, report_tx)));
+    let outbox = Arc::new(tokio::sync::Mutex::new(super::services::Outbox { rx: report_rx, pending: Vec::new() }));
+    let session =
+        tokio::spawn(session_loop(swarm_dir(state.data_dir()), config.manager, Arc::new(assign_tx), outbox));
     Ok(Worker { config, session })
 }
 
@@ -814,7 +882,12 @@ fn session_client(dir: &Path) -> anyhow::Result<(quinn::ClientConfig, std::time:
 
 /// Keeps a mutual-TLS session to the manager, heartbeats over it, renews
 /// the node certificate when due, and reconnects when the session drops.
-async fn session_loop(dir: PathBuf, manager: SocketAddr) {
+async fn session_loop(
+    dir: PathBuf,
+    manager: SocketAddr,
+    assignments: Arc<tokio::sync::watch::Sender<Vec<shoal_orch::Task>>>,
+    outbox: Arc<tokio::sync::Mutex<super::services::Outbox>>,
+) {
     loop {
         let (client, renew_at) = match session_client(&dir) {
             Ok(c) => c,
@@ -825,29 +898,43 @@ async fn session_loop(dir: PathBuf, manager: SocketAddr) {
             }
         };
         match connect(client, manager).await {
-            Ok(conn) => loop {
-                if std::time::SystemTime::now() >= renew_at {
-                    match renew(&conn, &dir).await {
-                        Ok(()) => tracing::info!("node certificate renewed"),
-                        Err(e) => tracing::warn!(error = %e, "certificate renewal failed"),
-                    }
-                    // Reconnect with the new certificate.
-                    break;
-                }
-                match transport::call::<_, Response>(&conn, &Request::Heartbeat).await {
-                    Ok(Response::Ok { heartbeat_secs }) => {
-                        tokio::time::sleep(Duration::from_secs(heartbeat_secs.max(1))).await;
-                    }
-                    Ok(Response::Error { message }) => {
-                        tracing::warn!(%message, "manager refused the heartbeat");
-                        break;
-                    }
-                    Ok(_) | Err(_) => break,
-                }
-            },
+            Ok(conn) => {
+                let dispatch = tokio::spawn(super::services::worker_agent_session(
+                    conn.clone(),
+                    assignments.clone(),
+                    outbox.clone(),
+                ));
+                heartbeat_until_failure(&conn, &dir, renew_at).await;
+                dispatch.abort();
+                conn.close(0u32.into(), b"reconnecting");
+            }
             Err(e) => tracing::warn!(error = ?e, %manager, "cannot reach the manager"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Heartbeats over `conn` until it fails or the certificate is due for
+/// renewal (renewed here; the caller reconnects with it).
+async fn heartbeat_until_failure(conn: &quinn::Connection, dir: &Path, renew_at: std::time::SystemTime) {
+    loop {
+        if std::time::SystemTime::now() >= renew_at {
+            match renew(conn, dir).await {
+                Ok(()) => tracing::info!("node certificate renewed"),
+                Err(e) => tracing::warn!(error = %e, "certificate renewal failed"),
+            }
+            return;
+        }
+        match transport::call::<_, Response>(conn, &Request::Heartbeat).await {
+            Ok(Response::Ok { heartbeat_secs }) => {
+                tokio::time::sleep(Duration::from_secs(heartbeat_secs.max(1))).await;
+            }
+            Ok(Response::Error { message }) => {
+                tracing::warn!(%message, "manager refused the heartbeat");
+                return;
+            }
+            Ok(_) | Err(_) => return,
+        }
     }
 }
 
@@ -891,10 +978,20 @@ pub async fn leave(state: &Arc<State>, force: bool) -> Result<(), ApiError> {
         }
         Cluster::Worker(w) => w.session.abort(),
     }
+    stop_agent(state).await;
     stop_gossip(state).await;
     let _ = std::fs::remove_dir_all(swarm_dir(state.data_dir()));
     *cluster = Cluster::Inactive;
     Ok(())
+}
+
+/// Stops every task of this node (the assignment channel closed with the
+/// manager or session) and waits for them to be gone.
+pub async fn stop_agent(state: &State) {
+    if let Some(agent) = state.take_agent() {
+        agent.stop_all();
+        agent.drained(Duration::from_secs(30)).await;
+    }
 }
 
 /// Leaves gossip and stops its driver, freeing the gossip port.

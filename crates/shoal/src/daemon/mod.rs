@@ -2,9 +2,11 @@
 //! gossip on 7946 to learn where every endpoint lives, and serves the local
 //! API on a unix socket.
 
+mod agent;
 mod api;
 mod cluster;
 mod gossip;
+mod services;
 mod state;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -43,6 +45,8 @@ pub struct DaemonArgs {
     pub mtu: u16,
     /// Hostname to report (default: the kernel's).
     pub hostname: Option<String>,
+    /// Prefix of task sandbox (network namespace) and cgroup names.
+    pub task_prefix: String,
 }
 
 /// What the running daemon keeps of its arguments.
@@ -62,6 +66,8 @@ pub struct Settings {
     pub mtu: u16,
     /// Reported hostname.
     pub hostname: String,
+    /// Prefix of task sandbox and cgroup names.
+    pub task_prefix: String,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -80,6 +86,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: DaemonArgs, ring: Option<KeyRing>, id: NodeId, epoch: u64) -> anyhow::Result<()> {
+    agent::remove_leftovers(&args.data_dir);
     state::remove_stale_sandboxes(&args.data_dir);
     let dataplane = Dataplane::start(&DataplaneConfig {
         port: args.data_port,
@@ -101,6 +108,7 @@ async fn serve(args: DaemonArgs, ring: Option<KeyRing>, id: NodeId, epoch: u64) 
         control_port: args.control_port,
         mtu: args.mtu,
         hostname,
+        task_prefix: args.task_prefix.clone(),
     };
     let state = Arc::new(state::State::new(me, args.data_dir.clone(), dataplane, settings));
     if let Some(ring) = ring {
@@ -126,6 +134,7 @@ async fn serve(args: DaemonArgs, ring: Option<KeyRing>, id: NodeId, epoch: u64) 
     }
     tracing::info!("stopping");
     api.abort();
+    cluster::stop_agent(&state).await;
     state.remove_all_endpoints().await;
     if let Ok(gossip) = state.gossip() {
         // One gossip round for the withdrawn rows to go out, then say goodbye.

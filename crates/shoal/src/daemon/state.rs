@@ -57,10 +57,23 @@ pub struct EndpointView {
 }
 
 struct Local {
-    view: EndpointView,
-    id: EndpointId,
+    interfaces: Vec<(EndpointView, EndpointId)>,
     sandbox: Sandbox,
 }
+
+/// One interface a sandbox is asked for.
+#[derive(Debug, Clone)]
+pub struct Interface {
+    /// Network VNI.
+    pub vni: u32,
+    /// Network subnet.
+    pub subnet: String,
+    /// Address.
+    pub ip: Ipv4Addr,
+}
+
+/// What gossip said about a remote address: the row and its owner.
+type RemoteRow = (EndpointRecord, shoal_gossip::NodeId);
 
 /// Why an API request failed; the status tells the client which.
 #[derive(Debug)]
@@ -93,9 +106,14 @@ pub struct State {
     pub cluster: Mutex<super::cluster::Cluster>,
     /// Daemon settings the control plane needs.
     pub settings: super::Settings,
-    /// Which owner's row each remote route came from: a removal by another
-    /// owner (an address that moved) must not delete it.
-    claims: std::sync::Mutex<std::collections::HashMap<(u32, Ipv4Addr), shoal_gossip::NodeId>>,
+    /// The task runner, once this node is in a swarm.
+    agent: std::sync::Mutex<Option<std::sync::Arc<super::agent::Agent>>>,
+    /// Every remote endpoint row gossip delivered, per network, and which
+    /// owner it came from (a removal by another owner, after an address
+    /// moved, must not delete it). Routes are programmed only for networks
+    /// with a local endpoint: a network's data plane exists only on nodes
+    /// with tasks on it.
+    remotes: std::sync::Mutex<std::collections::HashMap<u32, std::collections::HashMap<Ipv4Addr, RemoteRow>>>,
 }
 
 impl State {
@@ -110,7 +128,8 @@ impl State {
             endpoints: Mutex::new(BTreeMap::new()),
             cluster: Mutex::new(super::cluster::Cluster::Inactive),
             settings,
-            claims: std::sync::Mutex::new(std::collections::HashMap::new()),
+            agent: std::sync::Mutex::new(None),
+            remotes: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -128,6 +147,23 @@ impl State {
         *self.gossip.write().unwrap_or_else(|e| e.into_inner()) = handle;
     }
 
+    /// Installs the task runner.
+    pub fn set_agent(&self, agent: Option<std::sync::Arc<super::agent::Agent>>) {
+        *self.agent.lock().unwrap_or_else(|e| e.into_inner()) = agent;
+    }
+
+    /// Takes the task runner away (leaving the swarm, stopping).
+    pub fn take_agent(&self) -> Option<std::sync::Arc<super::agent::Agent>> {
+        self.agent.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// The task runner.
+    pub fn agent(&self) -> Result<std::sync::Arc<super::agent::Agent>, ApiError> {
+        self.agent.lock().unwrap_or_else(|e| e.into_inner()).clone().ok_or_else(|| {
+            ApiError::Unavailable("this node is not part of a swarm: it runs no tasks".into())
+        })
+    }
+
     /// The directory of this node's state.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
@@ -135,61 +171,99 @@ impl State {
 
     /// Creates a local endpoint: sandbox, TUN, data plane, gossiped row.
     pub async fn create_endpoint(&self, req: EndpointRequest) -> Result<EndpointView, ApiError> {
-        let vni = Vni::new(req.vni)
-            .ok_or_else(|| ApiError::BadRequest(format!("vni {} does not fit in 24 bits", req.vni)))?;
-        let subnet: Ipv4Cidr = req.subnet.parse().map_err(|e| ApiError::BadRequest(format!("{e}")))?;
-        if !subnet.contains(req.ip) {
-            return Err(ApiError::BadRequest(format!("{} is outside subnet {subnet}", req.ip)));
+        let iface = Interface { vni: req.vni, subnet: req.subnet, ip: req.ip };
+        let mut views = self.create_sandbox(&req.sandbox, &[iface]).await?;
+        Ok(views.remove(0))
+    }
+
+    /// Creates the sandbox `name` with one TUN per interface (`eth0`,
+    /// `eth1`...), attaches them to the data plane and gossips their rows.
+    pub async fn create_sandbox(&self, name: &str, ifaces: &[Interface]) -> Result<Vec<EndpointView>, ApiError> {
+        let mut specs = Vec::new();
+        let mut parsed = Vec::new();
+        for (i, iface) in ifaces.iter().enumerate() {
+            let vni = Vni::new(iface.vni)
+                .ok_or_else(|| ApiError::BadRequest(format!("vni {} does not fit in 24 bits", iface.vni)))?;
+            let subnet: Ipv4Cidr = iface.subnet.parse().map_err(|e| ApiError::BadRequest(format!("{e}")))?;
+            if !subnet.contains(iface.ip) {
+                return Err(ApiError::BadRequest(format!("{} is outside subnet {subnet}", iface.ip)));
+            }
+            specs.push(InterfaceSpec { name: format!("eth{i}"), ip: iface.ip, prefix: subnet.prefix(), mtu: self.mtu });
+            parsed.push((vni, subnet, iface.ip));
         }
         let gossip = self.gossip()?;
         let mut endpoints = self.endpoints.lock().await;
-        if endpoints.contains_key(&req.sandbox) {
-            return Err(ApiError::Conflict(format!("sandbox {} already exists on this node", req.sandbox)));
+        if endpoints.contains_key(name) {
+            return Err(ApiError::Conflict(format!("sandbox {name} already exists on this node")));
         }
-        self.dataplane.add_network(vni, subnet).map_err(|e| ApiError::Conflict(e.to_string()))?;
-        let spec = InterfaceSpec { name: "eth0".into(), ip: req.ip, prefix: subnet.prefix(), mtu: self.mtu };
-        let (sandbox, devices) = Sandbox::create(&req.sandbox, &[spec]).map_err(|e| match e {
+        for (vni, subnet, _) in &parsed {
+            self.dataplane.add_network(*vni, *subnet).map_err(|e| ApiError::Conflict(e.to_string()))?;
+        }
+        let (sandbox, devices) = Sandbox::create(name, &specs).map_err(|e| match e {
             shoal_runtime::SandboxError::Netns(shoal_runtime::NetnsError::Exists(_)) => {
-                ApiError::Conflict(format!("a network namespace named {} exists already", req.sandbox))
+                ApiError::Conflict(format!("a network namespace named {name} exists already"))
             }
             shoal_runtime::SandboxError::Netns(shoal_runtime::NetnsError::InvalidName(_)) => {
                 ApiError::BadRequest(e.to_string())
             }
             other => ApiError::Internal(other.to_string()),
         })?;
-        let device = devices.into_iter().next().expect("one interface asked for");
-        let id = self.dataplane.attach(vni, req.ip, device).map_err(|e| ApiError::Conflict(e.to_string()))?;
-        let view = EndpointView {
-            sandbox: req.sandbox.clone(),
-            vni: req.vni,
-            subnet: subnet.to_string(),
-            ip: req.ip,
-        };
-        endpoints.insert(req.sandbox.clone(), Local { view: view.clone(), id, sandbox });
+        let mut local = Local { interfaces: Vec::new(), sandbox };
+        for ((vni, subnet, ip), device) in parsed.iter().zip(devices) {
+            match self.dataplane.attach(*vni, *ip, device) {
+                Ok(id) => {
+                    let view = EndpointView { sandbox: name.to_owned(), vni: vni.get(), subnet: subnet.to_string(), ip: *ip };
+                    local.interfaces.push((view, id));
+                }
+                Err(e) => {
+                    let local_vnis = local_vnis(&endpoints);
+                    drop(endpoints);
+                    self.teardown(local, &local_vnis).await;
+                    return Err(ApiError::Conflict(e.to_string()));
+                }
+            }
+        }
+        let views: Vec<EndpointView> = local.interfaces.iter().map(|(v, _)| v.clone()).collect();
+        endpoints.insert(name.to_owned(), local);
         self.record_sandboxes(&endpoints);
-        let record = EndpointRecord { ip: req.ip, subnet: subnet.to_string(), node: *self.me.addr.ip() };
-        let value = serde_json::to_vec(&record).expect("serialisable");
-        gossip.write(req.vni, RowKey::new(ENDPOINTS, req.ip.to_string()), Some(value)).await;
-        Ok(view)
+        for view in &views {
+            self.program_remotes(view.vni);
+            let record = EndpointRecord { ip: view.ip, subnet: view.subnet.clone(), node: *self.me.addr.ip() };
+            let value = serde_json::to_vec(&record).expect("serialisable");
+            gossip.write(view.vni, RowKey::new(ENDPOINTS, view.ip.to_string()), Some(value)).await;
+        }
+        Ok(views)
     }
 
-    /// Removes a local endpoint and withdraws its row.
+    /// Removes a local endpoint (a sandbox) and withdraws its rows.
     pub async fn remove_endpoint(&self, sandbox: &str) -> Result<(), ApiError> {
         let mut endpoints = self.endpoints.lock().await;
         let local = endpoints
             .remove(sandbox)
             .ok_or_else(|| ApiError::NotFound(format!("no endpoint with sandbox {sandbox} on this node")))?;
         self.record_sandboxes(&endpoints);
+        let still_used = local_vnis(&endpoints);
         drop(endpoints);
-        self.teardown(local).await;
+        self.teardown(local, &still_used).await;
         Ok(())
     }
 
-    async fn teardown(&self, local: Local) {
-        self.dataplane.detach(local.id);
+    /// Detaches, deletes the namespace, withdraws the rows, and removes the
+    /// networks no local endpoint uses any more from the data plane.
+    async fn teardown(&self, local: Local, still_used: &std::collections::BTreeSet<u32>) {
+        for (_, id) in &local.interfaces {
+            self.dataplane.detach(*id);
+        }
         let _ = local.sandbox.remove();
-        if let Ok(gossip) = self.gossip() {
-            gossip.write(local.view.vni, RowKey::new(ENDPOINTS, local.view.ip.to_string()), None).await;
+        for (view, _) in &local.interfaces {
+            if !still_used.contains(&view.vni)
+                && let Some(vni) = Vni::new(view.vni)
+            {
+                self.dataplane.remove_network(vni);
+            }
+            if let Ok(gossip) = self.gossip() {
+                gossip.write(view.vni, RowKey::new(ENDPOINTS, view.ip.to_string()), None).await;
+            }
         }
     }
 
@@ -197,47 +271,63 @@ impl State {
     pub async fn remove_all_endpoints(&self) {
         let all = std::mem::take(&mut *self.endpoints.lock().await);
         for (_, local) in all {
-            self.teardown(local).await;
+            self.teardown(local, &Default::default()).await;
         }
         self.record_sandboxes(&BTreeMap::new());
     }
 
     /// The local endpoints.
     pub async fn endpoints(&self) -> Vec<EndpointView> {
-        self.endpoints.lock().await.values().map(|l| l.view.clone()).collect()
+        self.endpoints.lock().await.values().flat_map(|l| l.interfaces.iter().map(|(v, _)| v.clone())).collect()
     }
 
-    /// Programs the data plane from a visible-row change of another node.
+    /// Routes every known remote address of `vni` (when it gains its first
+    /// local endpoint).
+    fn program_remotes(&self, vni: u32) {
+        let remotes = self.remotes.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(rows) = remotes.get(&vni) else { return };
+        for (record, owner) in rows.values() {
+            self.route(vni, record, *owner);
+        }
+    }
+
+    fn route(&self, network: u32, record: &EndpointRecord, owner: shoal_gossip::NodeId) {
+        let Some(vni) = Vni::new(network) else { return };
+        let Ok(subnet) = record.subnet.parse::<Ipv4Cidr>() else { return };
+        if self.dataplane.tables().subnet(vni).is_none() {
+            return; // no local endpoint on this network
+        }
+        let programmed =
+            self.dataplane.add_network(vni, subnet).and_then(|()| self.dataplane.set_remote(vni, record.ip, record.node));
+        if let Err(e) = programmed {
+            tracing::warn!(%owner, ip = %record.ip, error = %e, "cannot route to remote endpoint");
+        }
+    }
+
+    /// Records a visible-row change of another node, and programs the data
+    /// plane if the network has local endpoints.
     pub fn apply_change(&self, change: Change) {
         match change {
             Change::Upsert { network, key, value, owner } if key.table == ENDPOINTS => {
-                let Some(vni) = Vni::new(network) else { return };
                 let Ok(record) = serde_json::from_slice::<EndpointRecord>(&value) else {
                     tracing::warn!(%owner, key = %key.key, "undecodable endpoint row");
                     return;
                 };
-                let Ok(subnet) = record.subnet.parse::<Ipv4Cidr>() else { return };
-                let programmed = self
-                    .dataplane
-                    .add_network(vni, subnet)
-                    .and_then(|()| self.dataplane.set_remote(vni, record.ip, record.node));
-                match programmed {
-                    Ok(()) => {
-                        self.claims
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert((network, record.ip), owner);
-                    }
-                    Err(e) => {
-                        tracing::warn!(%owner, ip = %record.ip, error = %e, "cannot route to remote endpoint")
-                    }
-                }
+                self.remotes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(network)
+                    .or_default()
+                    .insert(record.ip, (record.clone(), owner));
+                self.route(network, &record, owner);
             }
             Change::Remove { network, key, owner } if key.table == ENDPOINTS => {
-                if let (Some(vni), Ok(ip)) = (Vni::new(network), key.key.parse::<Ipv4Addr>()) {
-                    let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
-                    if claims.get(&(network, ip)) == Some(&owner) {
-                        claims.remove(&(network, ip));
+                let Ok(ip) = key.key.parse::<Ipv4Addr>() else { return };
+                let mut remotes = self.remotes.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(rows) = remotes.get_mut(&network) else { return };
+                if rows.get(&ip).is_some_and(|(_, o)| *o == owner) {
+                    rows.remove(&ip);
+                    if let Some(vni) = Vni::new(network) {
                         self.dataplane.remove_remote(vni, ip);
                     }
                 }
@@ -252,6 +342,10 @@ impl State {
         let names: Vec<&str> = endpoints.keys().map(String::as_str).collect();
         let _ = std::fs::write(self.data_dir.join("sandboxes"), names.join("\n"));
     }
+}
+
+fn local_vnis(endpoints: &BTreeMap<String, Local>) -> std::collections::BTreeSet<u32> {
+    endpoints.values().flat_map(|l| l.interfaces.iter().map(|(v, _)| v.vni)).collect()
 }
 
 /// Deletes the sandboxes a previous process of this node left behind.
