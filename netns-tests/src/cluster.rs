@@ -93,6 +93,7 @@ impl Cluster {
             .arg("--socket")
             .arg(self.socket(i))
             .args(["--hostname", &format!("node{}", i + 1)])
+            .args(["--task-prefix", &host.netns])
             .env("SHOAL_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log);

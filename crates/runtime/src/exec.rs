@@ -117,6 +117,14 @@ pub fn resolve_user(user: Option<&str>) -> Result<(u32, u32), String> {
     Ok((uid, gid))
 }
 
+/// The signal named `name` (`SIGTERM`, `term`, `15`).
+pub fn signal(name: &str) -> Option<Signal> {
+    use std::str::FromStr;
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    Signal::from_str(&full).ok().or_else(|| name.parse::<i32>().ok().and_then(|n| Signal::try_from(n).ok()))
+}
+
 /// An exit status as a shell reports it: the code, or 128 + the signal.
 fn exit_code(status: WaitStatus) -> Option<i32> {
     match status {

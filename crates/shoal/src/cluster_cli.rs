@@ -311,7 +311,7 @@ fn capitalised(value: &serde_json::Value) -> String {
 
 /// Prints rows as docker does: columns padded to the widest cell, three
 /// spaces apart.
-fn table(rows: &[Vec<String>]) -> String {
+pub fn table(rows: &[Vec<String>]) -> String {
     let widths: Vec<usize> =
         (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
     let mut text = String::new();

@@ -125,6 +125,8 @@ fn up(nodes: usize, name: &str) -> anyhow::Result<()> {
                     &host.underlay.to_string(),
                     "--hostname",
                     &node,
+                    "--task-prefix",
+                    &host.netns,
                     "--data-dir",
                 ])
                 .arg(state.join(format!("{node}.data")))

@@ -5,6 +5,7 @@ mod cluster_cli;
 mod daemon;
 mod lab_cli;
 mod overlay;
+mod service_cli;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
@@ -37,6 +38,12 @@ enum Command {
     /// Manage overlay networks: create, ls, inspect, rm
     #[command(subcommand)]
     Network(cluster_cli::NetworkCommand),
+    /// Manage services: create, ls, ps, inspect, scale, update, rollback, logs, rm
+    #[command(subcommand)]
+    Service(service_cli::ServiceCommand),
+    /// Run commands in tasks of this node: exec, inspect
+    #[command(subcommand)]
+    Task(service_cli::TaskCommand),
     /// A local multi-node cluster in network namespaces: up, ls, exec, down
     #[command(subcommand)]
     Lab(lab_cli::LabCommand),
@@ -188,6 +195,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Swarm(c) => cluster_cli::swarm(&client()?, c),
         Command::Node(c) => cluster_cli::node(&client()?, c),
         Command::Network(c) => cluster_cli::network(&client()?, c),
+        Command::Service(c) => service_cli::service(&client()?, c),
+        Command::Task(c) => service_cli::task(&client()?, c),
         Command::Lab(c) => lab_cli::run(c),
         Command::Gossip(GossipCommand::Keygen) => {
             #[allow(clippy::print_stdout)]

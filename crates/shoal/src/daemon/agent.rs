@@ -460,22 +460,7 @@ fn resolv_conf() -> String {
 }
 
 fn parse_signal(name: &str) -> nix::sys::signal::Signal {
-    use std::str::FromStr;
-    let upper = name.to_ascii_uppercase();
-    let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
-    nix::sys::signal::Signal::from_str(&full)
-        .ok()
-        .or_else(|| name.parse::<i32>().ok().and_then(|n| nix::sys::signal::Signal::try_from(n).ok()))
-        .unwrap_or(nix::sys::signal::Signal::SIGTERM)
-}
-
-/// Whether `name` is a signal the runtime can send.
-pub fn valid_signal(name: &str) -> bool {
-    use std::str::FromStr;
-    let upper = name.to_ascii_uppercase();
-    let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
-    nix::sys::signal::Signal::from_str(&full).is_ok()
-        || name.parse::<i32>().ok().is_some_and(|n| nix::sys::signal::Signal::try_from(n).is_ok())
+    exec::signal(name).unwrap_or(nix::sys::signal::Signal::SIGTERM)
 }
 
 /// Runs the healthcheck inside the task; true when it exits 0 in time.

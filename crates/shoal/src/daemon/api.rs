@@ -14,6 +14,7 @@ use shoal_gossip::MemberState;
 use super::cluster::{self, InitRequest};
 use super::state::{ApiError, EndpointRequest, State};
 use shoal_control::{NodeRecord, Role};
+use shoal_orch::TaskState;
 
 /// Serves the API until the task is aborted.
 pub async fn serve(listener: tokio::net::UnixListener, state: Arc<State>) {
@@ -36,6 +37,14 @@ pub async fn serve(listener: tokio::net::UnixListener, state: Arc<State>) {
         .route("/v1/nodes/{id}/remove", post(node_remove))
         .route("/v1/networks", get(networks).post(network_create))
         .route("/v1/networks/{name}", get(network_inspect).delete(network_remove))
+        .route("/v1/services", get(services).post(service_create))
+        .route("/v1/services/{id}", get(service_inspect).delete(service_remove))
+        .route("/v1/services/{id}/update", post(service_update))
+        .route("/v1/services/{id}/rollback", post(service_rollback))
+        .route("/v1/services/{id}/tasks", get(service_tasks))
+        .route("/v1/services/{id}/logs", get(service_logs))
+        .route("/v1/tasks/{id}", get(task_inspect))
+        .route("/v1/local/tasks/{id}/exec", get(task_exec_info))
         .route("/metrics", get(metrics))
         .fallback(|| async {
             ApiError::NotFound("no such route: see `shoal --help` for what the API offers".into())
@@ -475,4 +484,177 @@ async fn network_remove(Extract(state): Shared, Path(name): Path<String>) -> Res
     let m = cluster::manager(&state).await?;
     m.remove_network(&name)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A service as `service ls` and `inspect` show it: the record, plus
+/// running and desired task counts.
+fn service_view(m: &cluster::Manager, service: &shoal_orch::Service, nodes: &[NodeRecord]) -> serde_json::Value {
+    let tasks = m.service_tasks(&service.id);
+    let running = tasks
+        .iter()
+        .filter(|t| t.desired == TaskState::Running && t.status.state == TaskState::Running)
+        .count();
+    let desired = match service.spec.mode {
+        shoal_orch::Mode::Replicated { replicas } => replicas as usize,
+        shoal_orch::Mode::Global => {
+            tasks.iter().filter(|t| t.desired == TaskState::Running).count().max(
+                nodes.iter().filter(|n| n.state == "ready" && n.availability == "active").count().min(0),
+            )
+        }
+    };
+    let mut value = serde_json::to_value(service).expect("serialisable");
+    value["running"] = running.into();
+    value["desired"] = desired.into();
+    value
+}
+
+async fn services(Extract(state): Shared) -> Result<Json<serde_json::Value>, ApiError> {
+    let m = cluster::manager(&state).await?;
+    let nodes = m.nodes()?;
+    let all: Vec<serde_json::Value> = m.services().iter().map(|s| service_view(&m, s, &nodes)).collect();
+    Ok(Json(serde_json::Value::Array(all)))
+}
+
+fn bad_json(e: serde_json::Error) -> ApiError {
+    ApiError::BadRequest(format!("invalid service spec: {e}"))
+}
+
+async fn service_create(
+    Extract(state): Shared,
+    Json(body): Json<serde_json::Value>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let spec: shoal_orch::ServiceSpec = serde_json::from_value(body).map_err(bad_json)?;
+    let m = cluster::manager(&state).await?;
+    let service = m.create_service(spec)?;
+    Ok(Json(serde_json::json!({ "id": service.id, "name": service.spec.name })))
+}
+
+async fn service_inspect(Extract(state): Shared, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let m = cluster::manager(&state).await?;
+    let service = m.find_service(&id)?;
+    Ok(Json(service_view(&m, &service, &m.nodes()?)))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateRequest {
+    version: u64,
+    spec: serde_json::Value,
+}
+
+async fn service_update(
+    Extract(state): Shared,
+    Path(id): Path<String>,
+    Json(body): Json<UpdateRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let spec: shoal_orch::ServiceSpec = serde_json::from_value(body.spec).map_err(bad_json)?;
+    let m = cluster::manager(&state).await?;
+    let service = m.find_service(&id)?;
+    if service.version != body.version {
+        return Err(ApiError::Conflict(format!(
+            "update out of sequence: service {} changed since it was read (version {} now, {} given); try again",
+            service.spec.name, service.version, body.version
+        )));
+    }
+    let updated = m.update_service(&service.id, spec, false)?;
+    Ok(Json(serde_json::json!({ "id": updated.id, "version": updated.version })))
+}
+
+async fn service_rollback(Extract(state): Shared, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let m = cluster::manager(&state).await?;
+    let service = m.find_service(&id)?;
+    let previous = service.previous.clone().ok_or_else(|| {
+        ApiError::BadRequest(format!("service {} does not have a previous spec to roll back to", service.spec.name))
+    })?;
+    let updated = m.update_service(&service.id, previous, true)?;
+    Ok(Json(serde_json::json!({ "id": updated.id, "version": updated.version })))
+}
+
+async fn service_remove(Extract(state): Shared, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let m = cluster::manager(&state).await?;
+    let service = m.find_service(&id)?;
+    m.remove_service(&service.id)?;
+    Ok(Json(serde_json::json!({ "id": service.id, "name": service.spec.name })))
+}
+
+/// A task as `service ps` shows it.
+fn task_view(task: &shoal_orch::Task, service: Option<&shoal_orch::Service>, nodes: &[NodeRecord]) -> serde_json::Value {
+    let node = task.node_id.as_deref().map(|id| {
+        nodes.iter().find(|n| n.id == id).map_or_else(|| id.to_owned(), |n| n.hostname.clone())
+    });
+    let mut value = serde_json::to_value(task).expect("serialisable");
+    value["name"] = task.name().into();
+    value["node"] = node.into();
+    value["current"] = service.is_some_and(|s| s.spec.task == task.spec).into();
+    value["desired_title"] = task.desired.title().into();
+    value["state_title"] = task.status.state.title().into();
+    value["ports"] = service.map_or(serde_json::Value::Null, |s| serde_json::to_value(&s.spec.ports).expect("ok"));
+    value
+}
+
+async fn service_tasks(Extract(state): Shared, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let m = cluster::manager(&state).await?;
+    let service = m.find_service(&id)?;
+    let nodes = m.nodes()?;
+    let tasks: Vec<serde_json::Value> =
+        m.service_tasks(&service.id).iter().map(|t| task_view(t, Some(&service), &nodes)).collect();
+    Ok(Json(serde_json::json!({ "service": service_view(&m, &service, &nodes), "tasks": tasks })))
+}
+
+#[derive(serde::Deserialize)]
+struct LogQuery {
+    #[serde(default)]
+    after_ms: u64,
+}
+
+async fn service_logs(
+    Extract(state): Shared,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<LogQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let m = cluster::manager(&state).await?;
+    let nodes = m.nodes()?;
+    // A service's output, or one task's.
+    let tasks: Vec<shoal_orch::Task> = match m.find_service(&id) {
+        Ok(service) => m.service_tasks(&service.id),
+        Err(ApiError::NotFound(_)) => vec![m.find_task(&id).map_err(|_| {
+            ApiError::NotFound(format!("no such service or task: {id}"))
+        })?],
+        Err(e) => return Err(e),
+    };
+    let names: std::collections::HashMap<&str, (String, String)> = tasks
+        .iter()
+        .map(|t| {
+            let node = t.node_id.as_deref().and_then(|id| nodes.iter().find(|n| n.id == id));
+            (t.id.as_str(), (t.name(), node.map_or_else(String::new, |n| n.hostname.clone())))
+        })
+        .collect();
+    let ids: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
+    let lines: Vec<serde_json::Value> = m
+        .logs(&ids)
+        .into_iter()
+        .filter(|(_, l)| l.ts_ms > q.after_ms)
+        .map(|(task, l)| {
+            let (name, node) = names.get(task.as_str()).cloned().unwrap_or_default();
+            serde_json::json!({ "task": task, "name": name, "node": node, "ts_ms": l.ts_ms, "stderr": l.stderr, "text": l.text })
+        })
+        .collect();
+    Ok(Json(serde_json::Value::Array(lines)))
+}
+
+async fn task_inspect(Extract(state): Shared, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let m = cluster::manager(&state).await?;
+    let task = m.find_task(&id)?;
+    let service = m.find_service(&task.service_id).ok();
+    Ok(Json(task_view(&task, service.as_ref(), &m.nodes()?)))
+}
+
+async fn task_exec_info(Extract(state): Shared, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let agent = state.agent()?;
+    let info = agent.exec_info(&id).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no running task {id} on this node: `shoal task exec` runs on the node of the task (see `shoal service ps`)"
+        ))
+    })?;
+    Ok(Json(serde_json::to_value(info).expect("serialisable")))
 }
