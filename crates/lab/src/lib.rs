@@ -274,6 +274,18 @@ impl Lab {
         for ns in NetNs::list().into_iter().filter(|n| n.starts_with(&own)) {
             let _ = NetNs::delete_by_name(&ns);
         }
+        // Task cgroups of the lab's daemons are named after their hosts.
+        for root in ["memory", "cpu", "pids", ""] {
+            let dir = Path::new("/sys/fs/cgroup").join(root).join("shoal");
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&own) {
+                    let cgroup = shoal_runtime::Cgroup::open(&entry.file_name().to_string_lossy());
+                    cgroup.kill_all();
+                    let _ = std::fs::remove_dir(entry.path());
+                }
+            }
+        }
     }
 }
 

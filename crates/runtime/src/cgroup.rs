@@ -142,16 +142,24 @@ impl Cgroup {
     /// How many times the kernel's OOM killer killed a process of the group.
     pub fn oom_kills(&self) -> u64 {
         let Some(dir) = self.dir("memory") else { return 0 };
-        if self.v2 { counter(&dir.join("memory.events"), "oom_kill") } else { counter(&dir.join("memory.oom_control"), "oom_kill") }
+        if self.v2 {
+            counter(&dir.join("memory.events"), "oom_kill")
+        } else {
+            counter(&dir.join("memory.oom_control"), "oom_kill")
+        }
     }
 
     /// Sends SIGKILL to every process in the group.
     pub fn kill_all(&self) {
-        if self.v2 && let Some(dir) = self.dirs.first() && write(dir, "cgroup.kill", "1").is_ok() {
+        if self.v2
+            && let Some(dir) = self.dirs.first()
+            && write(dir, "cgroup.kill", "1").is_ok()
+        {
             return;
         }
         for pid in self.pids() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
 

@@ -78,7 +78,8 @@ pub struct EnterSpec {
 /// Finds `program` on `path` (a `PATH` value), as docker reports it missing.
 pub fn lookup(program: &str, path: &str) -> Result<PathBuf, String> {
     use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    let executable =
+        |p: &Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
     if program.contains('/') {
         let p = PathBuf::from(program);
         return if executable(&p) { Ok(p) } else { Err(format!("{program}: no such executable file")) };
@@ -98,7 +99,10 @@ pub fn resolve_user(user: Option<&str>) -> Result<(u32, u32), String> {
         None => (user, None),
     };
     let (uid, default_gid) = match name.parse::<u32>() {
-        Ok(uid) => (uid, nix::unistd::User::from_uid(Uid::from_raw(uid)).ok().flatten().map_or(uid, |u| u.gid.as_raw())),
+        Ok(uid) => (
+            uid,
+            nix::unistd::User::from_uid(Uid::from_raw(uid)).ok().flatten().map_or(uid, |u| u.gid.as_raw()),
+        ),
         Err(_) => match nix::unistd::User::from_name(name) {
             Ok(Some(u)) => (u.uid.as_raw(), u.gid.as_raw()),
             _ => return Err(format!("unable to find user {name}: no matching entries in passwd file")),
@@ -192,7 +196,9 @@ fn exec_as(program: &Path, argv: &[CString], env: &[CString], uid: u32, gid: u32
     if let Err(e) = nix::unistd::chdir(workdir) {
         die(&format!("chdir to {workdir}"), e);
     }
-    let Ok(path) = CString::new(program.as_os_str().as_encoded_bytes()) else { die("program", "NUL in path") };
+    let Ok(path) = CString::new(program.as_os_str().as_encoded_bytes()) else {
+        die("program", "NUL in path")
+    };
     let e = nix::unistd::execve(&path, argv, env).unwrap_err();
     die(&format!("exec {}", program.display()), e)
 }
@@ -246,17 +252,36 @@ fn init(spec: &ExecSpec) -> ! {
     step("make mounts private", mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none));
     let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     step("mount /proc", mount(Some("proc"), "/proc", Some("proc"), hardened | MsFlags::MS_NOEXEC, none));
+    // The generated files may live under /tmp or /run on the node: open
+    // them before the private mounts hide them, and bind them by descriptor.
+    let sources: Vec<std::fs::File> = spec
+        .binds
+        .iter()
+        .map(|(source, _)| {
+            std::fs::File::open(source).unwrap_or_else(|e| die(&format!("open {}", source.display()), e))
+        })
+        .collect();
     step("mount /tmp", mount(Some("tmpfs"), "/tmp", Some("tmpfs"), hardened, Some("mode=1777")));
     step("mount /run", mount(Some("tmpfs"), "/run", Some("tmpfs"), hardened, Some("mode=755")));
-    for (source, target) in &spec.binds {
+    for (file, (_, target)) in sources.iter().zip(&spec.binds) {
+        // A target that is a symlink (into /run, say) is bound where it points.
+        let target = match std::fs::read_link(target) {
+            Ok(link) => target.parent().map_or(link.clone(), |dir| dir.join(link)),
+            Err(_) => target.clone(),
+        };
         if !target.exists() {
-            let _ = std::fs::write(target, b"");
+            if let Some(dir) = target.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let _ = std::fs::write(&target, b"");
         }
+        let source = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(file));
         step(
             &format!("bind {}", target.display()),
-            mount(Some(source.as_path()), target.as_path(), none, MsFlags::MS_BIND, none),
+            mount(Some(source.as_str()), target.as_path(), none, MsFlags::MS_BIND, none),
         );
     }
+    drop(sources);
     step("set hostname", nix::unistd::sethostname(&spec.hostname));
     let mut argv = cstrings([spec.program.to_string_lossy()]);
     argv.extend(cstrings(&spec.args));
@@ -292,7 +317,8 @@ pub fn enter_main(spec: &EnterSpec) -> ! {
             die("join task namespace", e);
         }
     }
-    let path = spec.env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or("/usr/sbin:/usr/bin:/sbin:/bin");
+    let path =
+        spec.env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or("/usr/sbin:/usr/bin:/sbin:/bin");
     let program = lookup(program, path).unwrap_or_else(|e| die("exec", e));
     let argv = cstrings(&spec.argv);
     let env = cstrings(&spec.env);

@@ -236,7 +236,9 @@ fn main() -> ExitCode {
     // The task runtime's helpers: single-threaded, before anything else.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     match args.get(1).and_then(|a| a.to_str()) {
-        Some("__task-shim") if args.len() == 3 => shoal_runtime::exec::shim_main(std::path::Path::new(&args[2])),
+        Some("__task-shim") if args.len() == 3 => {
+            shoal_runtime::exec::shim_main(std::path::Path::new(&args[2]))
+        }
         Some("__enter") if args.len() == 3 => {
             let spec = serde_json::from_str(&args[2].to_string_lossy());
             match spec {

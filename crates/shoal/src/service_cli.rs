@@ -222,6 +222,9 @@ pub enum ServiceCommand {
         /// Only display IDs
         #[arg(short, long)]
         quiet: bool,
+        /// Output format: table, or json (one object per line)
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
     },
     /// List the tasks of one or more services
     Ps {
@@ -234,6 +237,9 @@ pub enum ServiceCommand {
         /// Only display task IDs
         #[arg(short, long)]
         quiet: bool,
+        /// Output format: table, or json (one object per line)
+        #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
         /// Services
         #[arg(required = true)]
         services: Vec<String>,
@@ -324,7 +330,11 @@ fn invalid(value: &str, flag: &str, hint: &str) -> String {
 
 /// A Go-style duration (`300ms`, `5s`, `1m30s`, `2h`) in milliseconds.
 fn parse_ms(text: &str) -> Result<u64, String> {
-    let bad = || format!("invalid duration {text:?}: use a number with a unit (ns, us, ms, s, m, h), such as 500ms or 1m30s");
+    let bad = || {
+        format!(
+            "invalid duration {text:?}: use a number with a unit (ns, us, ms, s, m, h), such as 500ms or 1m30s"
+        )
+    };
     if text == "0" {
         return Ok(0);
     }
@@ -353,7 +363,8 @@ fn parse_ms(text: &str) -> Result<u64, String> {
 
 /// A size such as `64M`, `1g`, `512k` or `1048576`, in bytes.
 fn parse_bytes(text: &str) -> Result<u64, String> {
-    let bad = || format!("invalid size {text:?}: use a number with an optional unit b, k, m or g, such as 64M");
+    let bad =
+        || format!("invalid size {text:?}: use a number with an optional unit b, k, m or g, such as 64M");
     let lower = text.to_ascii_lowercase();
     let trimmed = lower.trim_end_matches('b').trim_end_matches('i');
     let (number, scale) = match trimmed.chars().last() {
@@ -372,7 +383,8 @@ fn parse_bytes(text: &str) -> Result<u64, String> {
 
 /// CPUs such as `0.5` in nano-CPUs.
 fn parse_cpus(text: &str) -> Result<u64, String> {
-    let n: f64 = text.parse().map_err(|_| format!("invalid number of CPUs {text:?}: use a number such as 0.5"))?;
+    let n: f64 =
+        text.parse().map_err(|_| format!("invalid number of CPUs {text:?}: use a number such as 0.5"))?;
     if !(0.0..=1024.0).contains(&n) {
         return Err(format!("invalid number of CPUs {text:?}: use a number such as 0.5"));
     }
@@ -422,7 +434,9 @@ fn parse_signal(text: &str) -> Result<String, String> {
 
 /// `-p 8080:80[/udp]` or `published=8080,target=80[,protocol=udp][,mode=host]`.
 fn parse_publish(text: &str) -> anyhow::Result<PortConfig> {
-    let bad = || anyhow::anyhow!("{}", invalid(text, "publish", "use PUBLISHED:TARGET[/PROTOCOL], such as 8080:80"));
+    let bad = || {
+        anyhow::anyhow!("{}", invalid(text, "publish", "use PUBLISHED:TARGET[/PROTOCOL], such as 8080:80"))
+    };
     let mut port = PortConfig { published: 0, target: 0, protocol: "tcp".into(), mode: "ingress".into() };
     if text.contains('=') {
         for field in text.split(',') {
@@ -442,7 +456,10 @@ fn parse_publish(text: &str) -> anyhow::Result<PortConfig> {
         port.target = target.parse().map_err(|_| bad())?;
         port.protocol = proto.to_owned();
     }
-    if port.target == 0 || !["tcp", "udp"].contains(&port.protocol.as_str()) || !["ingress", "host"].contains(&port.mode.as_str()) {
+    if port.target == 0
+        || !["tcp", "udp"].contains(&port.protocol.as_str())
+        || !["ingress", "host"].contains(&port.mode.as_str())
+    {
         return Err(bad());
     }
     Ok(port)
@@ -530,7 +547,10 @@ fn apply(spec: &mut ServiceSpec, o: &SpecOptions) -> anyhow::Result<()> {
     }
     if let Some(action) = o.rollback_failure_action {
         if action == FailureAction::Rollback {
-            bail!("{}", invalid("rollback", "rollback-failure-action", "must be one of \"pause\" or \"continue\""));
+            bail!(
+                "{}",
+                invalid("rollback", "rollback-failure-action", "must be one of \"pause\" or \"continue\"")
+            );
         }
         spec.rollback.failure_action = action;
     }
@@ -577,7 +597,8 @@ fn default_spec(name: String, image: String) -> ServiceSpec {
 fn random_name() -> String {
     const ADJECTIVES: [&str; 8] = ["brave", "calm", "eager", "fond", "keen", "lucid", "quiet", "swift"];
     const NOUNS: [&str; 8] = ["cod", "eel", "hake", "ling", "perch", "pike", "shad", "sole"];
-    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let n =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     format!("{}_{}", ADJECTIVES[n as usize % 8], NOUNS[(n as usize / 8) % 8])
 }
 
@@ -589,13 +610,13 @@ fn out() -> std::io::StdoutLock<'static> {
 pub fn service(client: &Client, command: ServiceCommand) -> anyhow::Result<()> {
     match command {
         ServiceCommand::Create(o) => create(client, *o),
-        ServiceCommand::Ls { quiet } => ls(client, quiet),
-        ServiceCommand::Ps { no_trunc, filter, quiet, services } => {
+        ServiceCommand::Ls { quiet, format } => ls(client, quiet, format == "json"),
+        ServiceCommand::Ps { no_trunc, filter, quiet, format, services } => {
             for (i, s) in services.iter().enumerate() {
-                if i > 0 && !quiet {
+                if i > 0 && !quiet && format != "json" {
                     writeln!(out())?;
                 }
-                ps(client, s, no_trunc, &filter, quiet)?;
+                ps(client, s, no_trunc, &filter, quiet, format == "json")?;
             }
             Ok(())
         }
@@ -676,7 +697,8 @@ fn create(client: &Client, o: CreateOptions) -> anyhow::Result<()> {
 
 fn get_service(client: &Client, name: &str) -> anyhow::Result<(u64, ServiceSpec, Value)> {
     let value = client.call("GET", &format!("/v1/services/{name}"), None)?;
-    let spec: ServiceSpec = serde_json::from_value(value["spec"].clone()).context("the manager sent a bad spec")?;
+    let spec: ServiceSpec =
+        serde_json::from_value(value["spec"].clone()).context("the manager sent a bad spec")?;
     Ok((value["version"].as_u64().unwrap_or(0), spec, value))
 }
 
@@ -729,9 +751,10 @@ fn update(client: &Client, o: UpdateOptions) -> anyhow::Result<()> {
         t.force_update += 1;
     }
     for p in &o.publish_rm {
-        let target: u16 = p.split('/').next().unwrap_or(p).split(':').next_back().unwrap_or(p).parse().map_err(|_| {
-            anyhow::anyhow!("{}", invalid(p, "publish-rm", "use the target port, such as 80 or 80/tcp"))
-        })?;
+        let target: u16 =
+            p.split('/').next().unwrap_or(p).split(':').next_back().unwrap_or(p).parse().map_err(|_| {
+                anyhow::anyhow!("{}", invalid(p, "publish-rm", "use the target port, such as 80 or 80/tcp"))
+            })?;
         spec.ports.retain(|port| port.target != target);
     }
     for p in &o.publish_add {
@@ -809,9 +832,6 @@ fn scale(client: &Client, scales: &[String], detach: bool) -> anyhow::Result<()>
         ids.push(id);
     }
     if !detach {
-        writeln!(out(), "Since --detach=false was used, tasks will be scaled in the background.")
-            .ok()
-            .filter(|_| false);
         for id in ids {
             converge(client, &id, false)?;
         }
@@ -819,7 +839,8 @@ fn scale(client: &Client, scales: &[String], detach: bool) -> anyhow::Result<()>
     Ok(())
 }
 
-const STEPS: [&str; 8] = ["new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running"];
+const STEPS: [&str; 8] =
+    ["new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running"];
 
 fn step(state: &str) -> u64 {
     STEPS.iter().position(|s| *s == state).unwrap_or(0) as u64
@@ -876,7 +897,8 @@ fn converge(client: &Client, id: &str, quiet: bool) -> anyhow::Result<()> {
             } else {
                 format!("{:>6}", t["slot"].as_u64().unwrap_or(0))
             };
-            let newer = slots.get(&key).is_none_or(|s| step(&s.state) <= step(&state) || s.state == "running");
+            let newer =
+                slots.get(&key).is_none_or(|s| step(&s.state) <= step(&state) || s.state == "running");
             if newer && !state.is_empty() {
                 let label = if global { key.clone() } else { t["slot"].to_string() };
                 slots.insert(key, SlotView { label, state, err });
@@ -897,7 +919,9 @@ fn converge(client: &Client, id: &str, quiet: bool) -> anyhow::Result<()> {
                     b
                 });
                 bar.set_prefix(if global { slot.label.clone() } else { format!("{}/{total}", slot.label) });
-                bar.set_message(slot.err.clone().filter(|_| slot.state == "pending").unwrap_or(slot.state.clone()));
+                bar.set_message(
+                    slot.err.clone().filter(|_| slot.state == "pending").unwrap_or(slot.state.clone()),
+                );
                 bar.set_position(step(&slot.state));
             }
         } else if !quiet && line != last_line {
@@ -929,7 +953,8 @@ fn converge(client: &Client, id: &str, quiet: bool) -> anyhow::Result<()> {
         } else {
             stuck_since = None;
         }
-        if failures.len() >= 3 || (failures.len() >= 1 && service["spec"]["task"]["restart"]["condition"] == "none")
+        if failures.len() >= 3
+            || (failures.len() >= 1 && service["spec"]["task"]["restart"]["condition"] == "none")
         {
             if tty {
                 multi.clear().ok();
@@ -962,9 +987,22 @@ fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
 
-fn ls(client: &Client, quiet: bool) -> anyhow::Result<()> {
+fn ls(client: &Client, quiet: bool, json: bool) -> anyhow::Result<()> {
     let services = client.call("GET", "/v1/services", None)?;
-    let mut rows = vec![vec!["ID".into(), "NAME".into(), "MODE".into(), "REPLICAS".into(), "IMAGE".into(), "PORTS".into()]];
+    if json {
+        for s in services.as_array().into_iter().flatten() {
+            writeln!(out(), "{s}")?;
+        }
+        return Ok(());
+    }
+    let mut rows = vec![vec![
+        "ID".into(),
+        "NAME".into(),
+        "MODE".into(),
+        "REPLICAS".into(),
+        "IMAGE".into(),
+        "PORTS".into(),
+    ]];
     for s in services.as_array().into_iter().flatten() {
         let id = s["id"].as_str().unwrap_or("");
         if quiet {
@@ -994,11 +1032,14 @@ fn ls(client: &Client, quiet: bool) -> anyhow::Result<()> {
 
 /// "Running 2 minutes ago", as docker says it.
 pub fn ago(ms: u64) -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let secs = now.saturating_sub(ms) / 1000;
     match secs {
         0 => "Less than a second ago".into(),
-        1..=59 => format!("{secs} seconds ago"),
+        1 => "1 second ago".into(),
+        2..=59 => format!("{secs} seconds ago"),
         60..=119 => "About a minute ago".into(),
         120..=3599 => format!("{} minutes ago", secs / 60),
         3600..=7199 => "About an hour ago".into(),
@@ -1007,14 +1048,23 @@ pub fn ago(ms: u64) -> String {
     }
 }
 
-fn ps(client: &Client, service: &str, no_trunc: bool, filters: &[String], quiet: bool) -> anyhow::Result<()> {
+fn ps(
+    client: &Client,
+    service: &str,
+    no_trunc: bool,
+    filters: &[String],
+    quiet: bool,
+    json: bool,
+) -> anyhow::Result<()> {
     let answer = client.call("GET", &format!("/v1/services/{service}/tasks"), None)?;
     let mut wanted_desired = Vec::new();
     let mut wanted_node = Vec::new();
     let mut wanted_name = Vec::new();
     for f in filters {
         match f.split_once('=') {
-            Some(("desired-state", v)) if ["running", "shutdown", "accepted", "ready", "remove"].contains(&v) => {
+            Some(("desired-state", v))
+                if ["running", "shutdown", "accepted", "ready", "remove"].contains(&v) =>
+            {
                 wanted_desired.push(v.to_owned())
             }
             Some(("node", v)) => wanted_node.push(v.to_owned()),
@@ -1047,14 +1097,23 @@ fn ps(client: &Client, service: &str, no_trunc: bool, filters: &[String], quiet:
             writeln!(out(), "{id}")?;
             continue;
         }
+        if json {
+            writeln!(out(), "{t}")?;
+            continue;
+        }
         let slot_key = (t["slot"].as_u64(), if t["slot"] == 0 { node.to_owned() } else { String::new() });
-        let shown_name = if previous_slot.as_ref() == Some(&slot_key) { format!(" \\_ {name}") } else { name.to_owned() };
+        let shown_name =
+            if previous_slot.as_ref() == Some(&slot_key) { format!(" \\_ {name}") } else { name.to_owned() };
         previous_slot = Some(slot_key);
         let mut err = t["status"]["err"].as_str().map(|e| format!("\"{e}\"")).unwrap_or_default();
         if !no_trunc && err.chars().count() > 30 {
             err = format!("{}…\"", err.chars().take(28).collect::<String>());
         }
-        let state = format!("{} {}", t["state_title"].as_str().unwrap_or(""), ago(t["status"]["timestamp_ms"].as_u64().unwrap_or(0)));
+        let state = format!(
+            "{} {}",
+            t["state_title"].as_str().unwrap_or(""),
+            ago(t["status"]["timestamp_ms"].as_u64().unwrap_or(0))
+        );
         let mut image = t["spec"]["image"].as_str().unwrap_or("").to_owned();
         if !no_trunc && image.len() > 30 {
             image.truncate(30);
@@ -1070,7 +1129,7 @@ fn ps(client: &Client, service: &str, no_trunc: bool, filters: &[String], quiet:
             if t["status"]["state"] == "running" { ports_text(&t["ports"]) } else { String::new() },
         ]);
     }
-    if !quiet {
+    if !quiet && !json {
         write!(out(), "{}", crate::cluster_cli::table(&rows))?;
     }
     Ok(())
@@ -1105,7 +1164,9 @@ fn inspect(client: &Client, services: &[String], pretty: bool) -> anyhow::Result
         writeln!(o, "ID:\t\t{}", s["id"].as_str().unwrap_or(""))?;
         writeln!(o, "Name:\t\t{}", spec.name)?;
         match spec.mode {
-            Mode::Replicated { replicas } => writeln!(o, "Service Mode:\tReplicated\n Replicas:\t{replicas}")?,
+            Mode::Replicated { replicas } => {
+                writeln!(o, "Service Mode:\tReplicated\n Replicas:\t{replicas}")?
+            }
             Mode::Global => writeln!(o, "Service Mode:\tGlobal")?,
         }
         if let Some(u) = s["update_status"].as_object() {
@@ -1147,7 +1208,13 @@ fn inspect(client: &Client, services: &[String], pretty: bool) -> anyhow::Result
             writeln!(o, " User:\t\t{u}")?;
         }
         if let Some(h) = &t.health {
-            writeln!(o, " Healthcheck:\t{} (every {}, {} retries)", h.cmd, ms_text(h.interval_ms), h.retries)?;
+            writeln!(
+                o,
+                " Healthcheck:\t{} (every {}, {} retries)",
+                h.cmd,
+                ms_text(h.interval_ms),
+                h.retries
+            )?;
         }
         let r = &t.resources;
         if r.limit_nano_cpus + r.limit_memory + r.limit_pids > 0 {
@@ -1166,7 +1233,9 @@ fn inspect(client: &Client, services: &[String], pretty: bool) -> anyhow::Result
             .as_array()
             .into_iter()
             .flatten()
-            .map(|v| format!("{} (VIP {})", v["network"].as_str().unwrap_or(""), v["ip"].as_str().unwrap_or("")))
+            .map(|v| {
+                format!("{} (VIP {})", v["network"].as_str().unwrap_or(""), v["ip"].as_str().unwrap_or(""))
+            })
             .collect();
         if !networks.is_empty() {
             writeln!(o, "Networks:\t{}", networks.join(" "))?;
@@ -1186,7 +1255,14 @@ fn inspect(client: &Client, services: &[String], pretty: bool) -> anyhow::Result
     Ok(())
 }
 
-fn logs(client: &Client, service: &str, follow: bool, tail: Option<usize>, timestamps: bool, no_ids: bool) -> anyhow::Result<()> {
+fn logs(
+    client: &Client,
+    service: &str,
+    follow: bool,
+    tail: Option<usize>,
+    timestamps: bool,
+    no_ids: bool,
+) -> anyhow::Result<()> {
     let mut after = 0u64;
     let mut first = true;
     loop {
@@ -1203,7 +1279,9 @@ fn logs(client: &Client, service: &str, follow: bool, tail: Option<usize>, times
             after = after.max(ts);
             let name = l["name"].as_str().unwrap_or("");
             let task = l["task"].as_str().unwrap_or("");
-            let prefix = if no_ids { format!("{name}@{}", l["node"].as_str().unwrap_or("")) } else {
+            let prefix = if no_ids {
+                format!("{name}@{}", l["node"].as_str().unwrap_or(""))
+            } else {
                 format!("{name}.{}@{}", short(task), l["node"].as_str().unwrap_or(""))
             };
             let stamp = if timestamps { format!("{} ", rfc3339(ts)) } else { String::new() };
@@ -1255,7 +1333,7 @@ pub fn task(client: &Client, command: TaskCommand) -> anyhow::Result<()> {
                 set_env(&mut enter.env, kv);
             }
             enter.argv = command;
-            let exe = std::env::current_exe().context("find the shoal binary")?;
+            let exe = "/proc/self/exe";
             use std::os::unix::process::CommandExt;
             let e = std::process::Command::new(exe).arg("__enter").arg(serde_json::to_string(&enter)?).exec();
             Err(e).context("run the command in the task")
@@ -1293,7 +1371,10 @@ mod tests {
     #[test]
     fn publish_and_prefs() {
         let p = parse_publish("8080:80").unwrap();
-        assert_eq!((p.published, p.target, p.protocol.as_str(), p.mode.as_str()), (8080, 80, "tcp", "ingress"));
+        assert_eq!(
+            (p.published, p.target, p.protocol.as_str(), p.mode.as_str()),
+            (8080, 80, "tcp", "ingress")
+        );
         let p = parse_publish("published=53,target=5353,protocol=udp,mode=host").unwrap();
         assert_eq!((p.published, p.target, p.protocol.as_str(), p.mode.as_str()), (53, 5353, "udp", "host"));
         assert!(parse_publish("8080").is_err());
@@ -1304,7 +1385,10 @@ mod tests {
 
     #[test]
     fn args_split_like_a_shell() {
-        assert_eq!(split_args(r#"-m http.server "8 0" 'a b' c\ d"#).unwrap(), ["-m", "http.server", "8 0", "a b", "c d"]);
+        assert_eq!(
+            split_args(r#"-m http.server "8 0" 'a b' c\ d"#).unwrap(),
+            ["-m", "http.server", "8 0", "a b", "c d"]
+        );
         assert!(split_args("'open").is_err());
     }
 

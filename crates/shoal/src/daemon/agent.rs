@@ -211,7 +211,7 @@ impl Agent {
             return TaskStatus::new(TaskState::Shutdown, now_ms(), "shutdown");
         }
         self.report(&id, TaskStatus::new(TaskState::Starting, now_ms(), "starting"));
-        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+        let exe = PathBuf::from("/proc/self/exe");
         let mut child = match tokio::process::Command::new(exe)
             .arg("__task-shim")
             .arg(prepared.dir.join("spec.json"))
@@ -383,7 +383,8 @@ impl Agent {
         let dir = tasks_dir(self.state.data_dir()).join(&task.id);
         std::fs::create_dir_all(&dir).map_err(|e| format!("task directory: {e}"))?;
         let leftovers = Leftovers { sandbox: sandbox.clone(), cgroup: sandbox.clone() };
-        let _ = std::fs::write(dir.join("leftovers.json"), serde_json::to_vec(&leftovers).expect("serialisable"));
+        let _ =
+            std::fs::write(dir.join("leftovers.json"), serde_json::to_vec(&leftovers).expect("serialisable"));
         let r = &task.spec.resources;
         let limits = Limits { nano_cpus: r.limit_nano_cpus, memory: r.limit_memory, pids: r.limit_pids };
         let cgroup = Cgroup::create(&sandbox, &limits).map_err(|e| format!("cgroup: {e}"))?;
@@ -406,7 +407,8 @@ impl Agent {
             std::fs::write(dir.join(name), text).map_err(|e| format!("{name}: {e}"))?;
         }
         let home = if uid == 0 { "/root".to_owned() } else { "/".to_owned() };
-        let mut env = vec![format!("PATH={DEFAULT_PATH}"), format!("HOSTNAME={hostname}"), format!("HOME={home}")];
+        let mut env =
+            vec![format!("PATH={DEFAULT_PATH}"), format!("HOSTNAME={hostname}"), format!("HOME={home}")];
         for kv in &task.spec.env {
             let key = kv.split('=').next().unwrap_or_default();
             env.retain(|e| e.split('=').next() != Some(key));
@@ -453,7 +455,8 @@ fn resolv_conf() -> String {
     text.lines()
         .filter(|l| {
             let mut words = l.split_whitespace();
-            !(words.next() == Some("nameserver") && words.next().is_some_and(|a| a.starts_with("127.") || a == "::1"))
+            !(words.next() == Some("nameserver")
+                && words.next().is_some_and(|a| a.starts_with("127.") || a == "::1"))
         })
         .map(|l| format!("{l}\n"))
         .collect()
@@ -467,7 +470,7 @@ fn parse_signal(name: &str) -> nix::sys::signal::Signal {
 async fn run_check(enter: &EnterSpec, cmd: &str, timeout: Duration) -> bool {
     let mut spec = enter.clone();
     spec.argv = vec!["/bin/sh".into(), "-c".into(), cmd.into()];
-    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+    let exe = PathBuf::from("/proc/self/exe");
     let Ok(mut child) = tokio::process::Command::new(exe)
         .arg("__enter")
         .arg(serde_json::to_string(&spec).expect("serialisable"))

@@ -488,20 +488,23 @@ async fn network_remove(Extract(state): Shared, Path(name): Path<String>) -> Res
 
 /// A service as `service ls` and `inspect` show it: the record, plus
 /// running and desired task counts.
-fn service_view(m: &cluster::Manager, service: &shoal_orch::Service, nodes: &[NodeRecord]) -> serde_json::Value {
+fn service_view(
+    m: &cluster::Manager,
+    service: &shoal_orch::Service,
+    nodes: &[NodeRecord],
+) -> serde_json::Value {
     let tasks = m.service_tasks(&service.id);
     let running = tasks
         .iter()
         .filter(|t| t.desired == TaskState::Running && t.status.state == TaskState::Running)
         .count();
-    let desired = match service.spec.mode {
-        shoal_orch::Mode::Replicated { replicas } => replicas as usize,
-        shoal_orch::Mode::Global => {
-            tasks.iter().filter(|t| t.desired == TaskState::Running).count().max(
+    let desired =
+        match service.spec.mode {
+            shoal_orch::Mode::Replicated { replicas } => replicas as usize,
+            shoal_orch::Mode::Global => tasks.iter().filter(|t| t.desired == TaskState::Running).count().max(
                 nodes.iter().filter(|n| n.state == "ready" && n.availability == "active").count().min(0),
-            )
-        }
-    };
+            ),
+        };
     let mut value = serde_json::to_value(service).expect("serialisable");
     value["running"] = running.into();
     value["desired"] = desired.into();
@@ -529,7 +532,10 @@ async fn service_create(
     Ok(Json(serde_json::json!({ "id": service.id, "name": service.spec.name })))
 }
 
-async fn service_inspect(Extract(state): Shared, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn service_inspect(
+    Extract(state): Shared,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let m = cluster::manager(&state).await?;
     let service = m.find_service(&id)?;
     Ok(Json(service_view(&m, &service, &m.nodes()?)))
@@ -560,17 +566,26 @@ async fn service_update(
     Ok(Json(serde_json::json!({ "id": updated.id, "version": updated.version })))
 }
 
-async fn service_rollback(Extract(state): Shared, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn service_rollback(
+    Extract(state): Shared,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let m = cluster::manager(&state).await?;
     let service = m.find_service(&id)?;
     let previous = service.previous.clone().ok_or_else(|| {
-        ApiError::BadRequest(format!("service {} does not have a previous spec to roll back to", service.spec.name))
+        ApiError::BadRequest(format!(
+            "service {} does not have a previous spec to roll back to",
+            service.spec.name
+        ))
     })?;
     let updated = m.update_service(&service.id, previous, true)?;
     Ok(Json(serde_json::json!({ "id": updated.id, "version": updated.version })))
 }
 
-async fn service_remove(Extract(state): Shared, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn service_remove(
+    Extract(state): Shared,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let m = cluster::manager(&state).await?;
     let service = m.find_service(&id)?;
     m.remove_service(&service.id)?;
@@ -578,21 +593,30 @@ async fn service_remove(Extract(state): Shared, Path(id): Path<String>) -> Resul
 }
 
 /// A task as `service ps` shows it.
-fn task_view(task: &shoal_orch::Task, service: Option<&shoal_orch::Service>, nodes: &[NodeRecord]) -> serde_json::Value {
-    let node = task.node_id.as_deref().map(|id| {
-        nodes.iter().find(|n| n.id == id).map_or_else(|| id.to_owned(), |n| n.hostname.clone())
-    });
+fn task_view(
+    task: &shoal_orch::Task,
+    service: Option<&shoal_orch::Service>,
+    nodes: &[NodeRecord],
+) -> serde_json::Value {
+    let node = task
+        .node_id
+        .as_deref()
+        .map(|id| nodes.iter().find(|n| n.id == id).map_or_else(|| id.to_owned(), |n| n.hostname.clone()));
     let mut value = serde_json::to_value(task).expect("serialisable");
     value["name"] = task.name().into();
     value["node"] = node.into();
     value["current"] = service.is_some_and(|s| s.spec.task == task.spec).into();
     value["desired_title"] = task.desired.title().into();
     value["state_title"] = task.status.state.title().into();
-    value["ports"] = service.map_or(serde_json::Value::Null, |s| serde_json::to_value(&s.spec.ports).expect("ok"));
+    value["ports"] =
+        service.map_or(serde_json::Value::Null, |s| serde_json::to_value(&s.spec.ports).expect("ok"));
     value
 }
 
-async fn service_tasks(Extract(state): Shared, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn service_tasks(
+    Extract(state): Shared,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let m = cluster::manager(&state).await?;
     let service = m.find_service(&id)?;
     let nodes = m.nodes()?;
@@ -617,9 +641,9 @@ async fn service_logs(
     // A service's output, or one task's.
     let tasks: Vec<shoal_orch::Task> = match m.find_service(&id) {
         Ok(service) => m.service_tasks(&service.id),
-        Err(ApiError::NotFound(_)) => vec![m.find_task(&id).map_err(|_| {
-            ApiError::NotFound(format!("no such service or task: {id}"))
-        })?],
+        Err(ApiError::NotFound(_)) => {
+            vec![m.find_task(&id).map_err(|_| ApiError::NotFound(format!("no such service or task: {id}")))?]
+        }
         Err(e) => return Err(e),
     };
     let names: std::collections::HashMap<&str, (String, String)> = tasks
@@ -642,14 +666,20 @@ async fn service_logs(
     Ok(Json(serde_json::Value::Array(lines)))
 }
 
-async fn task_inspect(Extract(state): Shared, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn task_inspect(
+    Extract(state): Shared,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let m = cluster::manager(&state).await?;
     let task = m.find_task(&id)?;
     let service = m.find_service(&task.service_id).ok();
     Ok(Json(task_view(&task, service.as_ref(), &m.nodes()?)))
 }
 
-async fn task_exec_info(Extract(state): Shared, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn task_exec_info(
+    Extract(state): Shared,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let agent = state.agent()?;
     let info = agent.exec_info(&id).ok_or_else(|| {
         ApiError::NotFound(format!(

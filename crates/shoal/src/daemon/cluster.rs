@@ -391,7 +391,8 @@ async fn start_manager(state: &Arc<State>, config: SwarmConfig) -> anyhow::Resul
         let accept = tokio::spawn(accept_loop(manager.endpoint.clone(), weak.clone()));
         let monitor = tokio::spawn(monitor_loop(weak.clone()));
         let orchestrate = tokio::spawn(super::services::orchestrate_loop(weak.clone()));
-        let agent = tokio::spawn(super::services::local_agent_loop(weak.clone(), node_id, assign_tx, report_rx));
+        let agent =
+            tokio::spawn(super::services::local_agent_loop(weak.clone(), node_id, assign_tx, report_rx));
         manager.tasks = vec![accept, monitor, orchestrate, agent];
         manager
     });
@@ -857,7 +858,8 @@ async fn start_worker(state: &Arc<State>, config: SwarmConfig) -> anyhow::Result
     let (assign_tx, assign_rx) = tokio::sync::watch::channel(Vec::new());
     let (report_tx, report_rx) = tokio::sync::mpsc::unbounded_channel();
     state.set_agent(Some(super::agent::Agent::start(state.clone(), assign_rx, report_tx)));
-    let outbox = Arc::new(tokio::sync::Mutex::new(super::services::Outbox { rx: report_rx, pending: Vec::new() }));
+    let outbox =
+        Arc::new(tokio::sync::Mutex::new(super::services::Outbox { rx: report_rx, pending: Vec::new() }));
     let session =
         tokio::spawn(session_loop(swarm_dir(state.data_dir()), config.manager, Arc::new(assign_tx), outbox));
     Ok(Worker { config, session })

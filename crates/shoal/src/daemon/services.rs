@@ -211,7 +211,8 @@ impl Manager {
             let mut vips = Vec::new();
             for name in &spec.task.networks {
                 let network = self.store.networks().map_err(internal)?.into_iter().find(|n| &n.name == name);
-                let network = network.ok_or_else(|| ApiError::NotFound(format!("network {name} not found")))?;
+                let network =
+                    network.ok_or_else(|| ApiError::NotFound(format!("network {name} not found")))?;
                 let ip = ipam.allocate(name, None).map_err(|e| ApiError::Conflict(e.to_string()))?;
                 vips.push(Attachment { network: name.clone(), vni: network.vni, subnet: network.subnet, ip });
             }
@@ -233,14 +234,23 @@ impl Manager {
     }
 
     /// `service update`, `scale` and `rollback`: a new spec for `id`.
-    pub fn update_service(&self, id: &str, mut spec: ServiceSpec, rollback: bool) -> Result<Service, ApiError> {
+    pub fn update_service(
+        &self,
+        id: &str,
+        mut spec: ServiceSpec,
+        rollback: bool,
+    ) -> Result<Service, ApiError> {
         self.check_spec(&mut spec)?;
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         self.reconcile_locked(|world| {
-            let current = world.services.get(id).ok_or_else(|| ApiError::NotFound(format!("service {id} not found")))?;
+            let current = world
+                .services
+                .get(id)
+                .ok_or_else(|| ApiError::NotFound(format!("service {id} not found")))?;
             if current.spec.task.networks != spec.task.networks {
                 return Err(ApiError::BadRequest(
-                    "changing a service's networks is not supported yet: remove and create the service".into(),
+                    "changing a service's networks is not supported yet: remove and create the service"
+                        .into(),
                 ));
             }
             if current.spec.name != spec.name {
@@ -255,8 +265,9 @@ impl Manager {
     pub fn remove_service(&self, id: &str) -> Result<Service, ApiError> {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         self.reconcile_locked(|world| {
-            let service =
-                world.remove_service(id).ok_or_else(|| ApiError::NotFound(format!("service {id} not found")))?;
+            let service = world
+                .remove_service(id)
+                .ok_or_else(|| ApiError::NotFound(format!("service {id} not found")))?;
             let mut ipam = self.ipam()?;
             for vip in &service.vips {
                 ipam.release(&vip.network, vip.ip);
@@ -278,7 +289,8 @@ impl Manager {
 
     /// The tasks of a service, newest first within each slot.
     pub fn service_tasks(&self, service_id: &str) -> Vec<Task> {
-        let mut tasks: Vec<Task> = self.world().tasks.into_values().filter(|t| t.service_id == service_id).collect();
+        let mut tasks: Vec<Task> =
+            self.world().tasks.into_values().filter(|t| t.service_id == service_id).collect();
         tasks.sort_by(|a, b| {
             (a.slot, a.node_id.clone(), std::cmp::Reverse(a.created_ms)).cmp(&(
                 b.slot,

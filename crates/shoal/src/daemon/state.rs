@@ -159,9 +159,11 @@ impl State {
 
     /// The task runner.
     pub fn agent(&self) -> Result<std::sync::Arc<super::agent::Agent>, ApiError> {
-        self.agent.lock().unwrap_or_else(|e| e.into_inner()).clone().ok_or_else(|| {
-            ApiError::Unavailable("this node is not part of a swarm: it runs no tasks".into())
-        })
+        self.agent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| ApiError::Unavailable("this node is not part of a swarm: it runs no tasks".into()))
     }
 
     /// The directory of this node's state.
@@ -178,7 +180,11 @@ impl State {
 
     /// Creates the sandbox `name` with one TUN per interface (`eth0`,
     /// `eth1`...), attaches them to the data plane and gossips their rows.
-    pub async fn create_sandbox(&self, name: &str, ifaces: &[Interface]) -> Result<Vec<EndpointView>, ApiError> {
+    pub async fn create_sandbox(
+        &self,
+        name: &str,
+        ifaces: &[Interface],
+    ) -> Result<Vec<EndpointView>, ApiError> {
         let mut specs = Vec::new();
         let mut parsed = Vec::new();
         for (i, iface) in ifaces.iter().enumerate() {
@@ -188,7 +194,12 @@ impl State {
             if !subnet.contains(iface.ip) {
                 return Err(ApiError::BadRequest(format!("{} is outside subnet {subnet}", iface.ip)));
             }
-            specs.push(InterfaceSpec { name: format!("eth{i}"), ip: iface.ip, prefix: subnet.prefix(), mtu: self.mtu });
+            specs.push(InterfaceSpec {
+                name: format!("eth{i}"),
+                ip: iface.ip,
+                prefix: subnet.prefix(),
+                mtu: self.mtu,
+            });
             parsed.push((vni, subnet, iface.ip));
         }
         let gossip = self.gossip()?;
@@ -212,7 +223,12 @@ impl State {
         for ((vni, subnet, ip), device) in parsed.iter().zip(devices) {
             match self.dataplane.attach(*vni, *ip, device) {
                 Ok(id) => {
-                    let view = EndpointView { sandbox: name.to_owned(), vni: vni.get(), subnet: subnet.to_string(), ip: *ip };
+                    let view = EndpointView {
+                        sandbox: name.to_owned(),
+                        vni: vni.get(),
+                        subnet: subnet.to_string(),
+                        ip: *ip,
+                    };
                     local.interfaces.push((view, id));
                 }
                 Err(e) => {
@@ -228,7 +244,8 @@ impl State {
         self.record_sandboxes(&endpoints);
         for view in &views {
             self.program_remotes(view.vni);
-            let record = EndpointRecord { ip: view.ip, subnet: view.subnet.clone(), node: *self.me.addr.ip() };
+            let record =
+                EndpointRecord { ip: view.ip, subnet: view.subnet.clone(), node: *self.me.addr.ip() };
             let value = serde_json::to_vec(&record).expect("serialisable");
             gossip.write(view.vni, RowKey::new(ENDPOINTS, view.ip.to_string()), Some(value)).await;
         }
@@ -278,7 +295,12 @@ impl State {
 
     /// The local endpoints.
     pub async fn endpoints(&self) -> Vec<EndpointView> {
-        self.endpoints.lock().await.values().flat_map(|l| l.interfaces.iter().map(|(v, _)| v.clone())).collect()
+        self.endpoints
+            .lock()
+            .await
+            .values()
+            .flat_map(|l| l.interfaces.iter().map(|(v, _)| v.clone()))
+            .collect()
     }
 
     /// Routes every known remote address of `vni` (when it gains its first
@@ -297,8 +319,10 @@ impl State {
         if self.dataplane.tables().subnet(vni).is_none() {
             return; // no local endpoint on this network
         }
-        let programmed =
-            self.dataplane.add_network(vni, subnet).and_then(|()| self.dataplane.set_remote(vni, record.ip, record.node));
+        let programmed = self
+            .dataplane
+            .add_network(vni, subnet)
+            .and_then(|()| self.dataplane.set_remote(vni, record.ip, record.node));
         if let Err(e) = programmed {
             tracing::warn!(%owner, ip = %record.ip, error = %e, "cannot route to remote endpoint");
         }

@@ -1,0 +1,380 @@
+//! Services on a 3-node swarm of real daemons: real `python3 -m
+//! http.server` tasks in their own namespaces on the overlay, placed,
+//! scaled, rolled, restarted, rescheduled and removed.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use netns_tests::cluster::Cluster;
+use netns_tests::wait_until;
+use serde_json::Value;
+
+/// A swarm of node1 (manager) and node2, node3 (workers), heartbeats 1 s,
+/// with the overlay network `front`.
+fn swarm() -> Cluster {
+    let c = Cluster::start_bare(3);
+    c.cli(0, &["swarm", "init", "--dispatcher-heartbeat", "1"]);
+    let token = c.cli(0, &["swarm", "join-token", "-q", "worker"]).trim().to_owned();
+    let manager = format!("{}:2377", c.lab.host(0).underlay);
+    for i in [1, 2] {
+        c.cli(i, &["swarm", "join", "--token", &token, &manager]);
+    }
+    c.cli(0, &["network", "create", "-d", "overlay", "front"]);
+    c
+}
+
+fn tasks(c: &Cluster, service: &str) -> Vec<Value> {
+    c.cli(0, &["service", "ps", "--format", "json", service])
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
+/// Running tasks wanted running: (id, node hostname).
+fn running(c: &Cluster, service: &str) -> Vec<(String, String)> {
+    tasks(c, service)
+        .iter()
+        .filter(|t| t["desired"] == "running" && t["status"]["state"] == "running")
+        .map(|t| (t["id"].as_str().unwrap().to_owned(), t["node"].as_str().unwrap_or("").to_owned()))
+        .collect()
+}
+
+fn per_node(c: &Cluster, service: &str) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for (_, node) in running(c, service) {
+        *counts.entry(node).or_default() += 1;
+    }
+    counts
+}
+
+fn host_of(node: &str) -> usize {
+    node.trim_start_matches("node").parse::<usize>().expect("nodeN") - 1
+}
+
+/// A task's overlay address.
+fn ip_of(c: &Cluster, task: &str) -> String {
+    let t: Value = serde_json::from_str(&c.cli(0, &["task", "inspect", task])).unwrap();
+    t["attachments"][0]["ip"].as_str().expect("an address").to_owned()
+}
+
+/// The cgroup name of a task on host `i` (the daemon's task prefix is the
+/// host's namespace name).
+fn cgroup_of(c: &Cluster, i: usize, task: &str) -> shoal_runtime::Cgroup {
+    shoal_runtime::Cgroup::open(&format!("{}-t{}", c.lab.host(i).netns, &task[..10]))
+}
+
+/// HTTP GET from inside task `from` (on host `i`) to `url`: the status.
+fn http_from(c: &Cluster, i: usize, from: &str, url: &str) -> String {
+    let code = format!("import urllib.request as u; print(u.urlopen({url:?}, timeout=5).status)");
+    c.cli(i, &["task", "exec", from, "--", "python3", "-c", &code]).trim().to_owned()
+}
+
+/// Everything a task leaves is gone: namespaces, cgroups, processes.
+fn nothing_left(c: &Cluster) -> bool {
+    let prefixes: Vec<String> = (0..3).map(|i| format!("{}-t", c.lab.host(i).netns)).collect();
+    let namespaces =
+        shoal_runtime::NetNs::list().into_iter().any(|n| prefixes.iter().any(|p| n.starts_with(p)));
+    let cgroups = ["memory", "cpu", "pids"].iter().any(|ctrl| {
+        std::fs::read_dir(format!("/sys/fs/cgroup/{ctrl}/shoal"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| prefixes.iter().any(|p| e.file_name().to_string_lossy().starts_with(p.as_str())))
+    });
+    let data = (0..3).any(|i| {
+        std::fs::read_dir(c.data_dir(i).join("tasks")).into_iter().flatten().flatten().next().is_some()
+    });
+    !namespaces && !cgroups && !data
+}
+
+#[test]
+fn replicas_spread_talk_scale_roll_restart_and_leave_nothing() {
+    let c = swarm();
+    let out = c.cli(
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "5",
+            "--network",
+            "front",
+            "--update-monitor",
+            "1s",
+            "--restart-delay",
+            "1s",
+            "python3",
+            "-m",
+            "http.server",
+            "8000",
+        ],
+    );
+    assert!(out.contains("overall progress: 5 out of 5 tasks"), "{out}");
+    assert!(out.contains("verify: Service converged"), "{out}");
+    let mut counts: Vec<usize> = per_node(&c, "web").into_values().collect();
+    counts.sort();
+    assert_eq!(counts, vec![1, 2, 2], "five replicas spread 2/2/1");
+    let ls = c.cli(0, &["service", "ls"]);
+    assert!(
+        ls.lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .eq(["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"])
+    );
+    assert!(
+        ls.contains("web") && ls.contains("replicated") && ls.contains("5/5") && ls.contains("python3"),
+        "{ls}"
+    );
+
+    // From a task on one node to a task on another, by overlay address.
+    let all = running(&c, "web");
+    let (from, from_node) = all[0].clone();
+    let (to, _) = all.iter().find(|(_, n)| *n != from_node).expect("tasks on two nodes").clone();
+    let url = format!("http://{}:8000/", ip_of(&c, &to));
+    assert_eq!(http_from(&c, host_of(&from_node), &from, &url), "200");
+    let logs = c.cli(0, &["service", "logs", "web"]);
+    assert!(logs.contains("\"GET / HTTP/1.1\" 200"), "the request shows in the server's log:\n{logs}");
+
+    // Inside a task: its own hostname, private /tmp, the generated hosts file.
+    let inside = c.cli(
+        host_of(&from_node),
+        &[
+            "task",
+            "exec",
+            &from,
+            "--",
+            "sh",
+            "-c",
+            "hostname; ls -A /tmp | wc -l; cat /etc/hosts; cat /proc/1/cmdline | tr '\\0' ' '",
+        ],
+    );
+    assert!(inside.starts_with(&from[..12]), "{inside}");
+    assert!(inside.lines().nth(1) == Some("0"), "a fresh /tmp:\n{inside}");
+    assert!(inside.contains(&ip_of(&c, &from)), "{inside}");
+
+    // Scale down and up again.
+    let out = c.cli(0, &["service", "scale", "web=2"]);
+    assert!(out.contains("web scaled to 2") && out.contains("verify: Service converged"), "{out}");
+    assert_eq!(running(&c, "web").len(), 2);
+    c.cli(0, &["service", "scale", "web=5"]);
+    assert_eq!(running(&c, "web").len(), 5);
+
+    // A rolling update goes one task at a time (parallelism 1, stop-first).
+    let before: Vec<String> = running(&c, "web").into_iter().map(|(id, _)| id).collect();
+    c.cli(0, &["service", "update", "--detach", "--env-add", "COLOUR=blue", "web"]);
+    let start = Instant::now();
+    let mut max_down = 0;
+    loop {
+        let ts = tasks(&c, "web");
+        let wanted: Vec<&Value> = ts.iter().filter(|t| t["desired"] == "running").collect();
+        let down = 5 - wanted.iter().filter(|t| t["status"]["state"] == "running").count();
+        max_down = max_down.max(down);
+        let updated =
+            wanted.iter().filter(|t| t["status"]["state"] == "running" && t["current"] == true).count();
+        let inspect: Value = serde_json::from_str(&c.cli(0, &["service", "inspect", "web"])).unwrap();
+        if updated == 5 && inspect[0]["update_status"]["state"] == "completed" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(90), "the update did not complete: {ts:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(max_down <= 1, "at most one task down at a time, saw {max_down}");
+    let after: Vec<String> = running(&c, "web").into_iter().map(|(id, _)| id).collect();
+    assert!(after.iter().all(|id| !before.contains(id)), "every task was replaced");
+    let env = c.cli(
+        host_of(&running(&c, "web")[0].1),
+        &["task", "exec", &after[0][..12], "--", "sh", "-c", "echo $COLOUR"],
+    );
+    let first = &running(&c, "web")[0];
+    let env = if env.trim() == "blue" {
+        env
+    } else {
+        c.cli(host_of(&first.1), &["task", "exec", &first.0, "--", "sh", "-c", "echo $COLOUR"])
+    };
+    assert_eq!(env.trim(), "blue");
+    let ps = c.cli(0, &["service", "ps", "web"]);
+    assert!(ps.contains(" \\_ web."), "history shows the replaced tasks:\n{ps}");
+
+    // A task whose process is killed is restarted.
+    let (victim, node) = running(&c, "web")[0].clone();
+    let cgroup = cgroup_of(&c, host_of(&node), &victim);
+    let server = cgroup
+        .pids()
+        .into_iter()
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.contains("http.server"))
+        })
+        .expect("the server process is in the task's cgroup");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(server), nix::sys::signal::Signal::SIGKILL).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || running(&c, "web").len() == 5
+            && !running(&c, "web").iter().any(|(id, _)| *id == victim)),
+        "the killed task was replaced: {:?}",
+        tasks(&c, "web")
+    );
+    let dead = tasks(&c, "web").into_iter().find(|t| t["id"] == victim.as_str()).unwrap();
+    assert_eq!(dead["status"]["state"], "failed");
+    assert_eq!(dead["status"]["err"], "task: non-zero exit (137)");
+
+    // A label constraint places tasks only on labelled nodes.
+    c.cli(0, &["node", "update", "--label-add", "disk=ssd", "node3"]);
+    c.cli(
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "ssd",
+            "--replicas",
+            "3",
+            "--constraint",
+            "node.labels.disk==ssd",
+            "sleep",
+            "600",
+        ],
+    );
+    assert_eq!(per_node(&c, "ssd").into_iter().collect::<Vec<_>>(), vec![("node3".to_owned(), 3)]);
+    let out = c.try_cli(
+        0,
+        &["service", "create", "--name", "nowhere", "--constraint", "node.labels.disk==nvme", "sleep", "600"],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no suitable node (scheduling constraints not satisfied on 3 nodes)"), "{err}");
+
+    // A memory limit is enforced: the task is killed and says why.
+    let out = c.try_cli(
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "hog",
+            "--limit-memory",
+            "32M",
+            "--restart-condition",
+            "none",
+            "python3",
+            "-c",
+            "x = bytearray(256 << 20); import time; time.sleep(60)",
+        ],
+    );
+    assert!(!out.status.success(), "a task over its memory limit does not converge");
+    let hog = tasks(&c, "hog");
+    assert_eq!(hog[0]["status"]["state"], "failed", "{hog:?}");
+    assert!(hog[0]["status"]["err"].as_str().unwrap().contains("out of memory"), "{hog:?}");
+    assert_eq!(hog[0]["status"]["exit_code"], 137);
+
+    // Removing the services leaves nothing behind.
+    let out = c.cli(0, &["service", "rm", "web", "ssd", "nowhere", "hog"]);
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["web", "ssd", "nowhere", "hog"]);
+    assert!(wait_until(Duration::from_secs(30), || nothing_left(&c)), "tasks left something behind");
+    assert!(c.cli(0, &["service", "ls", "-q"]).trim().is_empty());
+    // With no service on it, the network can go.
+    c.cli(0, &["network", "rm", "front"]);
+}
+
+#[test]
+fn worker_down_and_drain_move_tasks() {
+    let mut c = swarm();
+    c.cli(
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "6",
+            "--network",
+            "front",
+            "python3",
+            "-m",
+            "http.server",
+            "8000",
+        ],
+    );
+    assert_eq!(per_node(&c, "web").values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
+    let err = c.cli_err(0, &["network", "rm", "front"]);
+    assert!(err.contains("network front is in use by service web"), "{err}");
+
+    // node3's daemon dies: after it is Down, its tasks run elsewhere.
+    c.kill_daemon(2);
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let counts = per_node(&c, "web");
+            counts.values().sum::<usize>() == 6 && !counts.contains_key("node3")
+        }),
+        "tasks of the down node were not rescheduled: {:?}",
+        tasks(&c, "web")
+    );
+    assert!(c.cli(0, &["node", "ls"]).lines().any(|l| l.contains("node3") && l.contains("Down")));
+    let orphaned = tasks(&c, "web").into_iter().filter(|t| t["status"]["state"] == "orphaned").count();
+    assert_eq!(orphaned, 2, "the down node's tasks are marked orphaned");
+
+    // The daemon comes back: what its predecessor left is removed.
+    c.start_daemon(2);
+    assert!(wait_until(Duration::from_secs(20), || c
+        .cli(0, &["node", "ls"])
+        .lines()
+        .any(|l| l.contains("node3") && l.contains("Ready"))));
+    assert!(
+        std::fs::read_dir(c.data_dir(2).join("tasks")).into_iter().flatten().flatten().next().is_none(),
+        "the restarted daemon removed the dead tasks' leftovers"
+    );
+
+    // Drain empties a node.
+    c.cli(0, &["node", "update", "--availability", "drain", "node2"]);
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let counts = per_node(&c, "web");
+            counts.values().sum::<usize>() == 6 && !counts.contains_key("node2")
+        }),
+        "drain did not move the tasks: {:?}",
+        tasks(&c, "web")
+    );
+    c.cli(0, &["service", "rm", "web"]);
+    assert!(wait_until(Duration::from_secs(30), || nothing_left(&c)), "tasks left something behind");
+}
+
+#[test]
+fn bad_flags_and_unknown_names_fail_clearly() {
+    let c = swarm();
+    let cases: [(&[&str], &str); 10] = [
+        (&["service", "create", "--replicas", "many", "sleep", "1"], "invalid value 'many' for '--replicas"),
+        (
+            &["service", "create", "--restart-condition", "sometimes", "sleep", "1"],
+            "must be one of \"none\", \"on-failure\" or \"any\"",
+        ),
+        (&["service", "create", "--limit-memory", "lots", "sleep", "1"], "invalid size \"lots\""),
+        (&["service", "create", "-p", "8080", "sleep", "1"], "use PUBLISHED:TARGET"),
+        (&["service", "create", "--constraint", "node.colour=red", "sleep", "1"], "invalid constraint"),
+        (&["service", "create", "--network", "nope", "sleep", "1"], "network nope not found"),
+        (
+            &["service", "create", "--mode", "global", "--replicas", "2", "sleep", "1"],
+            "replicas can only be used with replicated mode",
+        ),
+        (&["service", "scale", "ghost=2"], "service ghost not found"),
+        (&["service", "ps", "ghost"], "service ghost not found"),
+        (&["service", "scale", "web"], "invalid scale specifier \"web\""),
+    ];
+    for (args, expected) in cases {
+        let err = c.cli_err(0, args);
+        assert!(err.contains(expected), "shoal {args:?}: {err}");
+    }
+    // A program that does not exist is rejected with docker's reason.
+    let err = c.cli_err(
+        0,
+        &["service", "create", "--name", "ghost", "--restart-condition", "none", "no-such-program-here"],
+    );
+    assert!(err.contains("executable file not found in $PATH"), "{err}");
+    // Nothing was created but that one service.
+    let ls = c.cli(0, &["service", "ls", "-q"]);
+    assert_eq!(ls.lines().count(), 1, "{ls}");
+    // Workers cannot manage services.
+    let err = c.cli_err(1, &["service", "ls"]);
+    assert!(err.contains("this node is not a swarm manager"), "{err}");
+}
