@@ -954,7 +954,7 @@ fn converge(client: &Client, id: &str, quiet: bool) -> anyhow::Result<()> {
             stuck_since = None;
         }
         if failures.len() >= 3
-            || (failures.len() >= 1 && service["spec"]["task"]["restart"]["condition"] == "none")
+            || (!failures.is_empty() && service["spec"]["task"]["restart"]["condition"] == "none")
         {
             if tty {
                 multi.clear().ok();

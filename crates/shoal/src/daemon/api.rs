@@ -488,23 +488,17 @@ async fn network_remove(Extract(state): Shared, Path(name): Path<String>) -> Res
 
 /// A service as `service ls` and `inspect` show it: the record, plus
 /// running and desired task counts.
-fn service_view(
-    m: &cluster::Manager,
-    service: &shoal_orch::Service,
-    nodes: &[NodeRecord],
-) -> serde_json::Value {
+fn service_view(m: &cluster::Manager, service: &shoal_orch::Service) -> serde_json::Value {
     let tasks = m.service_tasks(&service.id);
     let running = tasks
         .iter()
         .filter(|t| t.desired == TaskState::Running && t.status.state == TaskState::Running)
         .count();
-    let desired =
-        match service.spec.mode {
-            shoal_orch::Mode::Replicated { replicas } => replicas as usize,
-            shoal_orch::Mode::Global => tasks.iter().filter(|t| t.desired == TaskState::Running).count().max(
-                nodes.iter().filter(|n| n.state == "ready" && n.availability == "active").count().min(0),
-            ),
-        };
+    let desired = match service.spec.mode {
+        shoal_orch::Mode::Replicated { replicas } => replicas as usize,
+        // One task per eligible node: the orchestrator made them.
+        shoal_orch::Mode::Global => tasks.iter().filter(|t| t.desired == TaskState::Running).count(),
+    };
     let mut value = serde_json::to_value(service).expect("serialisable");
     value["running"] = running.into();
     value["desired"] = desired.into();
@@ -513,8 +507,7 @@ fn service_view(
 
 async fn services(Extract(state): Shared) -> Result<Json<serde_json::Value>, ApiError> {
     let m = cluster::manager(&state).await?;
-    let nodes = m.nodes()?;
-    let all: Vec<serde_json::Value> = m.services().iter().map(|s| service_view(&m, s, &nodes)).collect();
+    let all: Vec<serde_json::Value> = m.services().iter().map(|s| service_view(&m, s)).collect();
     Ok(Json(serde_json::Value::Array(all)))
 }
 
@@ -538,7 +531,7 @@ async fn service_inspect(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let m = cluster::manager(&state).await?;
     let service = m.find_service(&id)?;
-    Ok(Json(service_view(&m, &service, &m.nodes()?)))
+    Ok(Json(service_view(&m, &service)))
 }
 
 #[derive(serde::Deserialize)]
@@ -622,7 +615,7 @@ async fn service_tasks(
     let nodes = m.nodes()?;
     let tasks: Vec<serde_json::Value> =
         m.service_tasks(&service.id).iter().map(|t| task_view(t, Some(&service), &nodes)).collect();
-    Ok(Json(serde_json::json!({ "service": service_view(&m, &service, &nodes), "tasks": tasks })))
+    Ok(Json(serde_json::json!({ "service": service_view(&m, &service), "tasks": tasks })))
 }
 
 #[derive(serde::Deserialize)]
