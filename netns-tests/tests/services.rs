@@ -64,9 +64,20 @@ fn cgroup_of(c: &Cluster, i: usize, task: &str) -> shoal_runtime::Cgroup {
 }
 
 /// HTTP GET from inside task `from` (on host `i`) to `url`: the status.
+/// Retried for a while: a task is running once its process started, which
+/// may be before the server listens.
 fn http_from(c: &Cluster, i: usize, from: &str, url: &str) -> String {
     let code = format!("import urllib.request as u; print(u.urlopen({url:?}, timeout=5).status)");
-    c.cli(i, &["task", "exec", from, "--", "python3", "-c", &code]).trim().to_owned()
+    let mut last = None;
+    wait_until(Duration::from_secs(20), || {
+        let out = c.try_cli(i, &["task", "exec", from, "--", "python3", "-c", &code]);
+        let done = out.status.success();
+        last = Some(out);
+        done
+    });
+    let out = last.expect("tried once");
+    assert!(out.status.success(), "GET {url} from {from}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// Everything a task leaves is gone: namespaces, cgroups, processes.
@@ -300,6 +311,9 @@ fn worker_down_and_drain_move_tasks() {
     assert_eq!(per_node(&c, "web").values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
     let err = c.cli_err(0, &["network", "rm", "front"]);
     assert!(err.contains("network front is in use by service web"), "{err}");
+    for i in 0..3 {
+        assert_eq!(c.metric(i, "shoal_dataplane_networks"), 1.0, "node{} has tasks on front", i + 1);
+    }
 
     // node3's daemon dies: after it is Down, its tasks run elsewhere.
     c.kill_daemon(2);
@@ -335,6 +349,10 @@ fn worker_down_and_drain_move_tasks() {
         }),
         "drain did not move the tasks: {:?}",
         tasks(&c, "web")
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || c.metric(1, "shoal_dataplane_networks") == 0.0),
+        "a network's data plane exists only on nodes with its tasks"
     );
     c.cli(0, &["service", "rm", "web"]);
     assert!(wait_until(Duration::from_secs(30), || nothing_left(&c)), "tasks left something behind");
@@ -377,4 +395,126 @@ fn bad_flags_and_unknown_names_fail_clearly() {
     // Workers cannot manage services.
     let err = c.cli_err(1, &["service", "ls"]);
     assert!(err.contains("this node is not a swarm manager"), "{err}");
+}
+
+#[test]
+fn task_runtime_user_workdir_env_health_and_stop() {
+    let c = swarm();
+    c.cli(
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "box",
+            "--user",
+            "nobody",
+            "--workdir",
+            "/var",
+            "--hostname",
+            "boxy",
+            "-e",
+            "GREETING=hello world",
+            "--health-cmd",
+            "test -d /proc/1",
+            "--health-interval",
+            "300ms",
+            "--limit-pids",
+            "50",
+            "--limit-cpu",
+            "0.5",
+            "sleep",
+            "600",
+        ],
+    );
+    let (id, node) = running(&c, "box")[0].clone();
+    let i = host_of(&node);
+    let inside = c.cli(
+        i,
+        &[
+            "task",
+            "exec",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "id -un; pwd; hostname; echo $GREETING; cat /proc/1/status | grep -c NSpid",
+        ],
+    );
+    let lines: Vec<&str> = inside.lines().collect();
+    assert_eq!(&lines[..4], ["nobody", "/var", "boxy", "hello world"], "{inside}");
+    assert!(
+        wait_until(Duration::from_secs(10), || tasks(&c, "box")[0]["status"]["health"] == "healthy"),
+        "the healthcheck reports healthy: {:?}",
+        tasks(&c, "box")
+    );
+    let cgroup = cgroup_of(&c, i, &id);
+    assert_eq!(cgroup.pids().len(), 3, "shim, init and the program are in the task's cgroup");
+    let pids_max = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/pids/shoal/{}-t{}/pids.max",
+        c.lab.host(i).netns,
+        &id[..10]
+    ));
+    if let Ok(max) = pids_max {
+        assert_eq!(max.trim(), "50");
+    }
+
+    // A failing healthcheck makes the task unhealthy: it is killed and replaced.
+    c.cli(
+        0,
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "sick",
+            "--health-cmd",
+            "exit 1",
+            "--health-interval",
+            "200ms",
+            "--health-retries",
+            "2",
+            "--restart-delay",
+            "0s",
+            "sleep",
+            "600",
+        ],
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || tasks(&c, "sick")
+            .iter()
+            .any(|t| t["status"]["state"] == "failed")),
+        "the unhealthy task failed: {:?}",
+        tasks(&c, "sick")
+    );
+    let failed = tasks(&c, "sick").into_iter().find(|t| t["status"]["state"] == "failed").unwrap();
+    assert_eq!(failed["status"]["health"], "unhealthy");
+    assert!(failed["status"]["err"].as_str().unwrap().contains("healthcheck failed 2 times"), "{failed}");
+
+    // A task that ignores its stop signal is killed after the grace period.
+    c.cli(
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "stubborn",
+            "--stop-grace-period",
+            "1s",
+            "sh",
+            "-c",
+            "trap '' TERM; while true; do sleep 1; done",
+        ],
+    );
+    let (stubborn, _) = running(&c, "stubborn")[0].clone();
+    c.cli(0, &["service", "update", "--detach", "--force", "stubborn"]);
+    assert!(
+        wait_until(Duration::from_secs(20), || tasks(&c, "stubborn")
+            .iter()
+            .any(|t| t["id"] == stubborn.as_str() && t["status"]["state"] == "shutdown")),
+        "the stubborn task was stopped: {:?}",
+        tasks(&c, "stubborn")
+    );
+    c.cli(0, &["service", "rm", "box", "sick", "stubborn"]);
+    assert!(wait_until(Duration::from_secs(30), || nothing_left(&c)), "tasks left something behind");
 }

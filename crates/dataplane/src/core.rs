@@ -238,6 +238,11 @@ impl Tables {
         self.local.retain(|_, ep| ep.vni != vni);
     }
 
+    /// How many networks the tables hold.
+    pub fn network_count(&self) -> usize {
+        self.networks.len()
+    }
+
     /// The subnet of a network.
     pub fn subnet(&self, vni: Vni) -> Option<Ipv4Cidr> {
         self.networks.get(&vni).map(|n| n.subnet)

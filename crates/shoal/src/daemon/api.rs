@@ -159,6 +159,12 @@ async fn metrics(Extract(state): Shared) -> String {
     };
     let one = |v: u64| vec![(String::new(), v)];
     metric(
+        "shoal_dataplane_networks",
+        "gauge",
+        "Overlay networks in this node's data plane (those with a local task).",
+        &one(state.dataplane.tables().network_count() as u64),
+    );
+    metric(
         "shoal_gossip_datagrams_received_total",
         "counter",
         "Gossip datagrams received.",
