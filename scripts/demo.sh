@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make demo`: a 3-node lab cluster with `shoal lab up`, the Swarm verbs on
-# it, two tasks on different nodes that find each other by gossip and talk
-# over the overlay, then `shoal lab down`. Everything stays inside the lab's
-# own network namespaces.
+# it, a 5-replica service of real HTTP servers placed across the nodes,
+# traffic between tasks on different nodes over the overlay, a scale, a
+# rolling update and a removal, then `shoal lab down`. Everything stays
+# inside the lab's own network namespaces.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/target/release:$PATH"
@@ -11,31 +12,52 @@ trap 'shoal lab down "$NAME" >/dev/null 2>&1 || true' EXIT
 
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
 node() { local n=$1; shift; step shoal lab exec --name "$NAME" "$n" -- "$@"; }
+quiet() { local n=$1; shift; shoal lab exec --name "$NAME" "$n" -- "$@"; }
+# The id and node of the first running task of service $1 on node $2.
+task_on() {
+  quiet node1 shoal service ps --format json "$1" | python3 -c '
+import json, sys
+for line in sys.stdin:
+    t = json.loads(line)
+    if t["desired"] == "running" and t["status"]["state"] == "running" and t["node"] == sys.argv[1]:
+        print(t["id"]); break' "$2"
+}
+ip_of() { quiet node1 shoal task inspect "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["attachments"][0]["ip"])'; }
 
 step shoal lab up --nodes 3 --name "$NAME"
 step shoal lab ls
 node node1 shoal node ls
 node node1 shoal node update --label-add zone=east node2
 node node1 shoal node inspect --pretty node2
-node node1 shoal swarm join-token worker
 
-# One task on node1, one on node3, on one overlay network.
-WEB1="shoal-lab-$NAME-web1"
-WEB2="shoal-lab-$NAME-web2"
-node node1 shoal debug endpoint add --sandbox "$WEB1" --vni 4096 --subnet 10.0.1.0/24 --ip 10.0.1.2
-node node3 shoal debug endpoint add --sandbox "$WEB2" --vni 4096 --subnet 10.0.1.0/24 --ip 10.0.1.3
-# Gossip spreads the two endpoints to every node within a second or two.
-for _ in $(seq 100); do
-  rows=$(shoal lab exec --name "$NAME" node2 -- shoal debug tables | grep -c '"key"' || true)
-  [ "$rows" -eq 2 ] && break
-  sleep 0.1
-done
-node node2 shoal debug members
-node node2 shoal debug tables
-step nsenter --net="/run/netns/$WEB1" ping -c 3 -i 0.2 10.0.1.3
-nsenter --net="/run/netns/$WEB2" iperf3 -s -1 -B 10.0.1.3 >/dev/null 2>&1 &
+# An overlay network and a service of five real HTTP servers on it.
+node node1 shoal network create -d overlay front
+node node1 shoal service create --name web --replicas 5 --network front --update-monitor 1s \
+  python3 -m http.server 8000
+node node1 shoal service ls
+node node1 shoal service ps web
+
+# From a task on node1 to a task on node3, by overlay address.
+FROM=$(task_on web node1)
+TO=$(task_on web node3)
+TO_IP=$(ip_of "$TO")
+node node1 shoal task exec "$FROM" -- python3 -c \
+  "import urllib.request as u; r = u.urlopen('http://$TO_IP:8000/', timeout=5); print(r.status, r.reason)"
+node node1 shoal service logs --tail 1 web
+
+# Throughput between tasks on two nodes: one iperf3 server per node.
+node node1 shoal service create --name perf --mode global --network front iperf3 -s
+PERF1=$(task_on perf node1)
+PERF3_IP=$(ip_of "$(task_on perf node3)")
 sleep 0.5
-step nsenter --net="/run/netns/$WEB1" iperf3 -c 10.0.1.3 -t 3
+node node1 shoal task exec "$PERF1" -- iperf3 -c "$PERF3_IP" -t 3
+
+# Scale, roll, remove.
+node node1 shoal service scale web=2
+node node1 shoal service update --env-add COLOUR=blue web
+node node1 shoal service ps web
+node node1 shoal service rm web perf
+node node1 shoal network rm front
 step shoal lab down "$NAME"
 trap - EXIT
 left=$(ip netns list | grep -c "shoal-lab-$NAME-" || true)
