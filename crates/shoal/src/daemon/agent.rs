@@ -240,7 +240,8 @@ impl Agent {
         // healthcheck enter.
         let init_pid = {
             let mut pid = None;
-            for _ in 0..100 {
+            // The shim writes it right after its fork; allow for a loaded node.
+            for _ in 0..1000 {
                 if let Ok(text) = std::fs::read_to_string(prepared.dir.join("init.pid"))
                     && let Ok(p) = text.trim().parse::<i32>()
                 {

@@ -75,6 +75,9 @@ pub struct Orchestration {
     world: std::sync::Mutex<World>,
     /// Bumped after every change of the world: dispatchers wait on it.
     pub changed: tokio::sync::watch::Sender<u64>,
+    /// The world changed since it was last stored (status reports and the
+    /// orchestrator's own moves are stored at the next tick, not each one).
+    unsaved: std::sync::atomic::AtomicBool,
     logs: std::sync::Mutex<HashMap<String, VecDeque<LogLine>>>,
 }
 
@@ -85,6 +88,7 @@ impl Orchestration {
         Ok(Orchestration {
             world: std::sync::Mutex::new(world),
             changed: tokio::sync::watch::channel(0).0,
+            unsaved: std::sync::atomic::AtomicBool::new(false),
             logs: std::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -95,7 +99,7 @@ pub async fn orchestrate_loop(manager: std::sync::Weak<Manager>) {
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let Some(m) = manager.upgrade() else { return };
-        if let Err(e) = m.reconcile() {
+        if let Err(e) = m.reconcile(true) {
             tracing::warn!(error = ?e, "reconciliation failed");
         }
     }
@@ -119,17 +123,20 @@ impl Manager {
         &self.orch
     }
 
-    /// Runs the orchestrator once over the world, the nodes and the IPAM;
-    /// persists and announces what changed.
-    pub fn reconcile(&self) -> Result<(), ApiError> {
+    /// Runs the orchestrator once over the world, the nodes and the IPAM,
+    /// and announces what changed; stores the world if `store` (or marks it
+    /// unsaved for the next tick).
+    pub fn reconcile(&self, store: bool) -> Result<(), ApiError> {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        self.reconcile_locked(|_| Ok(())).map(|_| ())
+        self.reconcile_locked(store, |_| Ok(())).map(|_| ())
     }
 
-    /// Applies `change` to the world, reconciles, and persists, all under
-    /// the writer lock. Runs with `writer` held.
+    /// Applies `change` to the world, reconciles, and stores it (now if
+    /// `store`, else at the next tick), all under the writer lock. Runs with
+    /// `writer` held.
     fn reconcile_locked<R>(
         &self,
+        store: bool,
         change: impl FnOnce(&mut World) -> Result<R, ApiError>,
     ) -> Result<R, ApiError> {
         let orch = self.orchestration();
@@ -146,8 +153,14 @@ impl Manager {
         if alloc.changed {
             self.store.put_ipam(&ipam).map_err(internal)?;
         }
-        if *world != before {
+        let changed = *world != before;
+        if changed {
+            orch.unsaved.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        if store && orch.unsaved.swap(false, std::sync::atomic::Ordering::Relaxed) {
             self.store.save(WORLD, &*world).map_err(internal)?;
+        }
+        if changed {
             let live: std::collections::HashSet<&String> = world.tasks.keys().collect();
             orch.logs.lock().unwrap_or_else(|e| e.into_inner()).retain(|id, _| live.contains(id));
             orch.changed.send_modify(|v| *v += 1);
@@ -203,7 +216,7 @@ impl Manager {
         self.check_spec(&mut spec)?;
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let id = new_id()?;
-        self.reconcile_locked(|world| {
+        self.reconcile_locked(true, |world| {
             if world.services.values().any(|s| s.spec.name == spec.name) {
                 return Err(ApiError::Conflict(format!("service {} already exists", spec.name)));
             }
@@ -242,7 +255,7 @@ impl Manager {
     ) -> Result<Service, ApiError> {
         self.check_spec(&mut spec)?;
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        self.reconcile_locked(|world| {
+        self.reconcile_locked(true, |world| {
             let current = world
                 .services
                 .get(id)
@@ -264,7 +277,7 @@ impl Manager {
     /// `service rm`: its tasks stop and its addresses are freed.
     pub fn remove_service(&self, id: &str) -> Result<Service, ApiError> {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        self.reconcile_locked(|world| {
+        self.reconcile_locked(true, |world| {
             let service = world
                 .remove_service(id)
                 .ok_or_else(|| ApiError::NotFound(format!("service {id} not found")))?;
@@ -352,7 +365,7 @@ impl Manager {
         if changed {
             // Persist and react at once (a task that ended is replaced now,
             // not at the next tick).
-            if let Err(e) = self.reconcile() {
+            if let Err(e) = self.reconcile(false) {
                 tracing::warn!(error = ?e, "reconciliation after reports failed");
             }
         }
