@@ -50,8 +50,15 @@ fn shoal_round(c: &Cluster, name: &str, replicas: usize) -> f64 {
             "600",
         ],
     );
+    let mut shown = false;
     assert!(
-        wait_until(Duration::from_secs(60), || converged(c, name, replicas)),
+        wait_until(Duration::from_secs(60), || {
+            if !shown && start.elapsed() > Duration::from_secs(3) && std::env::var_os("DEBUG").is_some() {
+                shown = true;
+                println!("{}", c.cli(0, &["service", "ps", name]));
+            }
+            converged(c, name, replicas)
+        }),
         "service {name} did not converge"
     );
     let took = start.elapsed().as_secs_f64();
@@ -102,6 +109,10 @@ fn main() {
         for round in 0..rounds {
             shoal.push(shoal_round(&c, &format!("b{replicas}x{round}"), replicas));
             base.push(unshare_round(replicas));
+            println!(
+                "round {round}: {replicas} tasks: shoal {:.3} s, unshare {:.4} s",
+                shoal[round], base[round]
+            );
         }
         let (s, b) = (median(&shoal) * 1000.0, median(&base) * 1000.0);
         println!(

@@ -224,6 +224,10 @@ pub fn shim_main(spec_path: &Path) -> ! {
     if let Err(e) = unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWPID) {
         die("unshare namespaces", e);
     }
+    // Opened now, written after the fork: init's private /tmp and /run may
+    // hide the path by then (the daemon's data directory can live there).
+    let mut pid_file =
+        std::fs::File::create(&spec.init_pid_file).unwrap_or_else(|e| die("create the init pid file", e));
     let all = SigSet::all();
     if let Err(e) = all.thread_block() {
         die("block signals", e);
@@ -234,7 +238,8 @@ pub fn shim_main(spec_path: &Path) -> ! {
         Err(e) => die("fork init", e),
         Ok(ForkResult::Child) => init(&spec),
         Ok(ForkResult::Parent { child }) => {
-            let _ = std::fs::write(&spec.init_pid_file, child.as_raw().to_string());
+            let _ = pid_file.write_all(child.as_raw().to_string().as_bytes());
+            drop(pid_file);
             std::process::exit(forward_until_exit(child, &all))
         }
     }

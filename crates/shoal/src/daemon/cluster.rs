@@ -457,11 +457,7 @@ impl Manager {
         }
         match request {
             Request::Assignments { known } => {
-                let (mut digest, mut tasks) = self.assignments(&node);
-                if digest == known {
-                    self.wait_change(Duration::from_secs(5)).await;
-                    (digest, tasks) = self.assignments(&node);
-                }
+                let (digest, tasks) = self.assignments_after(&node, known, Duration::from_secs(5)).await;
                 Response::Assignments { digest, tasks }
             }
             Request::Report { reports } => {

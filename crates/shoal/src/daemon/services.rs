@@ -333,10 +333,22 @@ impl Manager {
         (h.finish(), tasks)
     }
 
-    /// Waits until the world changes or `limit` passes.
-    pub async fn wait_change(&self, limit: Duration) {
-        let mut rx = self.orchestration().changed.subscribe();
-        let _ = tokio::time::timeout(limit, rx.changed()).await;
+    /// The tasks assigned to `node` once they differ from the digest
+    /// `known`, or after `limit` (a long poll).
+    pub async fn assignments_after(&self, node: &str, known: u64, limit: Duration) -> (u64, Vec<Task>) {
+        // Subscribe before looking, so a change in between is not missed.
+        let mut changes = self.orchestration().changed.subscribe();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let (digest, tasks) = self.assignments(node);
+            if digest != known {
+                return (digest, tasks);
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return (digest, tasks),
+            }
+        }
     }
 
     /// Applies reports from `node`'s agent.
