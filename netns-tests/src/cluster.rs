@@ -39,6 +39,19 @@ impl Cluster {
         Cluster::start_with(hosts, false)
     }
 
+    /// A swarm: host 1 inits it (heartbeats every second) and the other
+    /// hosts join as workers.
+    pub fn start_swarm(hosts: usize) -> Cluster {
+        let c = Cluster::start_bare(hosts);
+        c.cli(0, &["swarm", "init", "--dispatcher-heartbeat", "1"]);
+        let token = c.cli(0, &["swarm", "join-token", "-q", "worker"]).trim().to_owned();
+        let manager = format!("{}:2377", c.lab.host(0).underlay);
+        for i in 1..hosts {
+            c.cli(i, &["swarm", "join", "--token", &token, &manager]);
+        }
+        c
+    }
+
     fn start_with(hosts: usize, gossip: bool) -> Cluster {
         crate::require_root();
         let lab = Lab::new(hosts).expect("build lab");

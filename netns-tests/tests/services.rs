@@ -12,13 +12,7 @@ use serde_json::Value;
 /// A swarm of node1 (manager) and node2, node3 (workers), heartbeats 1 s,
 /// with the overlay network `front`.
 fn swarm() -> Cluster {
-    let c = Cluster::start_bare(3);
-    c.cli(0, &["swarm", "init", "--dispatcher-heartbeat", "1"]);
-    let token = c.cli(0, &["swarm", "join-token", "-q", "worker"]).trim().to_owned();
-    let manager = format!("{}:2377", c.lab.host(0).underlay);
-    for i in [1, 2] {
-        c.cli(i, &["swarm", "join", "--token", &token, &manager]);
-    }
+    let c = Cluster::start_swarm(3);
     c.cli(0, &["network", "create", "-d", "overlay", "front"]);
     c
 }

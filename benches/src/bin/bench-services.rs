@@ -94,13 +94,7 @@ fn unshare_round(count: usize) -> f64 {
 
 fn main() {
     let rounds = env_or("ROUNDS", 5);
-    let c = Cluster::start_bare(3);
-    c.cli(0, &["swarm", "init", "--dispatcher-heartbeat", "1"]);
-    let token = c.cli(0, &["swarm", "join-token", "-q", "worker"]).trim().to_owned();
-    let manager = format!("{}:2377", c.lab.host(0).underlay);
-    for i in [1, 2] {
-        c.cli(i, &["swarm", "join", "--token", &token, &manager]);
-    }
+    let c = Cluster::start_swarm(3);
     c.cli(0, &["network", "create", "-d", "overlay", "front"]);
 
     let mut rows = Vec::new();

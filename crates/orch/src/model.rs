@@ -350,6 +350,21 @@ pub struct InFlight {
 }
 
 impl UpdateStatus {
+    /// An update (or rollback) that starts at `now`.
+    pub fn started(state: UpdateState, message: String, now: u64) -> UpdateStatus {
+        UpdateStatus {
+            state,
+            message,
+            started_ms: now,
+            completed_ms: None,
+            in_flight: Vec::new(),
+            next_batch_ms: now,
+            updated: 0,
+            failures: 0,
+            total: 0,
+        }
+    }
+
     /// Whether tasks are still being rolled.
     pub fn active(&self) -> bool {
         matches!(self.state, UpdateState::Updating | UpdateState::RollbackStarted)

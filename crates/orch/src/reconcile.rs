@@ -112,17 +112,7 @@ impl World {
         if rolls {
             let state = if rollback { UpdateState::RollbackStarted } else { UpdateState::Updating };
             let message = if rollback { "manually requested rollback" } else { "update in progress" };
-            service.update_status = Some(UpdateStatus {
-                state,
-                message: message.into(),
-                started_ms: now,
-                completed_ms: None,
-                in_flight: Vec::new(),
-                next_batch_ms: now,
-                updated: 0,
-                failures: 0,
-                total: 0,
-            });
+            service.update_status = Some(UpdateStatus::started(state, message.into(), now));
         }
         true
     }
@@ -339,17 +329,7 @@ impl World {
             Some(s) if s.active() => s,
             Some(s) if matches!(s.state, UpdateState::Paused | UpdateState::RollbackPaused) => return,
             _ if stale.is_empty() => return,
-            _ => UpdateStatus {
-                state: UpdateState::Updating,
-                message: "update in progress".into(),
-                started_ms: env.now,
-                completed_ms: None,
-                in_flight: Vec::new(),
-                next_batch_ms: env.now,
-                updated: 0,
-                failures: 0,
-                total: 0,
-            },
+            _ => UpdateStatus::started(UpdateState::Updating, "update in progress".into(), env.now),
         };
         let rollback = status.state == UpdateState::RollbackStarted;
         let config = if rollback { &service.spec.rollback } else { &service.spec.update };
@@ -400,19 +380,13 @@ impl World {
                             svc.previous = Some(failed_spec);
                             svc.version += 1;
                             svc.updated_ms = env.now;
-                            svc.update_status = Some(UpdateStatus {
-                                state: UpdateState::RollbackStarted,
-                                message: format!(
+                            svc.update_status = Some(UpdateStatus::started(
+                                UpdateState::RollbackStarted,
+                                format!(
                                     "update rolled back due to failure or early termination of task {task}"
                                 ),
-                                started_ms: env.now,
-                                completed_ms: None,
-                                in_flight: Vec::new(),
-                                next_batch_ms: env.now,
-                                updated: 0,
-                                failures: 0,
-                                total: 0,
-                            });
+                                env.now,
+                            ));
                             return;
                         }
                     }
