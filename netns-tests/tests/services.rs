@@ -117,6 +117,7 @@ fn replicas_spread_talk_scale_roll_restart_and_leave_nothing() {
         ],
     );
     assert!(out.contains("overall progress: 5 out of 5 tasks"), "{out}");
+    assert!(out.contains("verify: Waiting 1 seconds to verify that tasks are stable..."), "{out}");
     assert!(out.contains("verify: Service converged"), "{out}");
     let mut counts: Vec<usize> = per_node(&c, "web").into_values().collect();
     counts.sort();

@@ -137,8 +137,8 @@ impl World {
 
     /// One reconciliation pass (see the crate documentation).
     pub fn reconcile(&mut self, env: &mut Env<'_>) {
-        self.release_ended(env);
         self.handle_lost_nodes(env);
+        self.release_ended(env);
         self.restart_ended(env);
         let ids: Vec<String> = self.services.keys().cloned().collect();
         for id in &ids {
@@ -147,14 +147,22 @@ impl World {
                 Mode::Global => self.reconcile_global(id, env),
             }
             self.roll(id, env);
+            self.one_per_slot(id);
         }
+        self.shut_unassigned(env);
         self.schedule(env);
         self.prune(env);
     }
 
+    /// Frees the addresses of ended tasks; an orphaned task keeps its own
+    /// until its node is back (it may still run behind a partition).
     fn release_ended(&mut self, env: &mut Env<'_>) {
+        let ready: BTreeSet<&str> = env.nodes.iter().filter(|n| n.ready).map(|n| n.id.as_str()).collect();
+        let known: BTreeSet<&str> = env.nodes.iter().map(|n| n.id.as_str()).collect();
         for task in self.tasks.values_mut() {
-            if task.status.state.is_terminal() {
+            let node = task.node_id.as_deref().unwrap_or("");
+            let unreachable = known.contains(node) && !ready.contains(node);
+            if task.status.state.is_terminal() && !(task.status.state == TaskState::Orphaned && unreachable) {
                 for a in task.attachments.drain(..) {
                     env.alloc.release(&a);
                 }
@@ -190,7 +198,7 @@ impl World {
         let mut replace = Vec::new();
         for task in self.tasks.values_mut() {
             let Some(node_id) = task.node_id.as_deref() else { continue };
-            if !task.is_runnable() || task.status.state < TaskState::Assigned {
+            if task.status.state.is_terminal() || task.status.state < TaskState::Assigned {
                 continue;
             }
             let node = nodes.get(node_id);
@@ -199,12 +207,17 @@ impl World {
             if !(down || drained) {
                 continue;
             }
-            task.desired = TaskState::Shutdown;
-            task.handled = true;
+            let runnable = task.is_runnable();
             if down {
+                // Whatever it was asked, a down node cannot say it stopped.
                 task.status =
                     TaskStatus::new(TaskState::Orphaned, env.now, "task belongs to a node that is down");
             }
+            if !runnable {
+                continue;
+            }
+            task.desired = TaskState::Shutdown;
+            task.handled = true;
             if task.slot > 0 {
                 replace.push(task.id.clone());
             }
@@ -341,10 +354,13 @@ impl World {
         let mut failed_task = None;
         status.in_flight.retain_mut(|flight| {
             let Some(task) = self.tasks.get(&flight.new) else { return false };
-            if task.status.state.is_terminal() || task.desired > TaskState::Running {
+            if matches!(task.status.state, TaskState::Failed | TaskState::Rejected | TaskState::Complete) {
                 status.failures += 1;
                 failed_task = Some(task.id.clone());
                 return false;
+            }
+            if task.status.state.is_terminal() || task.desired > TaskState::Running {
+                return false; // stopped by the orchestrator (scale, drain, node down): not the update's fault
             }
             if task.status.state == TaskState::Running {
                 let since = *flight.running_since.get_or_insert(env.now);
@@ -439,6 +455,54 @@ impl World {
         self.services.get_mut(id).expect("exists").update_status = Some(status);
     }
 
+    /// Keeps one runnable task per slot (per node for global services): the
+    /// newest with the current spec, plus the old half of a start-first
+    /// pair still in flight. Anything else (left over by a failed or
+    /// interrupted update) is stopped.
+    fn one_per_slot(&mut self, id: &str) {
+        let service = &self.services[id];
+        let paired: BTreeSet<&str> = service
+            .update_status
+            .iter()
+            .filter(|u| u.active())
+            .flat_map(|u| u.in_flight.iter().filter_map(|f| f.old.as_deref()))
+            .collect();
+        let mut slots: BTreeMap<(u64, &str), Vec<&Task>> = BTreeMap::new();
+        for t in self.tasks.values().filter(|t| t.service_id == id && t.is_runnable()) {
+            let node = if t.slot == 0 { t.node_id.as_deref().unwrap_or("") } else { "" };
+            slots.entry((t.slot, node)).or_default().push(t);
+        }
+        let mut surplus = Vec::new();
+        for tasks in slots.values().filter(|ts| ts.len() > 1) {
+            let keep = tasks
+                .iter()
+                .filter(|t| t.spec == service.spec.task)
+                .chain(tasks.iter())
+                .max_by_key(|t| (t.spec == service.spec.task, t.created_ms, t.id.clone()))
+                .map(|t| t.id.clone());
+            for t in tasks {
+                if Some(&t.id) != keep.as_ref() && !paired.contains(t.id.as_str()) {
+                    surplus.push(t.id.clone());
+                }
+            }
+        }
+        for id in surplus {
+            let task = self.tasks.get_mut(&id).expect("listed");
+            task.desired = TaskState::Shutdown;
+            task.handled = true;
+        }
+    }
+
+    /// A task stopped before any node had it is simply shut down.
+    fn shut_unassigned(&mut self, env: &mut Env<'_>) {
+        for task in self.tasks.values_mut() {
+            if task.desired > TaskState::Running && task.status.state < TaskState::Assigned {
+                task.status =
+                    TaskStatus::new(TaskState::Shutdown, env.now, "shut down before it was assigned");
+            }
+        }
+    }
+
     /// Places new tasks whose start time has come and whose predecessor (in
     /// a stop-first update) has stopped.
     fn schedule(&mut self, env: &mut Env<'_>) {
@@ -448,6 +512,9 @@ impl World {
         for task in self.tasks.values().filter(|t| t.is_runnable()) {
             if let Some(&i) = task.node_id.as_ref().and_then(|n| index.get(n)) {
                 let node = &mut nodes[i];
+                if let Some(service) = self.services.get(&task.service_id) {
+                    node.host_ports.extend(requirements(service).host_ports);
+                }
                 node.tasks += 1;
                 *node.tasks_by_service.entry(task.service_id.clone()).or_default() += 1;
                 node.free_nano_cpus =
@@ -482,6 +549,12 @@ impl World {
                             &Requirements { max_replicas_per_node: None, ..req.clone() },
                         ) =>
                     {
+                        let n = &mut nodes[i];
+                        n.tasks += 1;
+                        *n.tasks_by_service.entry(service.id.clone()).or_default() += 1;
+                        n.free_nano_cpus = n.free_nano_cpus.saturating_sub(req.reserve_nano_cpus);
+                        n.free_memory = n.free_memory.saturating_sub(req.reserve_memory);
+                        n.host_ports.extend(req.host_ports.iter().cloned());
                         Ok(i)
                     }
                     _ => Err("no suitable node (the node of this global task is not available)".to_owned()),

@@ -33,6 +33,8 @@ struct Sim {
     ids: u64,
     /// Tasks whose spec has this env entry fail right after starting.
     poison: Option<String>,
+    /// Poisoned tasks fail before they run, not after.
+    poison_early: bool,
 }
 
 fn node(i: usize) -> Node {
@@ -78,6 +80,7 @@ impl Sim {
             now: 1_000_000,
             ids: 0,
             poison: None,
+            poison_early: false,
         }
     }
 
@@ -118,6 +121,8 @@ impl Sim {
             let poisoned = self.poison.as_ref().is_some_and(|p| t.spec.env.contains(p));
             let next = if t.desired > TaskState::Running {
                 (!t.status.state.is_terminal()).then_some(TaskState::Shutdown)
+            } else if t.status.state < TaskState::Running && poisoned && self.poison_early {
+                Some(TaskState::Rejected)
             } else if t.status.state < TaskState::Running {
                 Some(TaskState::Running)
             } else if t.status.state == TaskState::Running && poisoned {
@@ -493,4 +498,85 @@ fn reports_only_move_forward_and_only_from_the_node() {
     assert!(!sim.world.report(&t.id, other, TaskStatus::new(TaskState::Failed, sim.now, "not yours")));
     assert!(sim.world.report(&t.id, &node, TaskStatus::new(TaskState::Complete, sim.now, "done")));
     assert!(!sim.world.report(&t.id, &node, TaskStatus::new(TaskState::Failed, sim.now, "after the end")));
+}
+
+#[test]
+fn start_first_update_whose_new_task_crashes_leaves_one_task_per_slot() {
+    let mut sim = Sim::new(2);
+    let mut s = spec("web", 2);
+    s.update.order = UpdateOrder::StartFirst;
+    s.task.restart.delay_ms = 0;
+    let web = sim.create(s);
+    sim.run(1);
+    sim.poison = Some("BAD=1".into());
+    sim.poison_early = true;
+    sim.update_env(&web, "BAD=1");
+    sim.run(3);
+    assert_eq!(sim.update_state(&web), UpdateState::Paused);
+    sim.poison = None; // the restarted new task now stays up, beside the old one
+    sim.run(20);
+    let mut per_slot: BTreeMap<u64, usize> = BTreeMap::new();
+    for t in sim.world.tasks.values().filter(|t| t.service_id == web && t.is_runnable()) {
+        *per_slot.entry(t.slot).or_default() += 1;
+    }
+    assert_eq!(per_slot, BTreeMap::from([(1, 1), (2, 1)]), "one runnable task per slot");
+}
+
+#[test]
+fn stop_first_update_does_not_wait_for_a_task_on_a_dead_node() {
+    let mut sim = Sim::new(3);
+    let web = sim.create(spec("web", 3));
+    sim.run(1);
+    sim.update_env(&web, "V=2");
+    sim.reconcile(); // first batch: an old task told to stop
+    let stopping = sim.world.tasks.values().find(|t| t.desired == TaskState::Shutdown).unwrap().clone();
+    let node = stopping.node_id.clone().unwrap();
+    sim.nodes.iter_mut().find(|n| n.id == node).unwrap().ready = false;
+    sim.run(30);
+    assert_eq!(sim.update_state(&web), UpdateState::Completed);
+    assert_eq!(sim.world.tasks[&stopping.id].status.state, TaskState::Orphaned);
+    assert_eq!(sim.running(&web).len(), 3);
+}
+
+#[test]
+fn orphaned_tasks_keep_their_address_until_their_node_returns() {
+    let mut sim = Sim::new(2);
+    let mut s = spec("web", 2);
+    s.task.networks = vec!["front".into()];
+    let web = sim.create(s);
+    sim.run(1);
+    sim.nodes[1].ready = false;
+    sim.run(2);
+    assert_eq!(sim.running(&web).len(), 2);
+    assert_eq!(sim.addrs.live.len(), 3, "two running tasks and one orphan that may still run");
+    sim.nodes[1].ready = true;
+    sim.run(1);
+    assert_eq!(sim.addrs.live.len(), 2, "its node is back: the orphan's address is free");
+}
+
+#[test]
+fn scaling_down_during_an_update_is_not_a_failure_and_unplaced_tasks_shut_down() {
+    let mut sim = Sim::new(3);
+    let mut s = spec("web", 6);
+    s.update.parallelism = 3;
+    let web = sim.create(s);
+    sim.run(1);
+    sim.update_env(&web, "V=2");
+    sim.reconcile();
+    sim.set_replicas(&web, 1);
+    sim.run(20);
+    assert_eq!(
+        sim.update_state(&web),
+        UpdateState::Completed,
+        "{:?}",
+        sim.world.services[&web].update_status
+    );
+    assert_eq!(sim.running(&web).len(), 1);
+    assert!(
+        sim.world
+            .tasks
+            .values()
+            .all(|t| t.status.state >= TaskState::Assigned || t.desired <= TaskState::Running),
+        "no task stays new or pending once it is not wanted"
+    );
 }

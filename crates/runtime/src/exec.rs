@@ -193,6 +193,10 @@ fn exec_as(program: &Path, argv: &[CString], env: &[CString], uid: u32, gid: u32
     if let Err(e) = nix::unistd::setuid(Uid::from_raw(uid)) {
         die("setuid", e);
     }
+    // Die with the parent (init, or `__enter` for checks and `task exec`):
+    // a timed-out healthcheck must not live on inside the task. Set after
+    // setuid, which clears it.
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     if let Err(e) = nix::unistd::chdir(workdir) {
         die(&format!("chdir to {workdir}"), e);
     }
@@ -275,6 +279,10 @@ fn init(spec: &ExecSpec) -> ! {
             Err(_) => target.clone(),
         };
         if !target.exists() {
+            // Only inside the task's own tmpfs: never create files on the node.
+            if !(target.starts_with("/run") || target.starts_with("/tmp")) {
+                continue;
+            }
             if let Some(dir) = target.parent() {
                 let _ = std::fs::create_dir_all(dir);
             }

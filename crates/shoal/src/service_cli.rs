@@ -848,6 +848,7 @@ fn step(state: &str) -> u64 {
 
 /// Where one slot (or global node) stands: its newest current task.
 struct SlotView {
+    id: String,
     label: String,
     state: String,
     err: Option<String>,
@@ -866,6 +867,8 @@ fn converge(client: &Client, id: &str, quiet: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut last_line = String::new();
     let mut stuck_since: Option<Instant> = None;
+    let mut stable: Option<(Instant, Vec<String>)> = None;
+    let mut announced = false;
     let limit = Duration::from_secs(180);
     loop {
         let answer = client.call("GET", &format!("/v1/services/{id}/tasks"), None)?;
@@ -901,7 +904,8 @@ fn converge(client: &Client, id: &str, quiet: bool) -> anyhow::Result<()> {
                 slots.get(&key).is_none_or(|s| step(&s.state) <= step(&state) || s.state == "running");
             if newer && !state.is_empty() {
                 let label = if global { key.clone() } else { t["slot"].to_string() };
-                slots.insert(key, SlotView { label, state, err });
+                let id = t["id"].as_str().unwrap_or("").to_owned();
+                slots.insert(key, SlotView { id, label, state, err });
             }
         }
         let desired = service["desired"].as_u64().unwrap_or(0) as usize;
@@ -910,7 +914,9 @@ fn converge(client: &Client, id: &str, quiet: bool) -> anyhow::Result<()> {
         let active = ["updating", "rollback_started"].contains(&update_state);
         let line = format!("overall progress: {running} out of {total} tasks");
         if tty {
-            overall.set_message(line.clone());
+            if stable.is_none() {
+                overall.set_message(line.clone());
+            }
             overall.tick();
             for (key, slot) in &slots {
                 let bar = bars.entry(key.clone()).or_insert_with(|| {
@@ -928,7 +934,35 @@ fn converge(client: &Client, id: &str, quiet: bool) -> anyhow::Result<()> {
             writeln!(out(), "{line}")?;
         }
         last_line = line;
-        if running >= total && slots.values().all(|s| s.state == "running") && !active {
+        let all_running = running >= total && slots.values().all(|s| s.state == "running") && !active;
+        // As docker does, wait out the monitor period before calling the
+        // service converged: a task that dies right after starting counts.
+        let ids: Vec<String> = slots.values().map(|s| s.id.clone()).collect();
+        let monitor = Duration::from_millis(service["spec"]["update"]["monitor_ms"].as_u64().unwrap_or(0));
+        let stable_for = match (&stable, all_running) {
+            (Some((since, seen)), true) if *seen == ids => since.elapsed(),
+            (_, true) => {
+                stable = Some((Instant::now(), ids));
+                if !monitor.is_zero() && !quiet {
+                    let text = format!(
+                        "verify: Waiting {} seconds to verify that tasks are stable...",
+                        monitor.as_secs_f64().ceil()
+                    );
+                    if tty {
+                        overall.set_message(text);
+                    } else if !announced {
+                        writeln!(out(), "{text}")?;
+                    }
+                    announced = true;
+                }
+                Duration::ZERO
+            }
+            (_, false) => {
+                stable = None;
+                Duration::ZERO
+            }
+        };
+        if all_running && stable_for >= monitor {
             if tty {
                 overall.finish_with_message(format!("overall progress: {running} out of {total} tasks"));
                 for b in bars.values() {

@@ -76,6 +76,9 @@ struct Running {
 pub struct Agent {
     state: Arc<State>,
     running: Mutex<HashMap<String, Running>>,
+    /// Tasks that ran here and ended: never started again, even while the
+    /// manager's view still lags (forgotten once no longer assigned).
+    ended: Mutex<std::collections::HashSet<String>>,
     reports: mpsc::UnboundedSender<Report>,
 }
 
@@ -103,7 +106,12 @@ impl Agent {
         mut assignments: watch::Receiver<Vec<Task>>,
         reports: mpsc::UnboundedSender<Report>,
     ) -> Arc<Agent> {
-        let agent = Arc::new(Agent { state, running: Mutex::new(HashMap::new()), reports });
+        let agent = Arc::new(Agent {
+            state,
+            running: Mutex::new(HashMap::new()),
+            ended: Mutex::new(Default::default()),
+            reports,
+        });
         let me = agent.clone();
         tokio::spawn(async move {
             loop {
@@ -132,8 +140,10 @@ impl Agent {
                 let _ = r.stop.send(true);
             }
         }
+        let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        ended.retain(|id| assigned.contains_key(id.as_str()));
         for task in tasks {
-            if running.contains_key(&task.id) || task.status.state.is_terminal() {
+            if running.contains_key(&task.id) || task.status.state.is_terminal() || ended.contains(&task.id) {
                 continue;
             }
             if task.desired > TaskState::Running {
@@ -155,6 +165,7 @@ impl Agent {
             tokio::spawn(async move {
                 let id = task.id.clone();
                 let end = me.supervise(task, stopped, exec).await;
+                me.ended.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone());
                 me.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
                 me.report(&id, end);
             });
@@ -375,12 +386,29 @@ impl Agent {
         status
     }
 
+    /// Prepares a task; on failure, removes whatever was made already.
     async fn prepare(&self, task: &Task) -> Result<Prepared, String> {
+        let result = self.try_prepare(task).await;
+        if result.is_err() {
+            let sandbox = self.sandbox_name(task);
+            let _ = self.state.remove_endpoint(&sandbox).await;
+            let cgroup = Cgroup::open(&sandbox);
+            let _ = tokio::task::spawn_blocking(move || cgroup.remove()).await;
+            let _ = std::fs::remove_dir_all(tasks_dir(self.state.data_dir()).join(&task.id));
+        }
+        result
+    }
+
+    fn sandbox_name(&self, task: &Task) -> String {
+        format!("{}-t{}", self.state.settings.task_prefix, &task.id[..task.id.len().min(10)])
+    }
+
+    async fn try_prepare(&self, task: &Task) -> Result<Prepared, String> {
         let path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into());
         let program = exec::lookup(&task.spec.image, &path)?;
         let (uid, gid) = exec::resolve_user(task.spec.user.as_deref())?;
         let short = &task.id[..task.id.len().min(12)];
-        let sandbox = format!("{}-t{}", self.state.settings.task_prefix, &task.id[..task.id.len().min(10)]);
+        let sandbox = self.sandbox_name(task);
         let dir = tasks_dir(self.state.data_dir()).join(&task.id);
         std::fs::create_dir_all(&dir).map_err(|e| format!("task directory: {e}"))?;
         let leftovers = Leftovers { sandbox: sandbox.clone(), cgroup: sandbox.clone() };
@@ -395,7 +423,6 @@ impl Agent {
             .map(|a| Interface { vni: a.vni, subnet: a.subnet.clone(), ip: a.ip })
             .collect();
         if let Err(e) = self.state.create_sandbox(&sandbox, &ifaces).await {
-            let _ = cgroup.remove();
             return Err(format!("network sandbox: {}", super::api::message(&e)));
         }
         let hostname = task.spec.hostname.clone().unwrap_or_else(|| short.to_owned());
@@ -435,8 +462,13 @@ impl Agent {
 
     async fn cleanup(&self, prepared: &Prepared) {
         prepared.cgroup.kill_all();
-        if let Err(e) = prepared.cgroup.remove() {
-            tracing::warn!(cgroup = %prepared.sandbox, error = %e, "cannot remove the task's cgroup");
+        let cgroup = prepared.cgroup.clone();
+        match tokio::task::spawn_blocking(move || cgroup.remove()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(cgroup = %prepared.sandbox, error = %e, "cannot remove the task's cgroup")
+            }
+            Err(e) => tracing::warn!(error = %e, "cgroup removal panicked"),
         }
         let _ = self.state.remove_endpoint(&prepared.sandbox).await;
         let _ = std::fs::remove_dir_all(&prepared.dir);

@@ -17,6 +17,9 @@ use super::state::ApiError;
 /// Lines of output kept per task.
 const LOG_LINES: usize = 1000;
 
+/// The most replicas one service may ask for.
+const MAX_REPLICAS: u64 = 10_000;
+
 /// The orchestrator's record in the store.
 const WORLD: &str = "world";
 
@@ -150,6 +153,9 @@ impl Manager {
         let mut ids = || new_id().unwrap_or_else(|_| format!("{:x}", now_ms()));
         let mut env = Env { now: now_ms(), nodes: &nodes, alloc: &mut alloc, new_id: &mut ids };
         world.reconcile(&mut env);
+        // Addresses and the tasks holding them are stored together, so a
+        // crash cannot leak one without the other.
+        let store = store || alloc.changed;
         if alloc.changed {
             self.store.put_ipam(&ipam).map_err(internal)?;
         }
@@ -207,7 +213,15 @@ impl Manager {
             let found = pick(networks.clone(), n, "network", |r| (&r.id, &r.name))?;
             *n = found.name;
         }
-        spec.task.networks.dedup();
+        let mut seen = std::collections::HashSet::new();
+        spec.task.networks.retain(|n| seen.insert(n.clone()));
+        if let shoal_orch::Mode::Replicated { replicas } = spec.mode
+            && replicas > MAX_REPLICAS
+        {
+            return Err(ApiError::BadRequest(format!(
+                "{replicas} replicas is more than this manager takes ({MAX_REPLICAS}): use fewer"
+            )));
+        }
         Ok(())
     }
 
@@ -351,16 +365,18 @@ impl Manager {
         }
     }
 
-    /// Applies reports from `node`'s agent.
+    /// Applies reports from `node`'s agent: output into the logs, status
+    /// into the world (reconciled at once, so a task that ended is replaced
+    /// now and waiting dispatchers wake; stored at the next tick).
     pub fn apply_reports(&self, node: &str, reports: Vec<Report>) {
         let orch = self.orchestration();
-        let mut changed = false;
+        let mut statuses = Vec::new();
         {
-            let mut world = orch.world.lock().unwrap_or_else(|e| e.into_inner());
+            let world = orch.world.lock().unwrap_or_else(|e| e.into_inner());
             let mut logs = orch.logs.lock().unwrap_or_else(|e| e.into_inner());
             for report in reports {
                 match report {
-                    Report::Status { task, status } => changed |= world.report(&task, node, status),
+                    Report::Status { task, status } => statuses.push((task, status)),
                     Report::Logs { task, lines } => {
                         if world.tasks.get(&task).and_then(|t| t.node_id.as_deref()) != Some(node) {
                             continue;
@@ -374,12 +390,18 @@ impl Manager {
                 }
             }
         }
-        if changed {
-            // Persist and react at once (a task that ended is replaced now,
-            // not at the next tick).
-            if let Err(e) = self.reconcile(false) {
-                tracing::warn!(error = ?e, "reconciliation after reports failed");
+        if statuses.is_empty() {
+            return;
+        }
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let applied = self.reconcile_locked(false, |world| {
+            for (task, status) in statuses {
+                world.report(&task, node, status);
             }
+            Ok(())
+        });
+        if let Err(e) = applied {
+            tracing::warn!(error = ?e, "reconciliation after reports failed");
         }
     }
 

@@ -58,7 +58,8 @@ pub struct EndpointView {
 
 struct Local {
     interfaces: Vec<(EndpointView, EndpointId)>,
-    sandbox: Sandbox,
+    /// Taken when unplugged.
+    sandbox: Option<Sandbox>,
 }
 
 /// One interface a sandbox is asked for.
@@ -210,7 +211,16 @@ impl State {
         for (vni, subnet, _) in &parsed {
             self.dataplane.add_network(*vni, *subnet).map_err(|e| ApiError::Conflict(e.to_string()))?;
         }
-        let (sandbox, devices) = Sandbox::create(name, &specs).map_err(|e| match e {
+        let created = Sandbox::create(name, &specs);
+        if created.is_err() {
+            let used = local_vnis(&endpoints);
+            for (vni, _, _) in &parsed {
+                if !used.contains(&vni.get()) {
+                    self.dataplane.remove_network(*vni);
+                }
+            }
+        }
+        let (sandbox, devices) = created.map_err(|e| match e {
             shoal_runtime::SandboxError::Netns(shoal_runtime::NetnsError::Exists(_)) => {
                 ApiError::Conflict(format!("a network namespace named {name} exists already"))
             }
@@ -219,7 +229,7 @@ impl State {
             }
             other => ApiError::Internal(other.to_string()),
         })?;
-        let mut local = Local { interfaces: Vec::new(), sandbox };
+        let mut local = Local { interfaces: Vec::new(), sandbox: Some(sandbox) };
         for ((vni, subnet, ip), device) in parsed.iter().zip(devices) {
             match self.dataplane.attach(*vni, *ip, device) {
                 Ok(id) => {
@@ -232,9 +242,7 @@ impl State {
                     local.interfaces.push((view, id));
                 }
                 Err(e) => {
-                    let local_vnis = local_vnis(&endpoints);
-                    drop(endpoints);
-                    self.teardown(local, &local_vnis).await;
+                    self.unplug(&mut local, &local_vnis(&endpoints));
                     return Err(ApiError::Conflict(e.to_string()));
                 }
             }
@@ -255,30 +263,41 @@ impl State {
     /// Removes a local endpoint (a sandbox) and withdraws its rows.
     pub async fn remove_endpoint(&self, sandbox: &str) -> Result<(), ApiError> {
         let mut endpoints = self.endpoints.lock().await;
-        let local = endpoints
+        let mut local = endpoints
             .remove(sandbox)
             .ok_or_else(|| ApiError::NotFound(format!("no endpoint with sandbox {sandbox} on this node")))?;
         self.record_sandboxes(&endpoints);
-        let still_used = local_vnis(&endpoints);
+        // Unplug under the lock: a sandbox being created on the same network
+        // must not see its network removed by this one's teardown.
+        self.unplug(&mut local, &local_vnis(&endpoints));
         drop(endpoints);
-        self.teardown(local, &still_used).await;
+        self.withdraw(&local).await;
         Ok(())
     }
 
-    /// Detaches, deletes the namespace, withdraws the rows, and removes the
-    /// networks no local endpoint uses any more from the data plane.
-    async fn teardown(&self, local: Local, still_used: &std::collections::BTreeSet<u32>) {
+    /// Detaches the TUNs, deletes the namespace, and removes from the data
+    /// plane the networks no other local endpoint uses. Call with the
+    /// endpoints lock held.
+    fn unplug(&self, local: &mut Local, still_used: &std::collections::BTreeSet<u32>) {
         for (_, id) in &local.interfaces {
             self.dataplane.detach(*id);
         }
-        let _ = local.sandbox.remove();
+        if let Some(sandbox) = local.sandbox.take() {
+            let _ = sandbox.remove();
+        }
         for (view, _) in &local.interfaces {
             if !still_used.contains(&view.vni)
                 && let Some(vni) = Vni::new(view.vni)
             {
                 self.dataplane.remove_network(vni);
             }
-            if let Ok(gossip) = self.gossip() {
+        }
+    }
+
+    /// Withdraws the gossiped rows of an unplugged sandbox.
+    async fn withdraw(&self, local: &Local) {
+        if let Ok(gossip) = self.gossip() {
+            for (view, _) in &local.interfaces {
                 gossip.write(view.vni, RowKey::new(ENDPOINTS, view.ip.to_string()), None).await;
             }
         }
@@ -287,8 +306,9 @@ impl State {
     /// Removes every local endpoint (at shutdown).
     pub async fn remove_all_endpoints(&self) {
         let all = std::mem::take(&mut *self.endpoints.lock().await);
-        for (_, local) in all {
-            self.teardown(local, &Default::default()).await;
+        for (_, mut local) in all {
+            self.unplug(&mut local, &Default::default());
+            self.withdraw(&local).await;
         }
         self.record_sandboxes(&BTreeMap::new());
     }
