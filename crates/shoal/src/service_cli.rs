@@ -970,7 +970,16 @@ fn converge(client: &Client, id: &str, quiet: bool) -> anyhow::Result<()> {
                 }
             }
             if !quiet {
-                writeln!(out(), "verify: Service converged")?;
+                let mut o = out();
+                if !tty {
+                    // The final view, as docker leaves it on the screen.
+                    for slot in slots.values() {
+                        let prefix =
+                            if global { slot.label.clone() } else { format!("{}/{total}", slot.label) };
+                        writeln!(o, "{prefix}: running   [{}>]", "=".repeat(50))?;
+                    }
+                }
+                writeln!(o, "verify: Service converged")?;
             }
             return Ok(());
         }
@@ -1424,6 +1433,22 @@ mod tests {
             ["-m", "http.server", "8 0", "a b", "c d"]
         );
         assert!(split_args("'open").is_err());
+    }
+
+    #[test]
+    fn env_files_and_env_updates() {
+        let path = std::env::temp_dir().join(format!("shoal-env-{}", std::process::id()));
+        std::fs::write(&path, "# comment\n\nA=1\nB=two words\n").unwrap();
+        let read = read_env_file(&path);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(read.unwrap(), ["A=1", "B=two words"]);
+        std::fs::write(&path, "=oops\n").unwrap();
+        let err = read_env_file(&path).unwrap_err().to_string();
+        let _ = std::fs::remove_file(&path);
+        assert!(err.contains("use KEY=VALUE"), "{err}");
+        let mut env = vec!["A=1".to_owned(), "B=2".to_owned()];
+        set_env(&mut env, "A=3");
+        assert_eq!(env, ["B=2", "A=3"]);
     }
 
     #[test]
