@@ -135,6 +135,13 @@ fn replicas_spread_talk_scale_roll_restart_and_leave_nothing() {
         "{ls}"
     );
 
+    let inspect: Value = serde_json::from_str(&c.cli(0, &["service", "inspect", "web"])).unwrap();
+    assert_eq!(inspect[0]["Spec"]["Name"], "web", "docker's shape: {inspect}");
+    assert_eq!(inspect[0]["Spec"]["Mode"]["Replicated"]["Replicas"], 5);
+    assert_eq!(inspect[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"], "python3");
+    assert_eq!(inspect[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["StopGracePeriod"], 10_000_000_000u64);
+    assert!(inspect[0]["Endpoint"]["VirtualIPs"][0]["Addr"].as_str().unwrap().ends_with("/24"), "{inspect}");
+
     // From a task on one node to a task on another, by overlay address.
     let all = running(&c, "web");
     let (from, from_node) = all[0].clone();
@@ -181,7 +188,7 @@ fn replicas_spread_talk_scale_roll_restart_and_leave_nothing() {
         let updated =
             wanted.iter().filter(|t| t["status"]["state"] == "running" && t["current"] == true).count();
         let inspect: Value = serde_json::from_str(&c.cli(0, &["service", "inspect", "web"])).unwrap();
-        if updated == 5 && inspect[0]["update_status"]["state"] == "completed" {
+        if updated == 5 && inspect[0]["UpdateStatus"]["State"] == "completed" {
             break;
         }
         assert!(start.elapsed() < Duration::from_secs(90), "the update did not complete: {ts:?}");

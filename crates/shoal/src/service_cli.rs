@@ -1178,6 +1178,106 @@ fn ps(
     Ok(())
 }
 
+/// A spec in the shape of docker's `ServiceSpec` (durations in ns).
+fn docker_spec(spec: &ServiceSpec) -> Value {
+    let ns = |ms: u64| ms.saturating_mul(1_000_000);
+    let t = &spec.task;
+    let mut container = serde_json::json!({
+        "Image": t.image, "Args": t.args, "Env": t.env, "StopGracePeriod": ns(t.stop_grace_ms),
+        "StopSignal": t.stop_signal,
+    });
+    for (key, value) in [("Dir", &t.workdir), ("User", &t.user), ("Hostname", &t.hostname)] {
+        if let Some(v) = value {
+            container[key] = v.clone().into();
+        }
+    }
+    if let Some(h) = &t.health {
+        container["Healthcheck"] = serde_json::json!({
+            "Test": ["CMD-SHELL", h.cmd], "Interval": ns(h.interval_ms), "Timeout": ns(h.timeout_ms),
+            "Retries": h.retries, "StartPeriod": ns(h.start_period_ms),
+        });
+    }
+    let update = |u: &UpdateConfig| {
+        serde_json::json!({
+            "Parallelism": u.parallelism, "Delay": ns(u.delay_ms), "FailureAction": u.failure_action,
+            "Monitor": ns(u.monitor_ms), "MaxFailureRatio": u.max_failure_ratio, "Order": u.order,
+        })
+    };
+    let mode = match spec.mode {
+        Mode::Replicated { replicas } => serde_json::json!({ "Replicated": { "Replicas": replicas } }),
+        Mode::Global => serde_json::json!({ "Global": {} }),
+    };
+    let r = &t.resources;
+    serde_json::json!({
+        "Name": spec.name,
+        "Labels": spec.labels,
+        "TaskTemplate": {
+            "ContainerSpec": container,
+            "Resources": {
+                "Limits": { "NanoCPUs": r.limit_nano_cpus, "MemoryBytes": r.limit_memory, "Pids": r.limit_pids },
+                "Reservations": { "NanoCPUs": r.reserve_nano_cpus, "MemoryBytes": r.reserve_memory },
+            },
+            "RestartPolicy": {
+                "Condition": t.restart.condition, "Delay": ns(t.restart.delay_ms),
+                "MaxAttempts": t.restart.max_attempts, "Window": ns(t.restart.window_ms),
+            },
+            "Placement": {
+                "Constraints": t.placement.constraints,
+                "Preferences": t.placement.spread.iter()
+                    .map(|k| serde_json::json!({ "Spread": { "SpreadDescriptor": format!("node.labels.{k}") } }))
+                    .collect::<Vec<_>>(),
+                "MaxReplicas": t.placement.max_replicas,
+            },
+            "Networks": t.networks.iter().map(|n| serde_json::json!({ "Target": n })).collect::<Vec<_>>(),
+            "ForceUpdate": t.force_update,
+        },
+        "Mode": mode,
+        "UpdateConfig": update(&spec.update),
+        "RollbackConfig": update(&spec.rollback),
+        "EndpointSpec": {
+            "Mode": "vip",
+            "Ports": spec.ports.iter().map(|p| serde_json::json!({
+                "Protocol": p.protocol, "TargetPort": p.target, "PublishedPort": p.published, "PublishMode": p.mode,
+            })).collect::<Vec<_>>(),
+        },
+    })
+}
+
+/// A service as `docker service inspect` prints it.
+fn docker_service(s: &Value) -> anyhow::Result<Value> {
+    let spec: ServiceSpec =
+        serde_json::from_value(s["spec"].clone()).context("the manager sent a bad spec")?;
+    let mut out = serde_json::json!({
+        "ID": s["id"],
+        "Version": { "Index": s["version"] },
+        "CreatedAt": rfc3339(s["created_ms"].as_u64().unwrap_or(0)),
+        "UpdatedAt": rfc3339(s["updated_ms"].as_u64().unwrap_or(0)),
+        "Spec": docker_spec(&spec),
+        "Endpoint": {
+            "Spec": { "Mode": "vip" },
+            "VirtualIPs": s["vips"].as_array().into_iter().flatten().map(|v| serde_json::json!({
+                "Network": v["network"], "Addr": format!("{}/{}", v["ip"].as_str().unwrap_or(""),
+                    v["subnet"].as_str().and_then(|n| n.split('/').nth(1)).unwrap_or("24")),
+            })).collect::<Vec<_>>(),
+        },
+        "ServiceStatus": { "RunningTasks": s["running"], "DesiredTasks": s["desired"] },
+    });
+    if let Ok(previous) = serde_json::from_value::<ServiceSpec>(s["previous"].clone()) {
+        out["PreviousSpec"] = docker_spec(&previous);
+    }
+    if let Some(u) = s["update_status"].as_object() {
+        let mut status = serde_json::json!({
+            "State": u["state"], "Message": u["message"],
+            "StartedAt": rfc3339(u["started_ms"].as_u64().unwrap_or(0)),
+        });
+        if let Some(done) = u["completed_ms"].as_u64() {
+            status["CompletedAt"] = rfc3339(done).into();
+        }
+        out["UpdateStatus"] = status;
+    }
+    Ok(out)
+}
+
 fn ms_text(ms: u64) -> String {
     if ms == 0 {
         "0s".into()
@@ -1194,7 +1294,8 @@ fn inspect(client: &Client, services: &[String], pretty: bool) -> anyhow::Result
         all.push(client.call("GET", &format!("/v1/services/{s}"), None)?);
     }
     if !pretty {
-        serde_json::to_writer_pretty(out(), &all)?;
+        let docker: Vec<Value> = all.iter().map(docker_service).collect::<anyhow::Result<_>>()?;
+        serde_json::to_writer_pretty(out(), &docker)?;
         writeln!(out())?;
         return Ok(());
     }
