@@ -317,6 +317,15 @@ fn worker_down_and_drain_move_tasks() {
         assert_eq!(c.metric(i, "shoal_dataplane_networks"), 1.0, "node{} has tasks on front", i + 1);
     }
 
+    // A global service: one task per node.
+    c.cli(0, &["service", "create", "--detach", "--name", "agent", "--mode", "global", "sleep", "600"]);
+    assert!(
+        wait_until(Duration::from_secs(20), || per_node(&c, "agent").values().copied().collect::<Vec<_>>()
+            == [1, 1, 1]),
+        "one global task per node: {:?}",
+        tasks(&c, "agent")
+    );
+
     // node3's daemon dies: after it is Down, its tasks run elsewhere.
     c.kill_daemon(2);
     assert!(
@@ -330,6 +339,8 @@ fn worker_down_and_drain_move_tasks() {
     assert!(c.cli(0, &["node", "ls"]).lines().any(|l| l.contains("node3") && l.contains("Down")));
     let orphaned = tasks(&c, "web").into_iter().filter(|t| t["status"]["state"] == "orphaned").count();
     assert_eq!(orphaned, 2, "the down node's tasks are marked orphaned");
+    assert!(!per_node(&c, "agent").contains_key("node3"), "a global task is not moved off a down node");
+    assert_eq!(per_node(&c, "agent").len(), 2);
 
     // The daemon comes back: what its predecessor left is removed.
     c.start_daemon(2);
@@ -340,6 +351,10 @@ fn worker_down_and_drain_move_tasks() {
     assert!(
         std::fs::read_dir(c.data_dir(2).join("tasks")).into_iter().flatten().flatten().next().is_none(),
         "the restarted daemon removed the dead tasks' leftovers"
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || per_node(&c, "agent").contains_key("node3")),
+        "the node is back: it gets its global task again"
     );
 
     // Drain empties a node.
@@ -356,7 +371,11 @@ fn worker_down_and_drain_move_tasks() {
         wait_until(Duration::from_secs(10), || c.metric(1, "shoal_dataplane_networks") == 0.0),
         "a network's data plane exists only on nodes with its tasks"
     );
-    c.cli(0, &["service", "rm", "web"]);
+    assert!(
+        wait_until(Duration::from_secs(20), || !per_node(&c, "agent").contains_key("node2")),
+        "drain stops the node's global task"
+    );
+    c.cli(0, &["service", "rm", "web", "agent"]);
     assert!(wait_until(Duration::from_secs(30), || nothing_left(&c)), "tasks left something behind");
 }
 
