@@ -207,6 +207,11 @@ impl Dataplane {
         self.update(|s| s.tables.remove_remote(vni, ip))
     }
 
+    /// The subnet of network `vni`, if this data plane carries it.
+    pub fn subnet(&self, vni: Vni) -> Option<Ipv4Cidr> {
+        self.shared.snapshot.load().tables.subnet(vni)
+    }
+
     /// The current tables.
     pub fn tables(&self) -> Tables {
         self.shared.snapshot.load().tables.clone()

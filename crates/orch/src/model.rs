@@ -434,6 +434,12 @@ impl TaskStatus {
             health: None,
         }
     }
+
+    /// The same status, with why it failed.
+    pub fn with_err(mut self, err: impl Into<String>) -> TaskStatus {
+        self.err = Some(err.into());
+        self
+    }
 }
 
 /// One run of a service's slot on a node.

@@ -56,14 +56,19 @@ fn requirements(service: &Service) -> Requirements {
         reserve_memory: task.resources.reserve_memory,
         max_replicas_per_node: (task.placement.max_replicas > 0)
             .then_some(task.placement.max_replicas as usize),
-        host_ports: service
-            .spec
-            .ports
-            .iter()
-            .filter(|p| p.mode == "host")
-            .map(|p| (p.protocol.clone(), p.published))
-            .collect(),
+        host_ports: host_ports(service),
     }
+}
+
+/// The host-mode ports a service's tasks hold, as (protocol, port).
+fn host_ports(service: &Service) -> Vec<(String, u16)> {
+    service
+        .spec
+        .ports
+        .iter()
+        .filter(|p| p.mode == "host")
+        .map(|p| (p.protocol.clone(), p.published))
+        .collect()
 }
 
 /// Whether a node may keep (not take) tasks of `req`: up, not drained, and
@@ -374,45 +379,26 @@ impl World {
             }
             true
         });
-        if let Some(task) = failed_task {
-            let ratio = status.failures as f64 / status.total.max(1) as f64;
-            if ratio > config.max_failure_ratio {
-                match config.failure_action {
-                    FailureAction::Continue => {}
-                    FailureAction::Pause => {
-                        status.state =
-                            if rollback { UpdateState::RollbackPaused } else { UpdateState::Paused };
-                        status.message = format!(
-                            "{} paused due to failure or early termination of task {task}",
-                            if rollback { "rollback" } else { "update" }
-                        );
-                        self.services.get_mut(id).expect("exists").update_status = Some(status);
-                        return;
+        if let Some(task) = failed_task
+            && status.failures as f64 / status.total.max(1) as f64 > config.max_failure_ratio
+        {
+            let why = format!("due to failure or early termination of task {task}");
+            let previous = self.services[id].previous.clone();
+            match (config.failure_action, previous) {
+                (FailureAction::Continue, _) => {}
+                (FailureAction::Rollback, Some(previous)) if !rollback => {
+                    self.update_service(id, previous, env.now, true);
+                    if let Some(u) = &mut self.services.get_mut(id).expect("exists").update_status {
+                        u.message = format!("update rolled back {why}");
                     }
-                    FailureAction::Rollback if !rollback => {
-                        let svc = self.services.get_mut(id).expect("exists");
-                        if let Some(previous) = svc.previous.take() {
-                            let failed_spec = std::mem::replace(&mut svc.spec, previous);
-                            svc.previous = Some(failed_spec);
-                            svc.version += 1;
-                            svc.updated_ms = env.now;
-                            svc.update_status = Some(UpdateStatus::started(
-                                UpdateState::RollbackStarted,
-                                format!(
-                                    "update rolled back due to failure or early termination of task {task}"
-                                ),
-                                env.now,
-                            ));
-                            return;
-                        }
-                    }
-                    FailureAction::Rollback => {
-                        status.state = UpdateState::RollbackPaused;
-                        status.message =
-                            format!("rollback paused due to failure or early termination of task {task}");
-                        self.services.get_mut(id).expect("exists").update_status = Some(status);
-                        return;
-                    }
+                    return;
+                }
+                // Pause (a rollback that fails pauses too).
+                _ => {
+                    status.state = if rollback { UpdateState::RollbackPaused } else { UpdateState::Paused };
+                    status.message = format!("{} paused {why}", if rollback { "rollback" } else { "update" });
+                    self.services.get_mut(id).expect("exists").update_status = Some(status);
+                    return;
                 }
             }
         }
@@ -509,17 +495,13 @@ impl World {
         let mut nodes: Vec<Node> = env.nodes.to_vec();
         let index: HashMap<String, usize> =
             nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), i)).collect();
+        let ports: HashMap<&str, Vec<(String, u16)>> =
+            self.services.iter().map(|(id, s)| (id.as_str(), host_ports(s))).collect();
         for task in self.tasks.values().filter(|t| t.is_runnable()) {
             if let Some(&i) = task.node_id.as_ref().and_then(|n| index.get(n)) {
-                let node = &mut nodes[i];
-                if let Some(service) = self.services.get(&task.service_id) {
-                    node.host_ports.extend(requirements(service).host_ports);
-                }
-                node.tasks += 1;
-                *node.tasks_by_service.entry(task.service_id.clone()).or_default() += 1;
-                node.free_nano_cpus =
-                    node.free_nano_cpus.saturating_sub(task.spec.resources.reserve_nano_cpus);
-                node.free_memory = node.free_memory.saturating_sub(task.spec.resources.reserve_memory);
+                let r = &task.spec.resources;
+                let held = ports.get(task.service_id.as_str()).map_or(&[][..], Vec::as_slice);
+                nodes[i].take(&task.service_id, r.reserve_nano_cpus, r.reserve_memory, held);
             }
         }
         let ready: Vec<String> = self
@@ -549,12 +531,12 @@ impl World {
                             &Requirements { max_replicas_per_node: None, ..req.clone() },
                         ) =>
                     {
-                        let n = &mut nodes[i];
-                        n.tasks += 1;
-                        *n.tasks_by_service.entry(service.id.clone()).or_default() += 1;
-                        n.free_nano_cpus = n.free_nano_cpus.saturating_sub(req.reserve_nano_cpus);
-                        n.free_memory = n.free_memory.saturating_sub(req.reserve_memory);
-                        n.host_ports.extend(req.host_ports.iter().cloned());
+                        nodes[i].take(
+                            &service.id,
+                            req.reserve_nano_cpus,
+                            req.reserve_memory,
+                            &req.host_ports,
+                        );
                         Ok(i)
                     }
                     _ => Err("no suitable node (the node of this global task is not available)".to_owned()),
@@ -583,10 +565,8 @@ impl World {
                         for a in &attachments {
                             env.alloc.release(a);
                         }
-                        task.status = TaskStatus {
-                            err: Some(e),
-                            ..TaskStatus::new(TaskState::Pending, env.now, "pending task scheduling")
-                        };
+                        task.status = TaskStatus::new(TaskState::Pending, env.now, "pending task scheduling")
+                            .with_err(e);
                         continue;
                     }
                     task.node_id = Some(nodes[i].id.clone());
@@ -598,10 +578,8 @@ impl World {
                     if task.status.err.as_deref() != Some(reason.as_str())
                         || task.status.state != TaskState::Pending
                     {
-                        task.status = TaskStatus {
-                            err: Some(reason),
-                            ..TaskStatus::new(TaskState::Pending, env.now, "pending task scheduling")
-                        };
+                        task.status = TaskStatus::new(TaskState::Pending, env.now, "pending task scheduling")
+                            .with_err(reason);
                     }
                 }
             }

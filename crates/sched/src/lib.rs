@@ -65,6 +65,18 @@ pub struct Node {
     pub host_ports: HashSet<(String, u16)>,
 }
 
+impl Node {
+    /// Counts one more task of `service` on this node: what it reserves
+    /// and the host-mode ports it holds.
+    pub fn take(&mut self, service: &str, nano_cpus: u64, memory: u64, host_ports: &[(String, u16)]) {
+        self.free_nano_cpus = self.free_nano_cpus.saturating_sub(nano_cpus);
+        self.free_memory = self.free_memory.saturating_sub(memory);
+        self.tasks += 1;
+        *self.tasks_by_service.entry(service.to_owned()).or_default() += 1;
+        self.host_ports.extend(host_ports.iter().cloned());
+    }
+}
+
 /// What a service asks of the nodes its tasks run on.
 #[derive(Debug, Clone, Default)]
 pub struct Requirements {
@@ -221,11 +233,7 @@ pub fn place(nodes: &mut [Node], req: &Requirements, count: usize) -> Vec<Result
         match placed {
             Some((g, i)) => {
                 let node = &mut nodes[i];
-                node.free_nano_cpus -= req.reserve_nano_cpus;
-                node.free_memory -= req.reserve_memory;
-                node.tasks += 1;
-                *node.tasks_by_service.entry(req.service.clone()).or_default() += 1;
-                node.host_ports.extend(req.host_ports.iter().cloned());
+                node.take(&req.service, req.reserve_nano_cpus, req.reserve_memory, &req.host_ports);
                 heaps[g].service_tasks += 1;
                 heaps[g].candidates.push(Reverse((service_tasks(node), node.tasks, i)));
                 out.push(Ok(i));

@@ -16,7 +16,7 @@ use shoal_orch::{
 use crate::client::Client;
 
 /// Options `service create` and `service update` share.
-#[derive(Debug, Args, Default)]
+#[derive(Debug, Args)]
 pub struct SpecOptions {
     /// Number of tasks
     #[arg(long)]
@@ -1074,7 +1074,7 @@ fn ls(client: &Client, quiet: bool, json: bool) -> anyhow::Result<()> {
 }
 
 /// "Running 2 minutes ago", as docker says it.
-pub fn ago(ms: u64) -> String {
+fn ago(ms: u64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);

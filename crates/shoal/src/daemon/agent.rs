@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use shoal_orch::{Task, TaskState, TaskStatus};
 use shoal_runtime::exec::{self, EnterSpec, ExecSpec};
 use shoal_runtime::{Cgroup, Limits, NetNs};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, BufReader};
 use tokio::sync::{mpsc, watch};
 
 use super::state::{Interface, State};
@@ -94,8 +94,8 @@ fn tasks_dir(data_dir: &Path) -> PathBuf {
 /// remove what a crashed one left.
 #[derive(Debug, Serialize, Deserialize)]
 struct Leftovers {
-    sandbox: String,
-    cgroup: String,
+    /// The task's sandbox (network namespace) and cgroup, which share it.
+    name: String,
 }
 
 impl Agent {
@@ -152,8 +152,8 @@ impl Agent {
                 continue;
             }
             if task.status.state > TaskState::Assigned {
-                let mut status = TaskStatus::new(TaskState::Failed, now_ms(), "task lost");
-                status.err = Some("the task is no longer running on this node (its daemon restarted)".into());
+                let status = TaskStatus::new(TaskState::Failed, now_ms(), "task lost")
+                    .with_err("the task is no longer running on this node (its daemon restarted)");
                 self.report(&task.id, status);
                 continue;
             }
@@ -210,11 +210,7 @@ impl Agent {
         self.report(&id, TaskStatus::new(TaskState::Preparing, now_ms(), "preparing"));
         let prepared = match self.prepare(&task).await {
             Ok(p) => p,
-            Err(e) => {
-                let mut status = TaskStatus::new(TaskState::Rejected, now_ms(), "preparing failed");
-                status.err = Some(e);
-                return status;
-            }
+            Err(e) => return TaskStatus::new(TaskState::Rejected, now_ms(), "preparing failed").with_err(e),
         };
         self.report(&id, TaskStatus::new(TaskState::Ready, now_ms(), "prepared"));
         if *stop.borrow() {
@@ -234,9 +230,8 @@ impl Agent {
             Ok(c) => c,
             Err(e) => {
                 self.cleanup(&prepared).await;
-                let mut status = TaskStatus::new(TaskState::Failed, now_ms(), "starting failed");
-                status.err = Some(format!("cannot start the task: {e}"));
-                return status;
+                return TaskStatus::new(TaskState::Failed, now_ms(), "starting failed")
+                    .with_err(format!("cannot start the task: {e}"));
             }
         };
         let shim = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
@@ -290,6 +285,13 @@ impl Agent {
         let mut next_check = health.as_ref().map(|h| Instant::now() + Duration::from_millis(h.interval_ms));
         let mut stopping = false;
         let mut kill_at: Option<Instant> = None;
+        // The stop signal now, SIGKILL at the returned time.
+        let begin_stop = || {
+            if let Some(pid) = shim {
+                let _ = nix::sys::signal::kill(pid, parse_signal(&task.spec.stop_signal));
+            }
+            Some(Instant::now() + Duration::from_millis(task.spec.stop_grace_ms))
+        };
         let exit = loop {
             let wake = [next_check, kill_at].into_iter().flatten().min();
             let sleep = async {
@@ -303,11 +305,7 @@ impl Agent {
                 changed = stop.changed(), if !stopping => {
                     if changed.is_err() || *stop.borrow() {
                         stopping = true;
-                        if let Some(pid) = shim {
-                            let signal = parse_signal(&task.spec.stop_signal);
-                            let _ = nix::sys::signal::kill(pid, signal);
-                        }
-                        kill_at = Some(Instant::now() + Duration::from_millis(task.spec.stop_grace_ms));
+                        kill_at = begin_stop();
                         next_check = None;
                     }
                 }
@@ -340,10 +338,7 @@ impl Agent {
                     if verdict == Some("unhealthy") {
                         unhealthy = true;
                         stopping = true;
-                        if let Some(pid) = shim {
-                            let _ = nix::sys::signal::kill(pid, parse_signal(&task.spec.stop_signal));
-                        }
-                        kill_at = Some(Instant::now() + Duration::from_millis(task.spec.stop_grace_ms));
+                        kill_at = begin_stop();
                         next_check = None;
                     } else {
                         next_check = Some(Instant::now() + Duration::from_millis(h.interval_ms));
@@ -362,24 +357,20 @@ impl Agent {
             s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
         });
         let mut status = if unhealthy {
-            let mut s = TaskStatus::new(TaskState::Failed, now_ms(), "unhealthy");
-            s.err = Some(format!("task unhealthy: its healthcheck failed {failures} times in a row"));
-            s
+            TaskStatus::new(TaskState::Failed, now_ms(), "unhealthy")
+                .with_err(format!("task unhealthy: its healthcheck failed {failures} times in a row"))
         } else if stopping {
             TaskStatus::new(TaskState::Shutdown, now_ms(), "shutdown")
         } else if oom {
-            let mut s = TaskStatus::new(TaskState::Failed, now_ms(), "out of memory");
-            s.err = Some(format!(
+            TaskStatus::new(TaskState::Failed, now_ms(), "out of memory").with_err(format!(
                 "task: out of memory: killed by the kernel for exceeding its memory limit (exit {})",
                 code.unwrap_or(137)
-            ));
-            s
+            ))
         } else if code == Some(0) {
             TaskStatus::new(TaskState::Complete, now_ms(), "finished")
         } else {
-            let mut s = TaskStatus::new(TaskState::Failed, now_ms(), "exited");
-            s.err = Some(format!("task: non-zero exit ({})", code.unwrap_or(-1)));
-            s
+            TaskStatus::new(TaskState::Failed, now_ms(), "exited")
+                .with_err(format!("task: non-zero exit ({})", code.unwrap_or(-1)))
         };
         status.exit_code = code;
         status.health = running.health;
@@ -411,7 +402,7 @@ impl Agent {
         let sandbox = self.sandbox_name(task);
         let dir = tasks_dir(self.state.data_dir()).join(&task.id);
         std::fs::create_dir_all(&dir).map_err(|e| format!("task directory: {e}"))?;
-        let leftovers = Leftovers { sandbox: sandbox.clone(), cgroup: sandbox.clone() };
+        let leftovers = Leftovers { name: sandbox.clone() };
         let _ =
             std::fs::write(dir.join("leftovers.json"), serde_json::to_vec(&leftovers).expect("serialisable"));
         let r = &task.spec.resources;
@@ -539,8 +530,6 @@ async fn forward_lines(
     }
 }
 
-use tokio::io::AsyncReadExt as _;
-
 /// Removes what tasks of a crashed daemon left: processes, cgroups,
 /// sandboxes, task directories.
 pub fn remove_leftovers(data_dir: &Path) {
@@ -550,11 +539,11 @@ pub fn remove_leftovers(data_dir: &Path) {
             && let Ok(left) = serde_json::from_slice::<Leftovers>(&text)
         {
             tracing::info!(task = %entry.file_name().to_string_lossy(), "removing a task left by the previous run");
-            let cgroup = Cgroup::open(&left.cgroup);
+            let cgroup = Cgroup::open(&left.name);
             cgroup.kill_all();
             let _ = cgroup.remove();
-            if NetNs::exists(&left.sandbox) {
-                let _ = NetNs::delete_by_name(&left.sandbox);
+            if NetNs::exists(&left.name) {
+                let _ = NetNs::delete_by_name(&left.name);
             }
         }
         let _ = std::fs::remove_dir_all(entry.path());

@@ -412,7 +412,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, manager: std::sync::Weak<Manager
                 // One task per stream: a long poll must not hold up heartbeats.
                 tokio::spawn(async move {
                     let answer = match transport::read_message::<Request>(&mut recv).await {
-                        Ok(request) => m.handle_async(request, peer.as_ref()).await,
+                        Ok(request) => m.handle(request, peer.as_ref()).await,
                         Err(e) => Response::Error { message: e.to_string() },
                     };
                     drop(m);
@@ -444,35 +444,34 @@ impl Manager {
         Duration::from_secs(self.config.heartbeat_secs)
     }
 
-    async fn handle_async(&self, request: Request, peer: Option<&(String, Role)>) -> Response {
-        let node = match (&request, peer) {
-            (Request::Assignments { .. } | Request::Report { .. }, Some((id, _))) => id.clone(),
-            (Request::Assignments { .. } | Request::Report { .. }, None) => {
-                return Response::Error { message: "dispatching needs the node's certificate".into() };
-            }
-            _ => return self.handle(request, peer),
+    /// The node a dispatch request comes from: it must hold a certificate
+    /// of a node still in the swarm.
+    fn dispatched_node<'a>(&self, peer: Option<&'a (String, Role)>) -> Result<&'a str, String> {
+        let Some((id, _)) = peer else {
+            return Err("dispatching needs the node's certificate".into());
         };
-        if !matches!(self.store.node(&node), Ok(Some(_))) {
-            return Response::Error { message: "this node was removed from the swarm".into() };
+        if !matches!(self.store.node(id), Ok(Some(_))) {
+            return Err("this node was removed from the swarm".into());
         }
-        match request {
-            Request::Assignments { known } => {
-                let (digest, tasks) = self.assignments_after(&node, known, Duration::from_secs(5)).await;
-                Response::Assignments { digest, tasks }
-            }
-            Request::Report { reports } => {
-                self.apply_reports(&node, reports);
-                Response::Ok { heartbeat_secs: self.config.heartbeat_secs }
-            }
-            _ => unreachable!("matched above"),
-        }
+        Ok(id)
     }
 
-    fn handle(&self, request: Request, peer: Option<&(String, Role)>) -> Response {
+    async fn handle(&self, request: Request, peer: Option<&(String, Role)>) -> Response {
         match request {
-            Request::Assignments { .. } | Request::Report { .. } => {
-                Response::Error { message: "dispatching is asynchronous".into() }
-            }
+            Request::Assignments { known } => match self.dispatched_node(peer) {
+                Ok(node) => {
+                    let (digest, tasks) = self.assignments_after(node, known, Duration::from_secs(5)).await;
+                    Response::Assignments { digest, tasks }
+                }
+                Err(message) => Response::Error { message },
+            },
+            Request::Report { reports } => match self.dispatched_node(peer) {
+                Ok(node) => {
+                    self.apply_reports(node, reports);
+                    Response::Ok { heartbeat_secs: self.config.heartbeat_secs }
+                }
+                Err(message) => Response::Error { message },
+            },
             Request::Join { secret, csr, info } => self.join(secret, &csr, &info),
             Request::Renew { csr } => {
                 let Some((id, role)) = peer else {

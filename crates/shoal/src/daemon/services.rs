@@ -122,10 +122,6 @@ fn validate_name(name: &str) -> Result<(), ApiError> {
 }
 
 impl Manager {
-    fn orchestration(&self) -> &Orchestration {
-        &self.orch
-    }
-
     /// Runs the orchestrator once over the world, the nodes and the IPAM,
     /// and announces what changed; stores the world if `store` (or marks it
     /// unsaved for the next tick).
@@ -142,7 +138,7 @@ impl Manager {
         store: bool,
         change: impl FnOnce(&mut World) -> Result<R, ApiError>,
     ) -> Result<R, ApiError> {
-        let orch = self.orchestration();
+        let orch = &self.orch;
         let mut world = orch.world.lock().unwrap_or_else(|e| e.into_inner());
         let before = world.clone();
         let result = change(&mut world)?;
@@ -184,14 +180,14 @@ impl Manager {
         }
     }
 
-    /// A copy of the world.
-    pub fn world(&self) -> World {
-        self.orchestration().world.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// Reads the world under its lock (copying only what `f` takes).
+    fn read<R>(&self, f: impl FnOnce(&World) -> R) -> R {
+        f(&self.orch.world.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Every service, by name.
     pub fn services(&self) -> Vec<Service> {
-        let mut all: Vec<Service> = self.world().services.into_values().collect();
+        let mut all: Vec<Service> = self.read(|w| w.services.values().cloned().collect());
         all.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
         all
     }
@@ -306,18 +302,19 @@ impl Manager {
 
     /// The services using a network (`network rm` refuses while any does).
     pub fn network_users(&self, network: &str) -> Vec<String> {
-        self.world()
-            .services
-            .values()
-            .filter(|s| s.spec.task.networks.iter().any(|n| n == network))
-            .map(|s| s.spec.name.clone())
-            .collect()
+        self.read(|w| {
+            w.services
+                .values()
+                .filter(|s| s.spec.task.networks.iter().any(|n| n == network))
+                .map(|s| s.spec.name.clone())
+                .collect()
+        })
     }
 
     /// The tasks of a service, newest first within each slot.
     pub fn service_tasks(&self, service_id: &str) -> Vec<Task> {
         let mut tasks: Vec<Task> =
-            self.world().tasks.into_values().filter(|t| t.service_id == service_id).collect();
+            self.read(|w| w.tasks.values().filter(|t| t.service_id == service_id).cloned().collect());
         tasks.sort_by(|a, b| {
             (a.slot, a.node_id.clone(), std::cmp::Reverse(a.created_ms)).cmp(&(
                 b.slot,
@@ -330,15 +327,15 @@ impl Manager {
 
     /// One task by id or id prefix.
     pub fn find_task(&self, id: &str) -> Result<Task, ApiError> {
-        let world = self.world();
-        let tasks: Vec<Task> = world.tasks.into_values().collect();
+        // Tasks have no names: only ids that start with `id` can match.
+        let tasks: Vec<Task> =
+            self.read(|w| w.tasks.values().filter(|t| t.id.starts_with(id)).cloned().collect());
         pick(tasks, id, "task", |t| (&t.id, &t.id))
     }
 
     /// The tasks assigned to `node`, and a digest of them for long polls.
     pub fn assignments(&self, node: &str) -> (u64, Vec<Task>) {
-        let world = self.orchestration().world.lock().unwrap_or_else(|e| e.into_inner());
-        let tasks: Vec<Task> = world.assigned_to(node).cloned().collect();
+        let tasks: Vec<Task> = self.read(|w| w.assigned_to(node).cloned().collect());
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         for t in &tasks {
@@ -351,7 +348,7 @@ impl Manager {
     /// `known`, or after `limit` (a long poll).
     pub async fn assignments_after(&self, node: &str, known: u64, limit: Duration) -> (u64, Vec<Task>) {
         // Subscribe before looking, so a change in between is not missed.
-        let mut changes = self.orchestration().changed.subscribe();
+        let mut changes = self.orch.changed.subscribe();
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let (digest, tasks) = self.assignments(node);
@@ -369,7 +366,7 @@ impl Manager {
     /// into the world (reconciled at once, so a task that ended is replaced
     /// now and waiting dispatchers wake; stored at the next tick).
     pub fn apply_reports(&self, node: &str, reports: Vec<Report>) {
-        let orch = self.orchestration();
+        let orch = &self.orch;
         let mut statuses = Vec::new();
         {
             let world = orch.world.lock().unwrap_or_else(|e| e.into_inner());
@@ -407,7 +404,7 @@ impl Manager {
 
     /// Output of the given tasks, in time order: (task id, line).
     pub fn logs(&self, tasks: &[String]) -> Vec<(String, LogLine)> {
-        let logs = self.orchestration().logs.lock().unwrap_or_else(|e| e.into_inner());
+        let logs = self.orch.logs.lock().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<(String, LogLine)> = tasks
             .iter()
             .flat_map(|t| logs.get(t).into_iter().flatten().map(move |l| (t.clone(), l.clone())))
@@ -425,7 +422,7 @@ pub async fn local_agent_loop(
     mut reports: tokio::sync::mpsc::UnboundedReceiver<Report>,
 ) {
     let mut changes = match manager.upgrade() {
-        Some(m) => m.orchestration().changed.subscribe(),
+        Some(m) => m.orch.changed.subscribe(),
         None => return,
     };
     let mut last = None;

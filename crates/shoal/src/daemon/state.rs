@@ -335,15 +335,14 @@ impl State {
 
     fn route(&self, network: u32, record: &EndpointRecord, owner: shoal_gossip::NodeId) {
         let Some(vni) = Vni::new(network) else { return };
-        let Ok(subnet) = record.subnet.parse::<Ipv4Cidr>() else { return };
-        if self.dataplane.tables().subnet(vni).is_none() {
+        let Some(local) = self.dataplane.subnet(vni) else {
             return; // no local endpoint on this network
+        };
+        if record.subnet.parse::<Ipv4Cidr>() != Ok(local) {
+            tracing::warn!(%owner, ip = %record.ip, subnet = %record.subnet, %local, "remote endpoint on another subnet");
+            return;
         }
-        let programmed = self
-            .dataplane
-            .add_network(vni, subnet)
-            .and_then(|()| self.dataplane.set_remote(vni, record.ip, record.node));
-        if let Err(e) = programmed {
+        if let Err(e) = self.dataplane.set_remote(vni, record.ip, record.node) {
             tracing::warn!(%owner, ip = %record.ip, error = %e, "cannot route to remote endpoint");
         }
     }
