@@ -15,14 +15,14 @@ node() { local n=$1; shift; step shoal lab exec --name "$NAME" "$n" -- "$@"; }
 quiet() { local n=$1; shift; shoal lab exec --name "$NAME" "$n" -- "$@"; }
 # The id and node of the first running task of service $1 on node $2.
 task_on() {
-  quiet node1 shoal service ps --format json "$1" | python3 -c '
+  quiet node1 shoal service ps --no-trunc --format json "$1" | python3 -c '
 import json, sys
 for line in sys.stdin:
     t = json.loads(line)
-    if t["desired"] == "running" and t["status"]["state"] == "running" and t["node"] == sys.argv[1]:
-        print(t["id"]); break' "$2"
+    if t["DesiredState"] == "Running" and t["CurrentState"].startswith("Running") and t["Node"] == sys.argv[1]:
+        print(t["ID"]); break' "$2"
 }
-ip_of() { quiet node1 shoal task inspect "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["attachments"][0]["ip"])'; }
+ip_of() { quiet node1 shoal task inspect "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["NetworksAttachments"][0]["Addresses"][0].split("/")[0])'; }
 
 step shoal lab up --nodes 3 --name "$NAME"
 step shoal lab ls

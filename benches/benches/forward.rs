@@ -2,6 +2,8 @@
 //! one node and decapsulate it on the other, against a baseline that only
 //! copies the same bytes once each way (the least any data plane does).
 
+#![forbid(unsafe_code)]
+
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 

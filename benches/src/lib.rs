@@ -1,6 +1,9 @@
 //! Helpers shared by Shoal's benchmark programs: medians, and running the
 //! standard measuring tools (iperf3, sockperf) between lab namespaces.
 
+#![forbid(unsafe_code)]
+
+use std::net::Ipv4Addr;
 use std::process::Output;
 use std::time::Duration;
 
@@ -61,7 +64,6 @@ fn iperf(
         if out.status.success() && !last["end"][key].is_null() {
             return last;
         }
-        std::thread::sleep(Duration::from_millis(500));
     }
     panic!("iperf3 to {server_ip} reported no result three times; last error: {}", last["error"])
 }
@@ -95,9 +97,16 @@ pub fn sockperf_rtt(
     port: u16,
     seconds: u32,
 ) -> (f64, f64) {
+    let ip: Ipv4Addr = server_ip.parse().expect("server_ip is an IPv4 address");
+    let server_pid = spawn_in(lab, server, "sockperf", &["server", "-i", server_ip, "-p", &port.to_string()]);
+    let listening = netns_tests::wait_until(Duration::from_secs(5), || {
+        udp_bound(server_pid, ip, port) || !lab.is_running(server_pid)
+    });
+    assert!(
+        listening && lab.is_running(server_pid),
+        "sockperf server on {server_ip}:{port} in {server} did not start (is sockperf installed?)"
+    );
     let port = port.to_string();
-    let server_pid = spawn_in(lab, server, "sockperf", &["server", "-i", server_ip, "-p", &port]);
-    std::thread::sleep(Duration::from_millis(300));
     let out = Lab::run_in(
         client,
         "sockperf",
@@ -117,13 +126,44 @@ pub fn sockperf_rtt(
     (percentile("50.000"), percentile("99.000"))
 }
 
+/// Whether a UDP socket is bound to `ip:port` (or the wildcard address and
+/// `port`) in the network namespace of process `pid`, from its
+/// `/proc/PID/net/udp`.
+fn udp_bound(pid: u32, ip: Ipv4Addr, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/udp")) else { return false };
+    // local_address is "ADDRESS:PORT" in hex: the address as the kernel's
+    // u32 in host byte order, the port in host byte order.
+    let local = |ip: Ipv4Addr| format!("{:08X}:{port:04X}", u32::from_ne_bytes(ip.octets()));
+    let wanted = [local(ip), local(Ipv4Addr::UNSPECIFIED)];
+    table
+        .lines()
+        .skip(1)
+        .any(|line| line.split_whitespace().nth(1).is_some_and(|l| wanted.iter().any(|w| w == l)))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::median;
+    use std::net::{Ipv4Addr, UdpSocket};
+
+    use super::{median, udp_bound};
 
     #[test]
     fn median_of_odd_and_even_counts() {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+
+    #[test]
+    fn a_bound_udp_socket_is_seen_until_it_closes() {
+        let me = std::process::id();
+        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        assert!(udp_bound(me, Ipv4Addr::LOCALHOST, port));
+        assert!(!udp_bound(me, Ipv4Addr::new(127, 0, 0, 2), port), "another address");
+        drop(socket);
+        assert!(!udp_bound(me, Ipv4Addr::LOCALHOST, port));
+        let wildcard = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+        let port = wildcard.local_addr().unwrap().port();
+        assert!(udp_bound(me, Ipv4Addr::LOCALHOST, port), "the wildcard address covers every address");
     }
 }

@@ -43,7 +43,7 @@ impl Cluster {
     /// hosts join as workers.
     pub fn start_swarm(hosts: usize) -> Cluster {
         let c = Cluster::start_bare(hosts);
-        c.cli(0, &["swarm", "init", "--dispatcher-heartbeat", "1"]);
+        c.cli(0, &["swarm", "init", "--dispatcher-heartbeat", "1s"]);
         let token = c.cli(0, &["swarm", "join-token", "-q", "worker"]).trim().to_owned();
         let manager = format!("{}:2377", c.lab.host(0).underlay);
         for i in 1..hosts {

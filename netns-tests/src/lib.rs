@@ -5,6 +5,8 @@
 //! Every test calls [`require_root`] first: without root it fails with a
 //! message saying so.
 
+#![forbid(unsafe_code)]
+
 pub mod cluster;
 
 use std::io::{Read, Write};

@@ -2,6 +2,8 @@
 //! seed, endpoints learnt with no static configuration, crash detection,
 //! restarts, partitions, loss, and sealing.
 
+#![forbid(unsafe_code)]
+
 use std::net::{Ipv4Addr, UdpSocket};
 use std::time::Duration;
 

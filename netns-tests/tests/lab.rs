@@ -1,5 +1,7 @@
 //! `shoal lab up|ls|exec|down` as a user runs them.
 
+#![forbid(unsafe_code)]
+
 use std::process::Command;
 
 use netns_tests::{require_root, shoal_bin};

@@ -4,6 +4,8 @@
 //! interoperates with the Linux kernel's vxlan device, and nothing is left
 //! behind.
 
+#![forbid(unsafe_code)]
+
 use std::net::{Ipv4Addr, UdpSocket};
 use std::time::Duration;
 

@@ -17,10 +17,30 @@ fn swarm() -> Cluster {
     c
 }
 
+/// The tasks of `service`, newest first per slot: docker's task object
+/// (`task inspect`), with the hostname of its node under `Node`, as
+/// `service ps --format json` names it.
 fn tasks(c: &Cluster, service: &str) -> Vec<Value> {
-    c.cli(0, &["service", "ps", "--format", "json", service])
+    let rows: Vec<Value> = c
+        .cli(0, &["service", "ps", "--no-trunc", "--format", "json", service])
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let mut args = vec!["task", "inspect"];
+    args.extend(rows.iter().map(|r| r["ID"].as_str().expect("an ID")));
+    if rows.is_empty() {
+        return Vec::new();
+    }
+    // A task dropped from history meanwhile is left out (and named on stderr).
+    let out = c.try_cli(0, &args);
+    let objects: Vec<Value> = serde_json::from_slice(&out.stdout).expect("a JSON array");
+    objects
+        .into_iter()
+        .map(|mut t| {
+            let row = rows.iter().find(|r| r["ID"] == t["ID"]).expect("listed");
+            t["Node"] = row["Node"].clone();
+            t
+        })
         .collect()
 }
 
@@ -28,8 +48,8 @@ fn tasks(c: &Cluster, service: &str) -> Vec<Value> {
 fn running(c: &Cluster, service: &str) -> Vec<(String, String)> {
     tasks(c, service)
         .iter()
-        .filter(|t| t["desired"] == "running" && t["status"]["state"] == "running")
-        .map(|t| (t["id"].as_str().unwrap().to_owned(), t["node"].as_str().unwrap_or("").to_owned()))
+        .filter(|t| t["DesiredState"] == "running" && t["Status"]["State"] == "running")
+        .map(|t| (t["ID"].as_str().unwrap().to_owned(), t["Node"].as_str().unwrap_or("").to_owned()))
         .collect()
 }
 
@@ -48,7 +68,8 @@ fn host_of(node: &str) -> usize {
 /// A task's overlay address.
 fn ip_of(c: &Cluster, task: &str) -> String {
     let t: Value = serde_json::from_str(&c.cli(0, &["task", "inspect", task])).unwrap();
-    t["attachments"][0]["ip"].as_str().expect("an address").to_owned()
+    let addr = t[0]["NetworksAttachments"][0]["Addresses"][0].as_str().expect("an address");
+    addr.split('/').next().unwrap().to_owned()
 }
 
 /// The cgroup name of a task on host `i` (the daemon's task prefix is the
@@ -182,12 +203,13 @@ fn replicas_spread_talk_scale_roll_restart_and_leave_nothing() {
     let mut max_down = 0;
     loop {
         let ts = tasks(&c, "web");
-        let wanted: Vec<&Value> = ts.iter().filter(|t| t["desired"] == "running").collect();
-        let down = 5 - wanted.iter().filter(|t| t["status"]["state"] == "running").count();
+        let inspect: Value = serde_json::from_str(&c.cli(0, &["service", "inspect", "web"])).unwrap();
+        let current = &inspect[0]["Spec"]["TaskTemplate"];
+        let wanted: Vec<&Value> = ts.iter().filter(|t| t["DesiredState"] == "running").collect();
+        let down = 5 - wanted.iter().filter(|t| t["Status"]["State"] == "running").count();
         max_down = max_down.max(down);
         let updated =
-            wanted.iter().filter(|t| t["status"]["state"] == "running" && t["current"] == true).count();
-        let inspect: Value = serde_json::from_str(&c.cli(0, &["service", "inspect", "web"])).unwrap();
+            wanted.iter().filter(|t| t["Status"]["State"] == "running" && t["Spec"] == *current).count();
         if updated == 5 && inspect[0]["UpdateStatus"]["State"] == "completed" {
             break;
         }
@@ -228,9 +250,9 @@ fn replicas_spread_talk_scale_roll_restart_and_leave_nothing() {
         "the killed task was replaced: {:?}",
         tasks(&c, "web")
     );
-    let dead = tasks(&c, "web").into_iter().find(|t| t["id"] == victim.as_str()).unwrap();
-    assert_eq!(dead["status"]["state"], "failed");
-    assert_eq!(dead["status"]["err"], "task: non-zero exit (137)");
+    let dead = tasks(&c, "web").into_iter().find(|t| t["ID"] == victim.as_str()).unwrap();
+    assert_eq!(dead["Status"]["State"], "failed");
+    assert_eq!(dead["Status"]["Err"], "task: non-zero exit (137)");
 
     // A label constraint places tasks only on labelled nodes.
     c.cli(0, &["node", "update", "--label-add", "disk=ssd", "node3"]);
@@ -277,9 +299,9 @@ fn replicas_spread_talk_scale_roll_restart_and_leave_nothing() {
     );
     assert!(!out.status.success(), "a task over its memory limit does not converge");
     let hog = tasks(&c, "hog");
-    assert_eq!(hog[0]["status"]["state"], "failed", "{hog:?}");
-    assert!(hog[0]["status"]["err"].as_str().unwrap().contains("out of memory"), "{hog:?}");
-    assert_eq!(hog[0]["status"]["exit_code"], 137);
+    assert_eq!(hog[0]["Status"]["State"], "failed", "{hog:?}");
+    assert!(hog[0]["Status"]["Err"].as_str().unwrap().contains("out of memory"), "{hog:?}");
+    assert_eq!(hog[0]["Status"]["ContainerStatus"]["ExitCode"], 137);
 
     // Removing the services leaves nothing behind.
     let out = c.cli(0, &["service", "rm", "web", "ssd", "nowhere", "hog"]);
@@ -337,7 +359,7 @@ fn worker_down_and_drain_move_tasks() {
         tasks(&c, "web")
     );
     assert!(c.cli(0, &["node", "ls"]).lines().any(|l| l.contains("node3") && l.contains("Down")));
-    let orphaned = tasks(&c, "web").into_iter().filter(|t| t["status"]["state"] == "orphaned").count();
+    let orphaned = tasks(&c, "web").into_iter().filter(|t| t["Status"]["State"] == "orphaned").count();
     assert_eq!(orphaned, 2, "the down node's tasks are marked orphaned");
     assert!(!per_node(&c, "agent").contains_key("node3"), "a global task is not moved off a down node");
     assert_eq!(per_node(&c, "agent").len(), 2);
@@ -386,7 +408,7 @@ fn bad_flags_and_unknown_names_fail_clearly() {
         (&["service", "create", "--replicas", "many", "sleep", "1"], "invalid value 'many' for '--replicas"),
         (
             &["service", "create", "--restart-condition", "sometimes", "sleep", "1"],
-            "must be one of \"none\", \"on-failure\" or \"any\"",
+            "[possible values: none, on-failure, any]",
         ),
         (&["service", "create", "--limit-memory", "lots", "sleep", "1"], "invalid size \"lots\""),
         (&["service", "create", "-p", "8080", "sleep", "1"], "use PUBLISHED:TARGET"),
@@ -465,7 +487,7 @@ fn task_runtime_user_workdir_env_health_and_stop() {
     let lines: Vec<&str> = inside.lines().collect();
     assert_eq!(&lines[..4], ["nobody", "/var", "boxy", "hello world"], "{inside}");
     assert!(
-        wait_until(Duration::from_secs(10), || tasks(&c, "box")[0]["status"]["health"] == "healthy"),
+        wait_until(Duration::from_secs(10), || tasks(&c, "box")[0]["Status"]["Health"] == "healthy"),
         "the healthcheck reports healthy: {:?}",
         tasks(&c, "box")
     );
@@ -504,13 +526,13 @@ fn task_runtime_user_workdir_env_health_and_stop() {
     assert!(
         wait_until(Duration::from_secs(20), || tasks(&c, "sick")
             .iter()
-            .any(|t| t["status"]["state"] == "failed")),
+            .any(|t| t["Status"]["State"] == "failed")),
         "the unhealthy task failed: {:?}",
         tasks(&c, "sick")
     );
-    let failed = tasks(&c, "sick").into_iter().find(|t| t["status"]["state"] == "failed").unwrap();
-    assert_eq!(failed["status"]["health"], "unhealthy");
-    assert!(failed["status"]["err"].as_str().unwrap().contains("healthcheck failed 2 times"), "{failed}");
+    let failed = tasks(&c, "sick").into_iter().find(|t| t["Status"]["State"] == "failed").unwrap();
+    assert_eq!(failed["Status"]["Health"], "unhealthy");
+    assert!(failed["Status"]["Err"].as_str().unwrap().contains("healthcheck failed 2 times"), "{failed}");
 
     // A task that ignores its stop signal is killed after the grace period.
     c.cli(
@@ -532,7 +554,7 @@ fn task_runtime_user_workdir_env_health_and_stop() {
     assert!(
         wait_until(Duration::from_secs(20), || tasks(&c, "stubborn")
             .iter()
-            .any(|t| t["id"] == stubborn.as_str() && t["status"]["state"] == "shutdown")),
+            .any(|t| t["ID"] == stubborn.as_str() && t["Status"]["State"] == "shutdown")),
         "the stubborn task was stopped: {:?}",
         tasks(&c, "stubborn")
     );

@@ -11,6 +11,7 @@
 //! 1400-byte payloads. Prints medians and ratios; the last line is
 //! `overlay_tcp_ratio_vs_kernel_vxlan=<ratio>`.
 
+#![forbid(unsafe_code)]
 #![allow(clippy::print_stdout)]
 
 use std::collections::BTreeMap;

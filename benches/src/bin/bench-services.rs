@@ -6,6 +6,7 @@
 //! Rounds interleave Shoal and baseline; medians are reported. The last
 //! line is `service_converge_10_ratio_vs_unshare=<ratio>`.
 
+#![forbid(unsafe_code)]
 #![allow(clippy::print_stdout)]
 
 use std::process::{Command, Stdio};
@@ -25,7 +26,7 @@ fn converged(c: &Cluster, service: &str, replicas: usize) -> bool {
     let running = out
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|t| t["status"]["state"] == "running")
+        .filter(|t| t["CurrentState"].as_str().is_some_and(|s| s.starts_with("Running")))
         .count();
     running == replicas
 }

@@ -1,5 +1,6 @@
-//! The cluster control plane's pure parts: the cluster CA and node
-//! certificates, join tokens, and the durable store of cluster state.
+//! The cluster control plane's parts below the agent: the cluster CA and
+//! node certificates, join tokens, IPAM, the durable store of cluster
+//! state, QUIC transport, and the versioned 2377 protocol.
 //!
 //! Invariants: a node's identity (id and role) is whatever the CA signed
 //! into its certificate, never what it claims; a join token names the CA by
@@ -10,11 +11,13 @@
 
 pub mod ca;
 pub mod ipam;
+pub mod protocol;
 pub mod store;
 pub mod token;
 pub mod transport;
 
 pub use ca::{CaError, ClusterCa, Role, Subject};
 pub use ipam::{Ipam, IpamError, NetworkAlloc};
-pub use store::{ClusterState, NetworkRecord, NodeRecord, Store, StoreError};
+pub use protocol::{LogLine, NodeInfo, ProtocolError, Report, Request, Response};
+pub use store::{Availability, ClusterState, NetworkRecord, NodeRecord, NodeState, Store, StoreError};
 pub use token::{JoinToken, TokenError};

@@ -9,6 +9,8 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+pub use shoal_sched::Availability;
+
 use crate::ca::{ClusterCa, Role};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -59,6 +61,27 @@ fn default_cert_expiry() -> u64 {
     crate::ca::NODE_CERT_VALIDITY.as_secs()
 }
 
+/// Whether a node's heartbeats arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// Heartbeating.
+    #[default]
+    Ready,
+    /// Three heartbeats missed.
+    Down,
+}
+
+impl NodeState {
+    /// The name docker prints: `Ready`, `Down`.
+    pub fn title(self) -> &'static str {
+        match self {
+            NodeState::Ready => "Ready",
+            NodeState::Down => "Down",
+        }
+    }
+}
+
 /// A node as the manager records it (docker's node object, simplified).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -68,14 +91,14 @@ pub struct NodeRecord {
     pub hostname: String,
     /// Role.
     pub role: Role,
-    /// `active`, `pause` or `drain`.
-    pub availability: String,
+    /// Whether it takes tasks.
+    pub availability: Availability,
     /// Node labels.
     pub labels: BTreeMap<String, String>,
     /// Underlay address.
     pub addr: String,
-    /// `ready` or `down`.
-    pub state: String,
+    /// Whether it heartbeats.
+    pub state: NodeState,
     /// OS, as docker prints it.
     pub os: String,
     /// Architecture.
@@ -262,10 +285,10 @@ mod tests {
             id: id.into(),
             hostname: "node1".into(),
             role: Role::Manager,
-            availability: "active".into(),
+            availability: Availability::Active,
             labels: BTreeMap::from([("zone".into(), "a".into())]),
             addr: "198.18.0.1".into(),
-            state: "ready".into(),
+            state: NodeState::Ready,
             os: "linux".into(),
             arch: "x86_64".into(),
             cpus: 2,
@@ -307,6 +330,9 @@ mod tests {
         assert_eq!((cluster.id.as_str(), cluster.worker_secret), ("c1", [1; 16]));
         assert_eq!(store.nodes().unwrap(), vec![node("a")]);
         assert_eq!(store.node("a").unwrap().unwrap().labels["zone"], "a");
+        // The typed fields keep the stored spelling of earlier builds.
+        let text = serde_json::to_string(&node("a")).unwrap();
+        assert!(text.contains(r#""availability":"active""#) && text.contains(r#""state":"ready""#), "{text}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

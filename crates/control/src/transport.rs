@@ -8,8 +8,9 @@
 //! certificate signed by the cluster CA (or none, for the join request
 //! alone), and learns the node's id and role from it.
 //!
-//! Requests are JSON messages on bidirectional streams, each prefixed with
-//! a u32 length that is checked before anything is allocated.
+//! Requests are JSON messages in [`protocol`](crate::protocol) envelopes on
+//! bidirectional streams, each prefixed with a u32 length that is checked
+//! before anything is allocated.
 
 use std::sync::Arc;
 
@@ -45,6 +46,9 @@ pub enum TransportError {
     /// A message was too long or did not decode.
     #[error("bad control message: {0}")]
     Message(String),
+    /// The peer speaks another protocol version, or sent no envelope.
+    #[error(transparent)]
+    Protocol(#[from] crate::protocol::ProtocolError),
 }
 
 fn tls<E: std::fmt::Display>(e: E) -> TransportError {
@@ -199,12 +203,12 @@ pub fn peer_node(conn: &quinn::Connection) -> Option<(String, Role)> {
     Some((id, role))
 }
 
-/// Writes one length-prefixed JSON message.
+/// Writes one length-prefixed message in its protocol envelope.
 pub async fn write_message<T: Serialize>(
     send: &mut quinn::SendStream,
     message: &T,
 ) -> Result<(), TransportError> {
-    let body = serde_json::to_vec(message).map_err(|e| TransportError::Message(e.to_string()))?;
+    let body = crate::protocol::encode(message);
     let len = u32::try_from(body.len()).map_err(|_| TransportError::Message("too long".into()))?;
     send.write_all(&len.to_be_bytes()).await.map_err(|e| TransportError::Connection(e.to_string()))?;
     send.write_all(&body).await.map_err(|e| TransportError::Connection(e.to_string()))
@@ -213,7 +217,7 @@ pub async fn write_message<T: Serialize>(
 /// How long a peer may take to send one message.
 pub const MESSAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Reads one length-prefixed JSON message. Memory grows only as bytes
+/// Reads one length-prefixed message and opens its protocol envelope. Memory grows only as bytes
 /// arrive (never to a length merely claimed), and a silent peer is dropped
 /// after [`MESSAGE_TIMEOUT`].
 pub async fn read_message<T: DeserializeOwned>(recv: &mut quinn::RecvStream) -> Result<T, TransportError> {
@@ -237,7 +241,7 @@ pub async fn read_message<T: DeserializeOwned>(recv: &mut quinn::RecvStream) -> 
                 None => return Err(TransportError::Message("stream ended inside a message".into())),
             }
         }
-        serde_json::from_slice(&body).map_err(|e| TransportError::Message(e.to_string()))
+        Ok(crate::protocol::decode(&body)?)
     };
     tokio::time::timeout(MESSAGE_TIMEOUT, read)
         .await

@@ -71,11 +71,17 @@ pub enum DropReason {
     TunWriteFailed,
     /// Sending on the underlay socket failed.
     UdpSendFailed,
+    /// Receiving on the VXLAN socket failed: counted once per failed
+    /// receive, since how many datagrams it cost is unknown.
+    UdpReceiveFailed,
+    /// A datagram from an underlay sender that is not IPv4: the underlay is
+    /// IPv4, and so are the node addresses the tables hold.
+    NonIpv4Underlay,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::Truncated,
         DropReason::BadVxlanFlags,
         DropReason::UnknownVni,
@@ -90,6 +96,8 @@ impl DropReason {
         DropReason::TunReadFailed,
         DropReason::TunWriteFailed,
         DropReason::UdpSendFailed,
+        DropReason::UdpReceiveFailed,
+        DropReason::NonIpv4Underlay,
     ];
 
     /// The snake_case name used in stats and metrics.
@@ -109,6 +117,8 @@ impl DropReason {
             DropReason::TunReadFailed => "tun_read_failed",
             DropReason::TunWriteFailed => "tun_write_failed",
             DropReason::UdpSendFailed => "udp_send_failed",
+            DropReason::UdpReceiveFailed => "udp_receive_failed",
+            DropReason::NonIpv4Underlay => "non_ipv4_underlay",
         }
     }
 
@@ -119,6 +129,7 @@ impl DropReason {
 
 /// What to do with a packet read from a local endpoint's TUN.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "a verdict to carry out: write the packet, send the frame, or count the drop"]
 pub enum Egress {
     /// Write `packet` (a range of the buffer) into another local endpoint.
     Local {
@@ -143,6 +154,7 @@ pub enum Egress {
 
 /// What to do with a datagram received on the VXLAN port.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "a verdict to carry out: deliver the packet or count the drop"]
 pub enum Ingress {
     /// Write `packet` (a range of the datagram) into a local endpoint.
     Deliver {
@@ -462,7 +474,7 @@ impl Counters {
 }
 
 /// Counter values at one moment.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CounterSnapshot {
     /// Packets sent to other nodes.
     pub encapsulated: u64,

@@ -450,20 +450,20 @@ async fn receive_loop(shared: Arc<Shared>) {
             Ok(n) => n,
             Err(e) => {
                 tracing::debug!(error = %e, "VXLAN receive failed");
+                shared.counters.drop(DropReason::UdpReceiveFailed, 1);
                 continue;
             }
         };
         let snapshot = shared.snapshot.load();
         for (meta, buf) in metas.iter().zip(&storage).take(n) {
-            let from = match meta.addr.ip() {
-                IpAddr::V4(v4) => v4,
-                IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                    Some(v4) => v4,
-                    None => continue,
-                },
+            let received = &buf[..meta.len.min(buf.len())];
+            let Some(from) = underlay_sender(meta.addr) else {
+                tracing::trace!(from = %meta.addr, reason = DropReason::NonIpv4Underlay.name(), "ingress drop");
+                let n = datagrams(received, meta.stride).count();
+                shared.counters.drop(DropReason::NonIpv4Underlay, n as u64);
+                continue;
             };
-            let stride = meta.stride.max(1);
-            for datagram in buf[..meta.len.min(buf.len())].chunks(stride) {
+            for datagram in datagrams(received, meta.stride) {
                 match snapshot.tables.ingress(from, datagram) {
                     Ingress::Deliver { to, packet } => {
                         writer.push(to, &datagram[packet]);
@@ -480,6 +480,22 @@ async fn receive_loop(shared: Arc<Shared>) {
         }
         writer.flush(&snapshot, &shared.counters, Delivery::Decapsulated).await;
     }
+}
+
+/// The IPv4 address of a datagram's sender (unmapped, if the socket reports
+/// it as IPv4-mapped IPv6), or `None` for an IPv6 sender.
+fn underlay_sender(addr: SocketAddr) -> Option<Ipv4Addr> {
+    match addr.ip() {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+    }
+}
+
+/// The datagrams of one receive: UDP GRO coalesces datagrams of `stride`
+/// bytes (the last may be shorter) into one buffer. An empty datagram is
+/// one datagram too, so that it is counted.
+fn datagrams(received: &[u8], stride: usize) -> impl Iterator<Item = &[u8]> {
+    received.chunks(stride.max(1)).chain(received.is_empty().then_some(received))
 }
 
 // === impl TunWriter ===
@@ -548,5 +564,57 @@ impl TunWriter {
         }
         self.active = 0;
         self.queued = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv6Addr;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn underlay_senders_are_ipv4_or_ipv4_mapped() {
+        let v4 = Ipv4Addr::new(198, 18, 0, 1);
+        assert_eq!(underlay_sender(SocketAddr::from((v4, 4789))), Some(v4));
+        assert_eq!(underlay_sender(SocketAddr::from((v4.to_ipv6_mapped(), 4789))), Some(v4));
+        assert_eq!(underlay_sender(SocketAddr::from((Ipv6Addr::LOCALHOST, 4789))), None);
+    }
+
+    #[test]
+    fn a_receive_splits_into_its_gro_segments_and_an_empty_datagram_counts() {
+        let buf = [1u8; 10];
+        let lens: Vec<usize> = datagrams(&buf, 4).map(<[u8]>::len).collect();
+        assert_eq!(lens, [4, 4, 2]);
+        assert_eq!(datagrams(&buf, 10).count(), 1);
+        assert_eq!(datagrams(&[], 0).map(<[u8]>::len).collect::<Vec<_>>(), [0]);
+    }
+
+    /// The simplest receive failure to provoke without privileges: with
+    /// `IP_RECVERR` on, the ICMP port unreachable that answers a datagram
+    /// the socket sent to a closed port fails its next receive with
+    /// ECONNREFUSED.
+    #[tokio::test]
+    async fn a_failed_receive_is_counted() {
+        let loopback = Ipv4Addr::LOCALHOST;
+        let dataplane = Dataplane::start(&DataplaneConfig { port: 0, ..DataplaneConfig::new(loopback) })
+            .expect("start a data plane on loopback");
+        let receiver = &dataplane.shared.receiver.socket;
+        nix::sys::socket::setsockopt(receiver, nix::sys::socket::sockopt::Ipv4RecvErr, &true).unwrap();
+        let peer = tokio::net::UdpSocket::bind((loopback, 0)).await.unwrap();
+        let closed = std::net::UdpSocket::bind((loopback, 0)).unwrap().local_addr().unwrap();
+        receiver.send_to(b"x", closed).await.unwrap();
+        // The receive loop wakes for datagrams only, so keep sending until
+        // one arrives after the ICMP error and the receive reports it.
+        let to = receiver.local_addr().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while dataplane.counters().dropped(DropReason::UdpReceiveFailed) == 0 {
+            assert!(Instant::now() < deadline, "no failed receive counted: {:?}", dataplane.counters());
+            peer.send_to(b"x", to).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(dataplane.counters().dropped(DropReason::UdpReceiveFailed), 1);
+        assert!(dataplane.counters().dropped(DropReason::Truncated) >= 1, "receiving went on");
     }
 }

@@ -5,6 +5,8 @@
 //! no IO. [`driver`] moves packets between the TUN devices of local endpoints
 //! and the node's VXLAN UDP sockets, in batches, and feeds them to the core.
 
+#![forbid(unsafe_code)]
+
 pub mod core;
 pub mod driver;
 

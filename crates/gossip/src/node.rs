@@ -358,6 +358,7 @@ impl GossipNode {
 
     /// Handles one anti-entropy stream frame; returns the frame to answer
     /// with, if any. A frame that does not open or parse ends the stream.
+    #[must_use = "a reply frame must be written back on the stream; an error ends the stream"]
     pub fn handle_frame(&mut self, now: Instant, data: &[u8]) -> Result<Option<Vec<u8>>, FrameError> {
         self.stats.frames_in += 1;
         let (sender, payload) = self.open(data).ok_or(FrameError)?;
@@ -402,6 +403,7 @@ impl GossipNode {
     }
 
     /// The first frame of an anti-entropy stream this node opens.
+    #[must_use = "the frame must be written on the stream just opened"]
     pub fn start_sync(&mut self) -> Vec<u8> {
         self.stats.frames_out += 1;
         let request = SyncRequest { digest: self.tables.digest(), members: self.membership() };
@@ -448,11 +450,13 @@ impl GossipNode {
     // === outputs ===
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.peek().map(|Reverse((at, _))| *at)
     }
 
     /// The next datagram to send.
+    #[must_use = "a polled datagram is gone from the queue: send it"]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         let t = self.transmits.pop_front()?;
         self.stats.datagrams_out += 1;
@@ -461,11 +465,13 @@ impl GossipNode {
     }
 
     /// The next peer to open an anti-entropy stream with.
+    #[must_use = "a polled peer is gone from the queue: open a stream to it"]
     pub fn poll_sync(&mut self) -> Option<SocketAddrV4> {
         self.syncs.pop_front()
     }
 
     /// The next event.
+    #[must_use = "a polled event is gone from the queue: act on it"]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }

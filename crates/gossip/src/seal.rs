@@ -121,6 +121,7 @@ pub struct Sender {
 
 /// Seals `payload` from `sender` under the ring's primary key. `nonce` must be
 /// unique per key: 24 random bytes.
+#[must_use]
 pub fn seal(ring: &KeyRing, sender: Sender, nonce: [u8; 24], payload: &[u8]) -> Vec<u8> {
     let cipher = &ring.keys[&ring.primary];
     let mut plain = Vec::with_capacity(24 + payload.len());
@@ -171,6 +172,7 @@ impl ReplayWindow {
     const SIZE: u64 = 1024;
 
     /// Records `counter`; false if it was seen or is older than the window.
+    #[must_use = "a refused counter is a replay: drop the frame"]
     pub fn accept(&mut self, counter: u64) -> bool {
         if counter > self.highest {
             let shift = counter - self.highest;

@@ -199,6 +199,7 @@ impl Sim {
 
     /// Runs until `done` holds (checked every 50 ms of virtual time) or
     /// `limit` passes; returns the time it took, if it held.
+    #[must_use = "`None` means the condition never held"]
     pub fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Sim) -> bool) -> Option<Duration> {
         let start = self.now;
         let step = Duration::from_millis(50);

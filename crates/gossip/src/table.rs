@@ -240,6 +240,7 @@ impl Tables {
     }
 
     /// Writes one of this node's own rows; returns the delta to gossip.
+    #[must_use = "the delta must be gossiped, or no other node learns the write"]
     pub fn write(&mut self, now: Instant, network: NetworkId, key: RowKey, value: Option<Vec<u8>>) -> Delta {
         let epoch = self.epoch;
         let stream = self.streams.entry((self.local, network)).or_insert_with(|| Stream::new(epoch));

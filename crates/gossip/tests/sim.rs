@@ -2,6 +2,8 @@
 //! replication, failures, partitions and loss. Every scenario is seeded;
 //! a failure names the seed that reproduces it.
 
+#![forbid(unsafe_code)]
+
 use std::time::Duration;
 
 use rand::rngs::StdRng;

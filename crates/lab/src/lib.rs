@@ -10,6 +10,8 @@
 //! panics included; and at start it deletes namespaces of its own prefix left
 //! by runs whose process is gone, and only those.
 
+#![forbid(unsafe_code)]
+
 use std::io;
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -248,8 +250,8 @@ impl Lab {
     /// Takes down a kept lab by name: stops the given processes (SIGTERM,
     /// then SIGKILL after `grace`) and deletes every namespace of the lab.
     pub fn remove(name: &str, pids: &[u32], grace: Duration) {
-        // A pid may have been reused since: signal only processes that still
-        // run inside one of the lab's own namespaces.
+        // A pid may have been reused since: signal only processes whose
+        // command line names one of the lab's own namespaces, or Shoal.
         let own = format!("/run/netns/{name}-");
         let pids: Vec<u32> = pids
             .iter()

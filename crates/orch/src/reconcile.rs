@@ -122,7 +122,9 @@ impl World {
         true
     }
 
-    /// Removes a service: its tasks are stopped, then dropped.
+    /// Removes a service: its tasks are stopped, then dropped. Returns the
+    /// service, whose VIPs the caller releases; `None` if there was none.
+    #[must_use = "the removed service's VIPs must be released"]
     pub fn remove_service(&mut self, id: &str) -> Option<Service> {
         let service = self.services.remove(id)?;
         for task in self.tasks.values_mut().filter(|t| t.service_id == id) {

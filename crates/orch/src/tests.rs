@@ -229,7 +229,7 @@ fn addresses_follow_tasks() {
     sim.fail(&victim, TaskState::Failed);
     sim.run(3);
     assert_eq!(sim.addrs.live.len(), 4, "the failed task's address is freed, its replacement has one");
-    sim.world.remove_service(&web);
+    assert!(sim.world.remove_service(&web).is_some());
     sim.run(2);
     assert!(sim.world.tasks.is_empty());
     assert!(sim.addrs.live.is_empty());

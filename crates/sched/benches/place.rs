@@ -1,7 +1,9 @@
 //! Placing 10,000 tasks on 1,000 nodes with a constraint, a spread
-//! preference and a memory reservation: the scheduler issue's target is
-//! under 100 ms. Baseline: one pass over the nodes per task computing only
-//! the filters (what a naive scheduler costs before choosing anything).
+//! preference and a memory reservation: the target is under 100 ms.
+//! Baseline: one pass over the nodes per task computing only the filters
+//! (what a naive scheduler costs before choosing anything).
+
+#![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hint::black_box;

@@ -24,8 +24,10 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 pub use constraint::{Constraint, ConstraintError};
 
 /// A node's availability, as `node update --availability` sets it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Availability {
+    #[default]
     /// Takes new tasks.
     Active,
     /// Keeps its tasks, takes no new ones.
@@ -151,6 +153,7 @@ fn fails(node: &Node, req: &Requirements) -> Option<Filter> {
 
 /// Whether `node` passes every filter for one more task of `req` (what a
 /// global service asks of each node).
+#[must_use]
 pub fn eligible(node: &Node, req: &Requirements) -> bool {
     fails(node, req).is_none()
 }
@@ -185,6 +188,7 @@ struct SpreadGroup {
 /// Places `count` tasks of the service `req` describes, updating `nodes`
 /// (free resources, task counts, ports) as each is placed. Returns, per
 /// task, the index of its node or why it stays pending.
+#[must_use = "`nodes` already count the placed tasks: assign each to its node or mark it pending"]
 pub fn place(nodes: &mut [Node], req: &Requirements, count: usize) -> Vec<Result<usize, Pending>> {
     // Spread groups: nodes by their values of the preference labels; a node
     // without the label goes in the "" group, as in Swarm.

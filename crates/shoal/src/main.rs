@@ -1,17 +1,16 @@
-//! `shoal`: one binary for the CLI and the node agent.
+//! `shoal`: one binary for the CLI and the node agent (`shoal daemon`,
+//! which `shoal-agent` runs).
 
-mod client;
-mod cluster_cli;
-mod daemon;
-mod lab_cli;
-mod overlay;
-mod service_cli;
+#![forbid(unsafe_code)]
+
+mod cli;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use cli::client::Client;
 
 /// Docker Swarm's networking, rebuilt: overlay, gossip, routing mesh, DNS.
 #[derive(Debug, Parser)]
@@ -31,33 +30,35 @@ enum Command {
     Daemon(DaemonOptions),
     /// Manage the swarm: init, join, join-token, leave
     #[command(subcommand)]
-    Swarm(cluster_cli::SwarmCommand),
+    Swarm(cli::swarm::SwarmCommand),
     /// Manage swarm nodes: ls, inspect, update, promote, demote, rm
     #[command(subcommand)]
-    Node(cluster_cli::NodeCommand),
+    Node(cli::node::NodeCommand),
     /// Manage overlay networks: create, ls, inspect, rm
     #[command(subcommand)]
-    Network(cluster_cli::NetworkCommand),
+    Network(cli::network::NetworkCommand),
     /// Manage services: create, ls, ps, inspect, scale, update, rollback, logs, rm
     #[command(subcommand)]
-    Service(service_cli::ServiceCommand),
+    Service(cli::service::ServiceCommand),
     /// Run commands in tasks of this node: exec, inspect
     #[command(subcommand)]
-    Task(service_cli::TaskCommand),
+    Task(cli::task::TaskCommand),
     /// A local multi-node cluster in network namespaces: up, ls, exec, down
     #[command(subcommand)]
-    Lab(lab_cli::LabCommand),
+    Lab(cli::lab::LabCommand),
     /// Gossip key management
     #[command(subcommand)]
-    Gossip(GossipCommand),
+    Gossip(cli::debug::GossipCommand),
     /// Inspect a daemon's gossip state and manage endpoints by hand
     #[command(subcommand)]
-    Debug(DebugCommand),
-    /// Run or inspect a data plane programmed from a static file (no gossip)
+    Debug(cli::debug::DebugCommand),
+    /// Run or inspect a data plane programmed from a static file, without gossip or a swarm
     #[command(subcommand)]
-    Dataplane(DataplaneCommand),
+    Dataplane(cli::debug::DataplaneCommand),
 }
 
+/// `shoal daemon`'s flags: every setting of the node agent, with its
+/// default.
 #[derive(Debug, Args)]
 struct DaemonOptions {
     /// State directory
@@ -99,136 +100,38 @@ struct DaemonOptions {
     task_prefix: String,
 }
 
-#[derive(Debug, Subcommand)]
-enum GossipCommand {
-    /// Print a new random gossip key line (`1:HEX`) for a key file
-    Keygen,
-}
-
-#[derive(Debug, Subcommand)]
-enum DebugCommand {
-    /// List gossip members and their state
-    Members,
-    /// Dump the replicated tables with versions (like Docker's network diagnostic)
-    Tables,
-    /// Print the daemon's metrics (Prometheus text)
-    Metrics,
-    /// Create or remove endpoints on this node
-    #[command(subcommand)]
-    Endpoint(EndpointCommand),
-}
-
-#[derive(Debug, Subcommand)]
-enum EndpointCommand {
-    /// Create an endpoint: a sandbox with eth0 on an overlay network
-    Add {
-        /// Sandbox (network namespace) name
-        #[arg(long)]
-        sandbox: String,
-        /// Network VNI
-        #[arg(long)]
-        vni: u32,
-        /// Network subnet, such as 10.0.1.0/24
-        #[arg(long)]
-        subnet: String,
-        /// Address in the network
-        #[arg(long)]
-        ip: Ipv4Addr,
-    },
-    /// Remove an endpoint by sandbox name
-    Rm {
-        /// Sandbox name
-        sandbox: String,
-    },
-    /// List this node's endpoints
-    Ls,
-}
-
-#[derive(Debug, Subcommand)]
-enum DataplaneCommand {
-    /// Run this node's data plane: create sandboxes for the endpoints on this
-    /// node, route to the others, until SIGTERM or SIGINT
-    Run {
-        /// JSON file listing networks and endpoints (the same file on every node)
-        #[arg(long)]
-        config: PathBuf,
-        /// This node's underlay address; endpoints whose node is this address are local
-        #[arg(long)]
-        underlay: Ipv4Addr,
-        /// Unix socket to serve counters on; it appears once the data plane is ready
-        #[arg(long)]
-        control: Option<PathBuf>,
-    },
-    /// Print a running data plane's counters and endpoints as JSON
-    Stats {
-        /// The data plane's control socket
-        #[arg(long)]
-        control: PathBuf,
-    },
-}
-
-fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value)?;
-    writeln!(out)?;
-    Ok(())
-}
-
-fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = || client::Client::new(&cli.host);
-    match cli.command {
-        Command::Daemon(o) => daemon::run(daemon::DaemonArgs {
+impl From<DaemonOptions> for shoal_agent::Settings {
+    fn from(o: DaemonOptions) -> shoal_agent::Settings {
+        shoal_agent::Settings {
             data_dir: o.data_dir,
             advertise_addr: o.advertise_addr,
             listen_addr: o.listen_addr.unwrap_or(o.advertise_addr),
             gossip_port: o.gossip_port,
             data_port: o.data_path_port,
+            control_port: o.control_port,
             join: o.join,
             gossip_key_file: o.gossip_key_file,
-            control_port: o.control_port,
-            hostname: o.hostname,
             socket: o.socket,
             mtu: o.mtu,
+            hostname: o.hostname.unwrap_or_else(shoal_agent::Settings::kernel_hostname),
             task_prefix: o.task_prefix,
-        }),
-        Command::Swarm(c) => cluster_cli::swarm(&client()?, c),
-        Command::Node(c) => cluster_cli::node(&client()?, c),
-        Command::Network(c) => cluster_cli::network(&client()?, c),
-        Command::Service(c) => service_cli::service(&client()?, c),
-        Command::Task(c) => service_cli::task(&client()?, c),
-        Command::Lab(c) => lab_cli::run(c),
-        Command::Gossip(GossipCommand::Keygen) => {
-            #[allow(clippy::print_stdout)]
-            {
-                println!("{}", daemon::keygen()?);
-            }
-            Ok(())
         }
-        Command::Debug(DebugCommand::Members) => print_json(&client()?.call("GET", "/v1/members", None)?),
-        Command::Debug(DebugCommand::Tables) => print_json(&client()?.call("GET", "/v1/tables", None)?),
-        Command::Debug(DebugCommand::Metrics) => {
-            #[allow(clippy::print_stdout)]
-            {
-                print!("{}", client()?.call_text("GET", "/metrics", None)?);
-            }
-            Ok(())
-        }
-        Command::Debug(DebugCommand::Endpoint(EndpointCommand::Add { sandbox, vni, subnet, ip })) => {
-            let body = serde_json::json!({ "sandbox": sandbox, "vni": vni, "subnet": subnet, "ip": ip });
-            print_json(&client()?.call("POST", "/v1/endpoints", Some(&body))?)
-        }
-        Command::Debug(DebugCommand::Endpoint(EndpointCommand::Rm { sandbox })) => {
-            client()?.call("DELETE", &format!("/v1/endpoints/{sandbox}"), None)?;
-            Ok(())
-        }
-        Command::Debug(DebugCommand::Endpoint(EndpointCommand::Ls)) => {
-            print_json(&client()?.call("GET", "/v1/endpoints", None)?)
-        }
-        Command::Dataplane(DataplaneCommand::Run { config, underlay, control }) => {
-            overlay::run(&config, underlay, control.as_deref())
-        }
-        Command::Dataplane(DataplaneCommand::Stats { control }) => overlay::stats(&control),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = || Client::new(&cli.host);
+    match cli.command {
+        Command::Daemon(o) => shoal_agent::daemon::run(o.into()),
+        Command::Swarm(c) => cli::swarm::run(&client()?, c),
+        Command::Node(c) => cli::node::run(&client()?, c),
+        Command::Network(c) => cli::network::run(&client()?, c),
+        Command::Service(c) => cli::service::run(&client()?, c),
+        Command::Task(c) => cli::task::run(&client()?, c),
+        Command::Lab(c) => cli::lab::run(c),
+        Command::Gossip(c) => cli::debug::gossip(c),
+        Command::Debug(c) => cli::debug::debug(&client()?, c),
+        Command::Dataplane(c) => cli::debug::dataplane(c),
     }
 }
 
@@ -239,24 +142,24 @@ fn main() -> ExitCode {
         Some("__task-shim") if args.len() == 3 => {
             shoal_runtime::exec::shim_main(std::path::Path::new(&args[2]))
         }
-        Some("__enter") if args.len() == 3 => {
-            let spec = serde_json::from_str(&args[2].to_string_lossy());
-            match spec {
-                Ok(spec) => shoal_runtime::exec::enter_main(&spec),
-                Err(e) => {
-                    #[allow(clippy::print_stderr)]
-                    {
-                        eprintln!("Error: bad enter spec: {e}");
-                    }
-                    return ExitCode::FAILURE;
+        Some("__enter") if args.len() == 3 => match serde_json::from_str(&args[2].to_string_lossy()) {
+            Ok(spec) => shoal_runtime::exec::enter_main(&spec),
+            Err(e) => {
+                #[allow(clippy::print_stderr)]
+                {
+                    eprintln!("Error: bad enter spec: {e}");
                 }
+                return ExitCode::FAILURE;
             }
-        }
+        },
         _ => {}
     }
     let cli = Cli::parse();
     // Agents log what they do; client verbs only what went wrong.
-    let agent = matches!(cli.command, Command::Daemon(_) | Command::Dataplane(DataplaneCommand::Run { .. }));
+    let agent = matches!(
+        cli.command,
+        Command::Daemon(_) | Command::Dataplane(cli::debug::DataplaneCommand::Run { .. })
+    );
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")

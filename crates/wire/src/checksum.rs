@@ -8,6 +8,7 @@ use crate::{Error, IpPacket, IpProtocol, Result};
 
 /// Updates a one's-complement checksum for `old` bytes becoming `new` bytes
 /// (same length, even offset within the summed data).
+#[must_use = "the updated checksum must be written back"]
 pub fn update(checksum: u16, old: &[u8], new: &[u8]) -> u16 {
     u16::from_be_bytes(internet_checksum::update(checksum.to_be_bytes(), old, new))
 }

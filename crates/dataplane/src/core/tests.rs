@@ -231,6 +231,19 @@ fn counters_count_per_reason() {
     assert_eq!(snap.drops.len(), DropReason::ALL.len());
 }
 
+#[test]
+fn every_reason_has_a_counter_and_a_name_of_its_own() {
+    let counters = Counters::default();
+    for (n, reason) in (1..).zip(DropReason::ALL) {
+        counters.drop(reason, n);
+    }
+    let snap = counters.snapshot();
+    assert_eq!(snap.drops.len(), DropReason::ALL.len(), "two reasons share a name");
+    for (n, reason) in (1..).zip(DropReason::ALL) {
+        assert_eq!(snap.dropped(reason), n, "{}", reason.name());
+    }
+}
+
 proptest! {
     #[test]
     fn ingress_never_panics(from in any::<u32>(), bytes in proptest::collection::vec(any::<u8>(), 0..1600)) {

@@ -1,9 +1,9 @@
 //! The gossip driver: one task owns the [`GossipNode`] and feeds it from the
 //! UDP socket, the TCP listener (anti-entropy streams), its timer and the
-//! daemon's commands; it sends what the node produces and passes events on.
+//! agent's commands; it sends what the node produces and passes events on.
 
 use std::net::SocketAddrV4;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use shoal_gossip::seal::MAX_FRAME;
@@ -12,8 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 
-use super::state::State;
+use crate::error::Error;
 
+#[derive(Debug)]
 enum Command {
     Write { network: u32, key: RowKey, value: Option<Vec<u8>>, done: oneshot::Sender<()> },
     Members(oneshot::Sender<Vec<MemberView>>),
@@ -25,13 +26,40 @@ enum Command {
     Stop(oneshot::Sender<()>),
 }
 
-/// The daemon's handle on the gossip driver.
-#[derive(Clone)]
+/// The agent's handle on the gossip driver.
+#[derive(Debug, Clone)]
 pub struct GossipHandle {
     commands: mpsc::Sender<Command>,
 }
 
+/// Where the running driver's handle is kept: empty while this node is in
+/// no swarm (and was given no key file).
+#[derive(Debug, Clone, Default)]
+pub struct GossipSlot(Arc<RwLock<Option<GossipHandle>>>);
+
+impl GossipSlot {
+    /// The driver, or an error saying this node is in no swarm yet.
+    pub fn get(&self) -> Result<GossipHandle, Error> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone().ok_or_else(|| {
+            Error::Unavailable(
+                "this node is not part of a swarm: run `shoal swarm init` or `shoal swarm join` first".into(),
+            )
+        })
+    }
+
+    /// Whether gossip runs.
+    pub fn is_running(&self) -> bool {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// Installs (or, with `None`, forgets) the driver.
+    pub fn set(&self, handle: Option<GossipHandle>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = handle;
+    }
+}
+
 /// What [`start`] returns besides the handle.
+#[derive(Debug)]
 pub struct Driver {
     /// Events from the gossip node, in order.
     pub events: mpsc::UnboundedReceiver<Event>,
@@ -48,7 +76,7 @@ pub async fn start(
 ) -> std::io::Result<(GossipHandle, Driver)> {
     let udp = UdpSocket::bind(listen).await?;
     let tcp = TcpListener::bind(listen).await?;
-    let seed = super::random_u64().unwrap_or(me.epoch);
+    let seed = crate::keys::random_u64().unwrap_or(me.epoch);
     let mut node = GossipNode::new(me, config, ring, seed, Instant::now());
     node.join(Instant::now(), seeds);
     let (commands, rx) = mpsc::channel(256);
@@ -254,17 +282,5 @@ async fn answer_stream(mut stream: TcpStream, handle: GossipHandle) {
     };
     if let Err(e) = exchange.await {
         tracing::debug!(error = %e, "anti-entropy stream failed");
-    }
-}
-
-/// Applies gossip events: membership to the log, table changes to the data
-/// plane.
-pub async fn apply_events(mut events: mpsc::UnboundedReceiver<Event>, state: Arc<State>) {
-    while let Some(event) = events.recv().await {
-        match event {
-            Event::MemberUp(m) => tracing::info!(node = %m.id, addr = %m.addr, epoch = m.epoch, "member up"),
-            Event::MemberDown(m) => tracing::info!(node = %m.id, addr = %m.addr, "member down"),
-            Event::Table(change) => state.apply_change(change),
-        }
     }
 }

@@ -44,6 +44,24 @@ impl Client {
         serde_json::from_str(&text).context("the daemon answered something that is not JSON")
     }
 
+    /// `GET path`, decoded.
+    pub fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let value = self.call("GET", path, None)?;
+        serde_json::from_value(value)
+            .with_context(|| format!("the daemon answered GET {path} with an unexpected shape"))
+    }
+
+    /// `POST path` with `body`, decoded.
+    pub fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> anyhow::Result<T> {
+        let value = self.call("POST", path, Some(&serde_json::to_value(body)?))?;
+        serde_json::from_value(value)
+            .with_context(|| format!("the daemon answered POST {path} with an unexpected shape"))
+    }
+
     /// Like [`call`](Self::call), returning the body as text.
     pub fn call_text(
         &self,

@@ -1,11 +1,12 @@
-//! `shoal dataplane`: a node's data plane programmed from a static file.
+//! `shoal dataplane run`: a node's data plane programmed from a static file,
+//! without gossip or a swarm (the data plane's own tests and benchmarks use
+//! it; `shoal daemon` learns the same tables by gossip).
 //!
 //! Every node reads the same file; endpoints whose `node` is this node's
 //! underlay address get a sandbox here, the rest are routes to other nodes.
-//! The gossip issue replaces the file with learned endpoint tables.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
@@ -179,7 +180,7 @@ async fn serve(overlay: Overlay, underlay: Ipv4Addr, control: Option<&Path>) -> 
 
     let listener = match control {
         Some(path) => {
-            let _ = std::fs::remove_file(path);
+            let _ = std::fs::remove_file(path); // a previous run's
             Some(UnixListener::bind(path).with_context(|| format!("listen on {}", path.display()))?)
         }
         None => None,
@@ -220,17 +221,14 @@ async fn accept(listener: Option<&UnixListener>) -> std::io::Result<tokio::net::
     }
 }
 
-/// `shoal dataplane stats`.
-pub fn stats(control: &Path) -> anyhow::Result<()> {
+/// `shoal dataplane stats`: the counters and endpoints of a running data
+/// plane.
+pub fn stats(control: &Path) -> anyhow::Result<Stats> {
     let mut stream = std::os::unix::net::UnixStream::connect(control)
         .with_context(|| format!("connect to {}: is `shoal dataplane run` running?", control.display()))?;
     let mut body = String::new();
     stream.read_to_string(&mut body)?;
-    let stats: Stats = serde_json::from_str(&body).context("unexpected answer from the data plane")?;
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, &stats)?;
-    writeln!(out)?;
-    Ok(())
+    serde_json::from_str(&body).context("unexpected answer from the data plane")
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use clap::Subcommand;
 use serde::{Deserialize, Serialize};
 use shoal_lab::Lab;
 
-use crate::client::Client;
+use super::client::Client;
 
 const LABS: &str = "/run/shoal/labs";
 

@@ -1,0 +1,378 @@
+//! The API's handlers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use shoal_control::Role;
+
+use super::error::Checked;
+use super::views;
+use crate::endpoints::Interface;
+use crate::error::Error;
+use crate::node::Node;
+use crate::swarm::{InitRequest, Manager, NodeUpdate};
+
+type Shared = State<Arc<Node>>;
+type Answer<T = Value> = Result<Json<T>, Error>;
+
+fn to_json(value: impl serde::Serialize) -> Json<Value> {
+    Json(serde_json::to_value(value).expect("views serialise"))
+}
+
+async fn manager(node: &Node) -> Result<Arc<Manager>, Error> {
+    node.swarm.manager().await
+}
+
+pub async fn info(State(node): Shared) -> Json<Value> {
+    Json(json!({ "id": node.me.id.to_string(), "addr": node.me.addr, "epoch": node.me.epoch }))
+}
+
+pub async fn members(State(node): Shared) -> Answer {
+    Ok(to_json(node.gossip.get()?.members().await))
+}
+
+pub async fn tables(State(node): Shared) -> Answer {
+    let rows: Vec<Value> = node
+        .gossip
+        .get()?
+        .rows()
+        .await
+        .into_iter()
+        .map(|r| {
+            let value = r.value.as_ref().map(|v| {
+                serde_json::from_slice::<Value>(v)
+                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(v).into_owned()))
+            });
+            json!({
+                "owner": r.owner.to_string(), "epoch": r.epoch, "network": r.network, "table": r.table,
+                "key": r.key, "seq": r.seq, "value": value, "suspended": r.suspended,
+            })
+        })
+        .collect();
+    Ok(Json(Value::Array(rows)))
+}
+
+pub async fn list_endpoints(State(node): Shared) -> Json<Value> {
+    to_json(node.endpoints.list().await)
+}
+
+/// What `debug endpoint add` asks for.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointRequest {
+    sandbox: String,
+    vni: u32,
+    subnet: String,
+    ip: std::net::Ipv4Addr,
+}
+
+pub async fn create_endpoint(
+    State(node): Shared,
+    Checked(Json(req)): Checked<Json<EndpointRequest>>,
+) -> Result<(StatusCode, Json<Value>), Error> {
+    let iface = Interface::parse(req.vni, &req.subnet, req.ip)?;
+    let mut created = node.endpoints.create(&req.sandbox, &[iface]).await?;
+    Ok((StatusCode::CREATED, to_json(created.remove(0))))
+}
+
+pub async fn remove_endpoint(
+    State(node): Shared,
+    Checked(Path(sandbox)): Checked<Path<String>>,
+) -> Result<StatusCode, Error> {
+    node.endpoints.remove(&sandbox).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn dataplane(State(node): Shared) -> Json<Value> {
+    to_json(node.dataplane.counters())
+}
+
+/// Prometheus text exposition of the agent's counters.
+pub async fn metrics(State(node): Shared) -> String {
+    node.metrics.render(&node.snapshot().await)
+}
+
+pub async fn swarm_info(State(node): Shared) -> Json<Value> {
+    to_json(node.swarm.info().await)
+}
+
+pub async fn swarm_init(State(node): Shared, Checked(Json(req)): Checked<Json<InitRequest>>) -> Answer {
+    Ok(to_json(node.swarm.init(req).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    token: String,
+    remote_addr: String,
+}
+
+pub async fn swarm_join(State(node): Shared, Checked(Json(req)): Checked<Json<JoinRequest>>) -> Answer {
+    Ok(to_json(node.swarm.join(&req.token, &req.remote_addr).await?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Force {
+    #[serde(default)]
+    force: bool,
+}
+
+pub async fn swarm_leave(
+    State(node): Shared,
+    Checked(Json(req)): Checked<Json<Force>>,
+) -> Result<StatusCode, Error> {
+    node.swarm.leave(req.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn role(name: &str) -> Result<Role, Error> {
+    match name {
+        "worker" => Ok(Role::Worker),
+        "manager" => Ok(Role::Manager),
+        other => Err(Error::Invalid(format!("unknown role {other:?}: use worker or manager"))),
+    }
+}
+
+async fn token(node: &Node, name: &str, rotate: bool) -> Answer {
+    let m = manager(node).await?;
+    let token = m.join_token(role(name)?, rotate)?;
+    Ok(Json(json!({ "token": token, "addr": m.addr().to_string() })))
+}
+
+pub async fn join_token(State(node): Shared, Checked(Path(name)): Checked<Path<String>>) -> Answer {
+    token(&node, &name, false).await
+}
+
+pub async fn rotate_token(State(node): Shared, Checked(Path(name)): Checked<Path<String>>) -> Answer {
+    token(&node, &name, true).await
+}
+
+pub async fn nodes(State(node): Shared) -> Answer<Vec<views::Node>> {
+    let m = manager(&node).await?;
+    Ok(Json(m.nodes()?.iter().map(|n| views::Node::new(n, m.node_id())).collect()))
+}
+
+pub async fn node_inspect(
+    State(node): Shared,
+    Checked(Path(id)): Checked<Path<String>>,
+) -> Answer<views::Node> {
+    let m = manager(&node).await?;
+    Ok(Json(views::Node::new(&m.find_node(&id)?, m.node_id())))
+}
+
+pub async fn node_update(
+    State(node): Shared,
+    Checked(Path(id)): Checked<Path<String>>,
+    Checked(Json(update)): Checked<Json<NodeUpdate>>,
+) -> Answer<views::Node> {
+    let m = manager(&node).await?;
+    Ok(Json(views::Node::new(&m.update_node(&id, &update)?, m.node_id())))
+}
+
+pub async fn node_remove(
+    State(node): Shared,
+    Checked(Path(id)): Checked<Path<String>>,
+    Checked(Json(req)): Checked<Json<Force>>,
+) -> Result<StatusCode, Error> {
+    manager(&node).await?.remove_node(&id, req.force)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkCreate {
+    name: String,
+    #[serde(default = "overlay")]
+    driver: String,
+    subnet: Option<String>,
+    #[serde(default)]
+    attachable: bool,
+}
+
+fn overlay() -> String {
+    "overlay".into()
+}
+
+pub async fn network_create(
+    State(node): Shared,
+    Checked(Json(req)): Checked<Json<NetworkCreate>>,
+) -> Result<(StatusCode, Json<views::Network>), Error> {
+    if req.driver != "overlay" {
+        return Err(Error::Invalid(format!(
+            "driver {:?} is not supported: Shoal networks use the overlay driver (-d overlay)",
+            req.driver
+        )));
+    }
+    let m = manager(&node).await?;
+    let record = m.create_network(&req.name, req.subnet.as_deref(), req.attachable)?;
+    Ok((StatusCode::CREATED, Json(views::Network::from(&record))))
+}
+
+pub async fn networks(State(node): Shared) -> Answer<Vec<views::Network>> {
+    Ok(Json(manager(&node).await?.networks()?.iter().map(views::Network::from).collect()))
+}
+
+pub async fn network_inspect(
+    State(node): Shared,
+    Checked(Path(name)): Checked<Path<String>>,
+) -> Answer<views::Network> {
+    Ok(Json(views::Network::from(&manager(&node).await?.find_network(&name)?)))
+}
+
+pub async fn network_remove(
+    State(node): Shared,
+    Checked(Path(name)): Checked<Path<String>>,
+) -> Result<StatusCode, Error> {
+    manager(&node).await?.remove_network(&name)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn service_view(m: &Manager, service: &shoal_orch::Service) -> views::Service {
+    views::Service::new(service, &m.orchestration().service_tasks(&service.id))
+}
+
+pub async fn services(State(node): Shared) -> Answer<Vec<views::Service>> {
+    let m = manager(&node).await?;
+    Ok(Json(m.orchestration().services().iter().map(|s| service_view(&m, s)).collect()))
+}
+
+pub async fn service_create(
+    State(node): Shared,
+    Checked(Json(spec)): Checked<Json<views::ServiceSpec>>,
+) -> Result<(StatusCode, Json<Value>), Error> {
+    let spec = shoal_orch::ServiceSpec::try_from(&spec)?;
+    let service = manager(&node).await?.orchestration().create_service(spec)?;
+    Ok((StatusCode::CREATED, Json(json!({ "ID": service.id, "Warnings": [] }))))
+}
+
+pub async fn service_inspect(
+    State(node): Shared,
+    Checked(Path(id)): Checked<Path<String>>,
+) -> Answer<views::Service> {
+    let m = manager(&node).await?;
+    let service = m.orchestration().find_service(&id)?;
+    Ok(Json(service_view(&m, &service)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateQuery {
+    /// The version the spec was read at, as docker's API takes it.
+    version: u64,
+}
+
+pub async fn service_update(
+    State(node): Shared,
+    Checked(Path(id)): Checked<Path<String>>,
+    Checked(Query(q)): Checked<Query<UpdateQuery>>,
+    Checked(Json(spec)): Checked<Json<views::ServiceSpec>>,
+) -> Answer<views::Service> {
+    let spec = shoal_orch::ServiceSpec::try_from(&spec)?;
+    let m = manager(&node).await?;
+    let orch = m.orchestration();
+    let service = orch.find_service(&id)?;
+    let updated = orch.update_service(&service.id, Some(q.version), spec, false)?;
+    Ok(Json(service_view(&m, &updated)))
+}
+
+pub async fn service_rollback(
+    State(node): Shared,
+    Checked(Path(id)): Checked<Path<String>>,
+) -> Answer<views::Service> {
+    let m = manager(&node).await?;
+    let orch = m.orchestration();
+    let service = orch.find_service(&id)?;
+    let previous = service.previous.clone().ok_or_else(|| {
+        Error::Invalid(format!("service {} does not have a previous spec to roll back to", service.spec.name))
+    })?;
+    let updated = orch.update_service(&service.id, None, previous, true)?;
+    Ok(Json(service_view(&m, &updated)))
+}
+
+pub async fn service_remove(State(node): Shared, Checked(Path(id)): Checked<Path<String>>) -> Answer {
+    let m = manager(&node).await?;
+    let orch = m.orchestration();
+    let service = orch.find_service(&id)?;
+    orch.remove_service(&service.id)?;
+    Ok(Json(json!({ "ID": service.id, "Name": service.spec.name })))
+}
+
+pub async fn service_tasks(
+    State(node): Shared,
+    Checked(Path(id)): Checked<Path<String>>,
+) -> Answer<views::ServiceTasks> {
+    let m = manager(&node).await?;
+    let orch = m.orchestration();
+    let service = orch.find_service(&id)?;
+    let tasks = orch.service_tasks(&service.id);
+    Ok(Json(views::ServiceTasks {
+        service: views::Service::new(&service, &tasks),
+        tasks: tasks.iter().map(views::Task::from).collect(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    #[serde(default)]
+    after_ms: u64,
+}
+
+pub async fn service_logs(
+    State(node): Shared,
+    Checked(Path(id)): Checked<Path<String>>,
+    Checked(Query(q)): Checked<Query<LogQuery>>,
+) -> Answer {
+    let m = manager(&node).await?;
+    let orch = m.orchestration();
+    let nodes = m.nodes()?;
+    // A service's output, or one task's.
+    let tasks: Vec<shoal_orch::Task> = match orch.find_service(&id) {
+        Ok(service) => orch.service_tasks(&service.id),
+        Err(Error::NotFound(_)) => {
+            vec![orch.find_task(&id).map_err(|_| Error::NotFound(format!("no such service or task: {id}")))?]
+        }
+        Err(e) => return Err(e),
+    };
+    let names: HashMap<&str, (String, String)> = tasks
+        .iter()
+        .map(|t| {
+            let node = t.node_id.as_deref().and_then(|id| nodes.iter().find(|n| n.id == id));
+            (t.id.as_str(), (t.name(), node.map_or_else(String::new, |n| n.hostname.clone())))
+        })
+        .collect();
+    let ids: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
+    let lines: Vec<Value> = orch
+        .logs(&ids)
+        .into_iter()
+        .filter(|(_, l)| l.ts_ms > q.after_ms)
+        .map(|(task, l)| {
+            let (name, node) = names.get(task.as_str()).cloned().unwrap_or_default();
+            json!({ "task": task, "name": name, "node": node, "ts_ms": l.ts_ms, "stderr": l.stderr, "text": l.text })
+        })
+        .collect();
+    Ok(Json(Value::Array(lines)))
+}
+
+pub async fn task_inspect(
+    State(node): Shared,
+    Checked(Path(id)): Checked<Path<String>>,
+) -> Answer<views::Task> {
+    let m = manager(&node).await?;
+    Ok(Json(views::Task::from(&m.orchestration().find_task(&id)?)))
+}
+
+pub async fn task_exec_info(State(node): Shared, Checked(Path(id)): Checked<Path<String>>) -> Answer {
+    let info = node.task_runner()?.exec_info(&id).ok_or_else(|| {
+        Error::NotFound(format!(
+            "no running task {id} on this node: `shoal task exec` runs on the node of the task (see `shoal service ps`)"
+        ))
+    })?;
+    Ok(to_json(info))
+}

@@ -1,0 +1,200 @@
+//! The agent's metrics, in the Prometheus text format through
+//! prometheus-client. Failures the agent survives but must not hide are
+//! counted as they happen ([`Metrics::failed`]); everything else is a
+//! snapshot of the data plane's and gossip's own counters, taken at scrape
+//! time ([`Snapshot`]), so the packet path never touches a registry.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use shoal_dataplane::CounterSnapshot;
+use shoal_gossip::{MemberState, MemberView, RowView, Stats};
+
+/// Work the agent failed at and carried on without: each is also logged.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Op {
+    /// Recording the sandboxes a crash would leave (`<data dir>/sandboxes`).
+    RecordSandboxes,
+    /// Removing a sandbox's network namespace.
+    RemoveSandbox,
+    /// Storing a node record on the manager (heartbeat, down marking).
+    StoreNode,
+    /// Recording what a task leaves behind (`tasks/<id>/leftovers.json`).
+    RecordTask,
+    /// Removing a task's cgroup, namespace or directory.
+    RemoveTask,
+    /// Storing the orchestrator's world or the IPAM.
+    StoreWorld,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabels {
+    op: Op,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+/// The counters the agent keeps itself.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    failures: Family<OpLabels, Counter>,
+}
+
+/// What the data plane and gossip report at scrape time.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Networks programmed into the data plane.
+    pub networks: usize,
+    /// The data plane's packet counters.
+    pub dataplane: CounterSnapshot,
+    /// Gossip's counters (zero outside a swarm).
+    pub gossip: Stats,
+    /// Gossip members.
+    pub members: Vec<MemberView>,
+    /// Table rows held.
+    pub rows: Vec<RowView>,
+}
+
+fn counter(value: u64) -> Counter {
+    let c = Counter::default();
+    c.inc_by(value);
+    c
+}
+
+fn gauge(value: u64) -> Gauge {
+    let g = Gauge::default();
+    g.set(i64::try_from(value).unwrap_or(i64::MAX));
+    g
+}
+
+impl Metrics {
+    /// Counts one failure of `op` (the caller logs it).
+    pub fn failed(&self, op: Op) {
+        self.failures.get_or_create(&OpLabels { op }).inc();
+    }
+
+    /// How often `op` failed.
+    pub fn failures(&self, op: Op) -> u64 {
+        self.failures.get_or_create(&OpLabels { op }).get()
+    }
+
+    /// The exposition: the agent's counters and `snapshot`.
+    pub fn render(&self, snapshot: &Snapshot) -> String {
+        let mut r = Registry::default();
+        r.register(
+            "shoal_agent_failures",
+            "Operations the agent failed at and carried on without (each also logged), by operation.",
+            self.failures.clone(),
+        );
+        r.register(
+            "shoal_dataplane_networks",
+            "Overlay networks in this node's data plane (those with a local task).",
+            gauge(snapshot.networks as u64),
+        );
+        let g = &snapshot.gossip;
+        for (name, help, value) in [
+            ("shoal_gossip_datagrams_received", "Gossip datagrams received.", g.datagrams_in),
+            ("shoal_gossip_datagrams_sent", "Gossip datagrams sent.", g.datagrams_out),
+            ("shoal_gossip_bytes_received", "Gossip bytes received.", g.bytes_in),
+            ("shoal_gossip_bytes_sent", "Gossip bytes sent.", g.bytes_out),
+            ("shoal_gossip_deltas_applied", "Table deltas that were new here.", g.deltas_applied),
+            ("shoal_gossip_syncs", "Anti-entropy exchanges.", g.syncs),
+            (
+                "shoal_gossip_sync_repairs",
+                "Visible rows changed by anti-entropy, which delta gossip had missed (convergence lag).",
+                g.sync_repairs,
+            ),
+            ("shoal_gossip_member_downs", "Times a member was declared down.", g.member_downs),
+        ] {
+            r.register(name, help, counter(value));
+        }
+        let dropped = Family::<ReasonLabels, Counter>::default();
+        for (reason, n) in &g.dropped {
+            dropped.get_or_create(&ReasonLabels { reason: reason.to_string() }).inc_by(*n);
+        }
+        r.register("shoal_gossip_dropped", "Gossip input dropped, by reason.", dropped);
+        r.register("shoal_gossip_pending_deltas", "Deltas still being gossiped.", gauge(g.pending_deltas));
+        r.register(
+            "shoal_gossip_local_health",
+            "Lifeguard local health score (0 is healthy).",
+            gauge(u64::from(g.local_health)),
+        );
+        let members = Family::<StateLabels, Gauge>::default();
+        for (state, label) in
+            [(MemberState::Alive, "alive"), (MemberState::Suspect, "suspect"), (MemberState::Down, "down")]
+        {
+            let n = snapshot.members.iter().filter(|m| m.state == state).count();
+            members.get_or_create(&StateLabels { state: label }).set(n as i64);
+        }
+        r.register("shoal_gossip_members", "Members by state, this node included.", members);
+        let rows = &snapshot.rows;
+        let table = Family::<KindLabels, Gauge>::default();
+        for (kind, n) in [
+            ("live", rows.iter().filter(|r| r.value.is_some() && !r.suspended).count()),
+            ("suspended", rows.iter().filter(|r| r.suspended).count()),
+            ("tombstone", rows.iter().filter(|r| r.value.is_none()).count()),
+        ] {
+            table.get_or_create(&KindLabels { kind }).set(n as i64);
+        }
+        r.register("shoal_table_rows", "Endpoint table rows held.", table);
+        let dp = &snapshot.dataplane;
+        r.register(
+            "shoal_dataplane_encapsulated_packets",
+            "Packets sent to other nodes.",
+            counter(dp.encapsulated),
+        );
+        r.register(
+            "shoal_dataplane_decapsulated_packets",
+            "Packets received from other nodes.",
+            counter(dp.decapsulated),
+        );
+        let drops = Family::<ReasonLabels, Counter>::default();
+        for (reason, n) in &dp.drops {
+            drops.get_or_create(&ReasonLabels { reason: reason.to_string() }).inc_by(*n);
+        }
+        r.register("shoal_dataplane_dropped_packets", "Packets dropped, by reason.", drops);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &r).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_is_typed_and_labelled() {
+        let metrics = Metrics::default();
+        metrics.failed(Op::StoreNode);
+        metrics.failed(Op::StoreNode);
+        let mut snapshot = Snapshot { networks: 2, ..Snapshot::default() };
+        snapshot.gossip.dropped.insert("unauthenticated".into(), 5);
+        let text = metrics.render(&snapshot);
+        assert!(
+            text.contains("# TYPE shoal_dataplane_networks gauge\nshoal_dataplane_networks 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("shoal_agent_failures_total{op=\"StoreNode\"} 2\n"), "{text}");
+        assert!(text.contains("shoal_gossip_dropped_total{reason=\"unauthenticated\"} 5\n"), "{text}");
+        assert!(text.contains("shoal_gossip_members{state=\"alive\"} 0\n"), "{text}");
+        assert!(text.contains("# TYPE shoal_gossip_member_downs counter\n"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert_eq!(metrics.failures(Op::StoreNode), 2);
+    }
+}

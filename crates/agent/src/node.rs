@@ -1,0 +1,247 @@
+//! The node agent assembled: the data plane, endpoints and routes, gossip,
+//! the task runner and the swarm, with their start-up and shutdown.
+//!
+//! The node acts on the swarm's [`RoleEvent`]s: joining a swarm starts
+//! gossip (with the key ring only the control channel hands out) and the
+//! task runner; leaving stops both. The swarm never calls back up.
+
+use std::net::SocketAddrV4;
+use std::path::Path;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use shoal_dataplane::{Dataplane, DataplaneConfig};
+use shoal_gossip::{GossipConfig, KeyRing, Member, NodeId};
+use tokio::sync::mpsc;
+
+use crate::endpoints::{self, Endpoints};
+use crate::error::Error;
+use crate::gossip_driver::{self, GossipSlot};
+use crate::keys;
+use crate::metrics::{Metrics, Snapshot};
+use crate::routes::Routes;
+use crate::settings::Settings;
+use crate::swarm::{RoleEvent, Swarm};
+use crate::tasks::{self, TaskRunner};
+
+/// How long stopping tasks may take when the node leaves a swarm or stops.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// One node's agent.
+#[derive(Debug)]
+pub struct Node {
+    /// This node in gossip: id, address, epoch of this start.
+    pub me: Member,
+    /// Its settings.
+    pub settings: Arc<Settings>,
+    /// Its data plane.
+    pub dataplane: Arc<Dataplane>,
+    /// Gossip, while it runs.
+    pub gossip: GossipSlot,
+    /// Its sandboxes.
+    pub endpoints: Arc<Endpoints>,
+    /// Its place in a swarm.
+    pub swarm: Swarm,
+    /// Failures carried on from.
+    pub metrics: Metrics,
+    routes: Arc<Routes>,
+    runner: Mutex<Option<Arc<TaskRunner>>>,
+}
+
+impl Node {
+    /// Starts the agent: removes what a crash left, starts the data plane,
+    /// gossip (with `ring`, outside any swarm) and the swarm recorded on
+    /// disk.
+    pub async fn start(settings: Settings, ring: Option<KeyRing>) -> anyhow::Result<Arc<Node>> {
+        let settings = Arc::new(settings);
+        let id = node_id(&settings.data_dir)?;
+        let epoch = next_epoch(&settings.data_dir)?;
+        tasks::prepare::remove_leftovers(&settings.data_dir);
+        endpoints::remove_stale(&settings.data_dir);
+        let dataplane = Dataplane::start(&DataplaneConfig {
+            port: settings.data_port,
+            mtu: settings.mtu,
+            listen: settings.listen_addr,
+            ..DataplaneConfig::new(settings.advertise_addr)
+        })
+        .with_context(|| format!("bind the VXLAN port {}:{}", settings.listen_addr, settings.data_port))?;
+        let dataplane = Arc::new(dataplane);
+        let me = Member { id, addr: settings.gossip_addr(), epoch, incarnation: 0 };
+        let metrics = Metrics::default();
+        let gossip = GossipSlot::default();
+        let routes = Arc::new(Routes::new(dataplane.clone()));
+        let endpoints = Arc::new(Endpoints::new(
+            dataplane.clone(),
+            routes.clone(),
+            gossip.clone(),
+            metrics.clone(),
+            settings.advertise_addr,
+            settings.mtu,
+            settings.data_dir.clone(),
+        ));
+        let (events_tx, events) = mpsc::channel(4);
+        let node = Arc::new(Node {
+            me,
+            swarm: Swarm::new(settings.clone(), metrics.clone(), events_tx),
+            settings,
+            dataplane,
+            gossip,
+            endpoints,
+            metrics,
+            routes,
+            runner: Mutex::new(None),
+        });
+        tokio::spawn(follow_roles(Arc::downgrade(&node), events));
+        if let Some(ring) = ring {
+            let seeds = node.settings.join.clone();
+            node.start_gossip(ring, &seeds).await?;
+        }
+        node.swarm.resume().await.context("resume this node's swarm")?;
+        Ok(node)
+    }
+
+    /// Starts gossip with `ring`, joining through `seeds`, and routes its
+    /// events into the data plane.
+    async fn start_gossip(&self, ring: KeyRing, seeds: &[SocketAddrV4]) -> Result<(), Error> {
+        let listen = SocketAddrV4::new(self.settings.listen_addr, self.settings.gossip_port);
+        let (handle, driver) = gossip_driver::start(self.me, listen, GossipConfig::default(), ring, seeds)
+            .await
+            .map_err(Error::io(format!("bind the gossip port {listen}")))?;
+        self.gossip.set(Some(handle));
+        tokio::spawn(self.routes.clone().follow(driver.events));
+        Ok(())
+    }
+
+    /// Leaves gossip and stops its driver, freeing the gossip port.
+    async fn stop_gossip(&self) {
+        if let Ok(gossip) = self.gossip.get() {
+            gossip.leave().await;
+            gossip.stop().await;
+        }
+        self.gossip.set(None);
+    }
+
+    /// Stops every task and waits (a while) for them to be gone.
+    async fn stop_tasks(&self) {
+        let runner = self.runner.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(runner) = runner {
+            runner.stop_all();
+            runner.drained(DRAIN_LIMIT).await;
+        }
+    }
+
+    async fn on_role(&self, event: RoleEvent) {
+        match event {
+            RoleEvent::Joined { keys, seeds, assignments, reports, done } => {
+                let started =
+                    if self.gossip.is_running() { Ok(()) } else { self.start_gossip(keys, &seeds).await };
+                if started.is_ok() {
+                    let ctx = tasks::Context {
+                        endpoints: self.endpoints.clone(),
+                        settings: self.settings.clone(),
+                        reports,
+                        metrics: self.metrics.clone(),
+                    };
+                    *self.runner.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(TaskRunner::start(ctx, assignments));
+                }
+                let _ = done.send(started);
+            }
+            RoleEvent::Left { done } => {
+                self.stop_tasks().await;
+                self.stop_gossip().await;
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// The task runner, while this node is in a swarm.
+    pub fn task_runner(&self) -> Result<Arc<TaskRunner>, Error> {
+        self.runner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| Error::Unavailable("this node is not part of a swarm: it runs no tasks".into()))
+    }
+
+    /// The counters of the data plane and gossip, now.
+    pub async fn snapshot(&self) -> Snapshot {
+        let mut snapshot = Snapshot {
+            networks: self.dataplane.tables().network_count(),
+            dataplane: self.dataplane.counters(),
+            ..Snapshot::default()
+        };
+        if let Ok(g) = self.gossip.get() {
+            snapshot.gossip = g.stats().await.0;
+            snapshot.members = g.members().await;
+            snapshot.rows = g.rows().await;
+        }
+        snapshot
+    }
+
+    /// Stops the node: its tasks, its endpoints, then gossip after one
+    /// round for the withdrawn rows to go out.
+    pub async fn shutdown(&self) {
+        self.stop_tasks().await;
+        self.endpoints.remove_all().await;
+        if let Ok(gossip) = self.gossip.get() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            gossip.leave().await;
+        }
+    }
+}
+
+/// Acts on the swarm's role changes while the node lives.
+async fn follow_roles(node: Weak<Node>, mut events: mpsc::Receiver<RoleEvent>) {
+    while let Some(event) = events.recv().await {
+        let Some(node) = node.upgrade() else { return };
+        node.on_role(event).await;
+    }
+}
+
+/// The node's stable id, created on first start.
+fn node_id(dir: &Path) -> anyhow::Result<NodeId> {
+    let path = dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => u64::from_str_radix(text.trim(), 16)
+            .map(NodeId)
+            .with_context(|| format!("{} is corrupt: remove it to get a new node id", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = NodeId(keys::random_u64()?);
+            std::fs::write(&path, format!("{id}\n")).with_context(|| format!("write {}", path.display()))?;
+            Ok(id)
+        }
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
+}
+
+/// A new epoch for this start: the wall clock in milliseconds, and always
+/// above the last one recorded, so a restart is always newer.
+fn next_epoch(dir: &Path) -> anyhow::Result<u64> {
+    let path = dir.join("epoch");
+    let last: u64 = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0);
+    let epoch = crate::clock::now_ms().max(last.saturating_add(1));
+    std::fs::write(&path, format!("{epoch}\n")).with_context(|| format!("write {}", path.display()))?;
+    Ok(epoch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_always_increase_and_ids_stay() {
+        let dir = std::env::temp_dir().join(format!("shoal-epochtest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("epoch"), format!("{}\n", u64::MAX / 2)).unwrap();
+        let a = next_epoch(&dir).unwrap();
+        let b = next_epoch(&dir).unwrap();
+        assert!(b > a && a > u64::MAX / 2);
+        let id = node_id(&dir).unwrap();
+        assert_eq!(node_id(&dir).unwrap(), id, "the node id is stable");
+        std::fs::write(dir.join("node-id"), "zz\n").unwrap();
+        assert!(format!("{:#}", node_id(&dir).unwrap_err()).contains("is corrupt"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

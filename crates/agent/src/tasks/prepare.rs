@@ -1,0 +1,216 @@
+//! Preparing a task (program, user, cgroup, sandbox with one interface per
+//! network, generated `/etc` files, the shim's spec) and removing all of it.
+//!
+//! Invariant: a task that failed to prepare, or ended, leaves no cgroup,
+//! namespace, TUN or directory; `tasks/<id>/leftovers.json` names what a
+//! crash would leave, and the next start removes it.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use shoal_orch::Task;
+use shoal_runtime::exec::{self, ExecSpec};
+use shoal_runtime::{Cgroup, Limits, NetNs};
+
+use super::Context;
+use crate::endpoints::Interface;
+use crate::error::Error;
+use crate::metrics::Op;
+
+/// The PATH programs are looked up on and tasks start with.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Why a task could not be prepared: the task's error, as the user reads it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PrepareError {
+    /// The program is not on the node's PATH, or not executable.
+    #[error("{0}")]
+    Program(String),
+    /// The user or group does not exist on the node.
+    #[error("{0}")]
+    User(String),
+    /// The cgroup could not be made.
+    #[error("cgroup: {0}")]
+    Cgroup(#[source] std::io::Error),
+    /// The sandbox could not be made.
+    #[error("network sandbox: {0}")]
+    Sandbox(#[source] Error),
+    /// A file of the task could not be written.
+    #[error("{what}: {source}")]
+    File {
+        /// Which.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a prepared task holds on the node.
+#[derive(Debug)]
+pub struct Prepared {
+    /// `<data dir>/tasks/<id>`.
+    pub dir: PathBuf,
+    /// The sandbox's (and cgroup's) name.
+    pub sandbox: String,
+    /// The task's cgroup.
+    pub cgroup: Cgroup,
+    /// What the shim runs.
+    pub spec: ExecSpec,
+}
+
+/// What a task leaves on the node, recorded so a restarted daemon can
+/// remove what a crashed one left.
+#[derive(Debug, Serialize, Deserialize)]
+struct Leftovers {
+    /// The task's sandbox (network namespace) and cgroup, which share it.
+    name: String,
+}
+
+fn tasks_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("tasks")
+}
+
+/// The sandbox and cgroup name of a task.
+pub fn sandbox_name(prefix: &str, task: &Task) -> String {
+    format!("{prefix}-t{}", &task.id[..task.id.len().min(10)])
+}
+
+/// Prepares a task; on failure, removes whatever was made already.
+pub async fn prepare(ctx: &Context, task: &Task) -> Result<Prepared, PrepareError> {
+    let result = try_prepare(ctx, task).await;
+    if result.is_err() {
+        let sandbox = sandbox_name(&ctx.settings.task_prefix, task);
+        let _ = ctx.endpoints.remove(&sandbox).await; // absent if it failed before
+        let cgroup = Cgroup::open(&sandbox);
+        let _ = tokio::task::spawn_blocking(move || cgroup.remove()).await; // likewise
+        let _ = std::fs::remove_dir_all(tasks_dir(&ctx.settings.data_dir).join(&task.id));
+    }
+    result
+}
+
+async fn try_prepare(ctx: &Context, task: &Task) -> Result<Prepared, PrepareError> {
+    let path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into());
+    let program = exec::lookup(&task.spec.image, &path).map_err(PrepareError::Program)?;
+    let (uid, gid) = exec::resolve_user(task.spec.user.as_deref()).map_err(PrepareError::User)?;
+    let file = |what: &str| {
+        let what = what.to_owned();
+        move |source| PrepareError::File { what, source }
+    };
+    let short = &task.id[..task.id.len().min(12)];
+    let sandbox = sandbox_name(&ctx.settings.task_prefix, task);
+    let dir = tasks_dir(&ctx.settings.data_dir).join(&task.id);
+    std::fs::create_dir_all(&dir).map_err(file("task directory"))?;
+    let leftovers = Leftovers { name: sandbox.clone() };
+    if let Err(e) =
+        std::fs::write(dir.join("leftovers.json"), serde_json::to_vec(&leftovers).expect("serialisable"))
+    {
+        tracing::warn!(task = %task.id, error = %e, "cannot record the task's leftovers: a crash now would leave them");
+        ctx.metrics.failed(Op::RecordTask);
+    }
+    let r = &task.spec.resources;
+    let limits = Limits { nano_cpus: r.limit_nano_cpus, memory: r.limit_memory, pids: r.limit_pids };
+    let cgroup = Cgroup::create(&sandbox, &limits).map_err(PrepareError::Cgroup)?;
+    let ifaces = task
+        .attachments
+        .iter()
+        .map(|a| Interface::parse(a.vni, &a.subnet, a.ip))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(PrepareError::Sandbox)?;
+    ctx.endpoints.create(&sandbox, &ifaces).await.map_err(PrepareError::Sandbox)?;
+    let hostname = task.spec.hostname.clone().unwrap_or_else(|| short.to_owned());
+    let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for a in &task.attachments {
+        hosts.push_str(&format!("{}\t{hostname}\n", a.ip));
+    }
+    let files = [("hosts", hosts), ("hostname", format!("{hostname}\n")), ("resolv.conf", resolv_conf())];
+    for (name, text) in &files {
+        std::fs::write(dir.join(name), text).map_err(file(name))?;
+    }
+    let home = if uid == 0 { "/root".to_owned() } else { "/".to_owned() };
+    let mut env =
+        vec![format!("PATH={DEFAULT_PATH}"), format!("HOSTNAME={hostname}"), format!("HOME={home}")];
+    for kv in &task.spec.env {
+        let key = kv.split('=').next().unwrap_or_default();
+        env.retain(|e| e.split('=').next() != Some(key));
+        env.push(kv.clone());
+    }
+    let netns = NetNs::open(&sandbox).map_err(|e| PrepareError::Sandbox(Error::internal(e)))?;
+    let spec = ExecSpec {
+        netns: netns.path().to_owned(),
+        hostname,
+        program,
+        args: task.spec.args.clone(),
+        env,
+        workdir: task.spec.workdir.clone().unwrap_or_else(|| "/".into()),
+        uid,
+        gid,
+        binds: files.iter().map(|(name, _)| (dir.join(name), Path::new("/etc").join(name))).collect(),
+        cgroup_procs: cgroup.procs_files(),
+        init_pid_file: dir.join("init.pid"),
+    };
+    std::fs::write(dir.join("spec.json"), serde_json::to_vec(&spec).expect("serialisable"))
+        .map_err(file("task spec"))?;
+    Ok(Prepared { dir, sandbox, cgroup, spec })
+}
+
+/// Kills what is left of a task and removes its cgroup, sandbox and
+/// directory.
+pub async fn cleanup(ctx: &Context, prepared: &Prepared) {
+    prepared.cgroup.kill_all();
+    let cgroup = prepared.cgroup.clone();
+    match tokio::task::spawn_blocking(move || cgroup.remove()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(cgroup = %prepared.sandbox, error = %e, "cannot remove the task's cgroup");
+            ctx.metrics.failed(Op::RemoveTask);
+        }
+        Err(e) => tracing::warn!(error = %e, "cgroup removal panicked"),
+    }
+    if let Err(e) = ctx.endpoints.remove(&prepared.sandbox).await {
+        tracing::warn!(sandbox = %prepared.sandbox, error = %e, "cannot remove the task's sandbox");
+        ctx.metrics.failed(Op::RemoveTask);
+    }
+    if let Err(e) = std::fs::remove_dir_all(&prepared.dir) {
+        tracing::warn!(dir = %prepared.dir.display(), error = %e, "cannot remove the task's directory");
+        ctx.metrics.failed(Op::RemoveTask);
+    }
+}
+
+/// The node's resolvers, without loopback ones (unreachable from a task).
+fn resolv_conf() -> String {
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    text.lines()
+        .filter(|l| {
+            let mut words = l.split_whitespace();
+            !(words.next() == Some("nameserver")
+                && words.next().is_some_and(|a| a.starts_with("127.") || a == "::1"))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// Removes what tasks of a crashed daemon left: processes, cgroups,
+/// sandboxes, task directories.
+pub fn remove_leftovers(data_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(tasks_dir(data_dir)) else { return };
+    for entry in entries.flatten() {
+        if let Ok(text) = std::fs::read(entry.path().join("leftovers.json"))
+            && let Ok(left) = serde_json::from_slice::<Leftovers>(&text)
+        {
+            tracing::info!(task = %entry.file_name().to_string_lossy(), "removing a task left by the previous run");
+            let cgroup = Cgroup::open(&left.name);
+            cgroup.kill_all();
+            if let Err(e) = cgroup.remove() {
+                tracing::warn!(cgroup = %left.name, error = %e, "cannot remove a cgroup left by the previous run");
+            }
+            if NetNs::exists(&left.name)
+                && let Err(e) = NetNs::delete_by_name(&left.name)
+            {
+                tracing::warn!(sandbox = %left.name, error = %e, "cannot remove a sandbox left by the previous run");
+            }
+        }
+        let _ = std::fs::remove_dir_all(entry.path());
+    }
+}

@@ -1,0 +1,405 @@
+//! One task's run on this node, from accepted to its final state.
+//!
+//! [`Lifecycle`] decides every status a task reports, as a pure state
+//! machine: the supervisor ([`supervise`]) tells it what happened (prepared,
+//! started, a check passed or failed, a stop was asked, the task exited)
+//! and does what it answers (report, send the stop signal). The supervisor
+//! owns the IO: the shim process, its output, the healthcheck processes and
+//! the timers.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shoal_control::{LogLine, Report};
+use shoal_orch::{HealthCheck, Task, TaskState, TaskStatus};
+use shoal_runtime::EnterSpec;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, BufReader};
+use tokio::sync::{mpsc, watch};
+
+use super::health::{Health, HealthMonitor, run_check};
+use super::prepare::{self, Prepared};
+use super::{Context, ExecInfo};
+use crate::clock::now_ms;
+
+/// The longest log line kept; longer ones are cut.
+const MAX_LINE: usize = 16 * 1024;
+
+/// How a task's process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    /// Exit code (128 + signal when killed), if the shim could be waited for.
+    pub code: Option<i32>,
+    /// Whether the kernel killed something of the task for memory.
+    pub oom: bool,
+}
+
+/// The statuses of one task's run. No IO, no clock: times come in.
+#[derive(Debug, Clone)]
+pub struct Lifecycle {
+    health: Option<HealthMonitor>,
+    /// The running status last reported (its health changes).
+    running: Option<TaskStatus>,
+    stopping: bool,
+    unhealthy: bool,
+}
+
+/// What one healthcheck result means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub struct Checked {
+    /// A status to report (the health changed).
+    pub report: Option<TaskStatus>,
+    /// Stop the task: it became unhealthy.
+    pub stop: bool,
+}
+
+impl Lifecycle {
+    /// A task with this healthcheck, accepted by this node.
+    pub fn new(health: Option<HealthCheck>) -> Lifecycle {
+        Lifecycle { health: health.map(HealthMonitor::new), running: None, stopping: false, unhealthy: false }
+    }
+
+    /// The statuses of taking a task: accepted, then preparing.
+    pub fn accepted(now: u64) -> [TaskStatus; 2] {
+        [
+            TaskStatus::new(TaskState::Accepted, now, "accepted"),
+            TaskStatus::new(TaskState::Preparing, now, "preparing"),
+        ]
+    }
+
+    /// The end of a task that could not be prepared.
+    pub fn rejected(err: impl Into<String>, now: u64) -> TaskStatus {
+        TaskStatus::new(TaskState::Rejected, now, "preparing failed").with_err(err)
+    }
+
+    /// Prepared.
+    pub fn ready(now: u64) -> TaskStatus {
+        TaskStatus::new(TaskState::Ready, now, "prepared")
+    }
+
+    /// The process is being started.
+    pub fn starting(now: u64) -> TaskStatus {
+        TaskStatus::new(TaskState::Starting, now, "starting")
+    }
+
+    /// The end of a task stopped before it started.
+    pub fn shutdown(now: u64) -> TaskStatus {
+        TaskStatus::new(TaskState::Shutdown, now, "shutdown")
+    }
+
+    /// The end of a task whose process could not be started.
+    pub fn start_failed(err: impl std::fmt::Display, now: u64) -> TaskStatus {
+        TaskStatus::new(TaskState::Failed, now, "starting failed")
+            .with_err(format!("cannot start the task: {err}"))
+    }
+
+    /// The process started: running, with health `starting` if checked.
+    pub fn started(&mut self, now: u64) -> TaskStatus {
+        let mut running = TaskStatus::new(TaskState::Running, now, "started");
+        if self.health.is_some() {
+            running.health = Some(Health::Starting.as_str().into());
+        }
+        self.running = Some(running.clone());
+        running
+    }
+
+    /// The healthcheck, if any.
+    pub fn health_policy(&self) -> Option<&HealthCheck> {
+        self.health.as_ref().map(HealthMonitor::policy)
+    }
+
+    /// One healthcheck result, `since_start` after the task started.
+    pub fn checked(&mut self, healthy: bool, since_start: Duration) -> Checked {
+        let (Some(monitor), Some(running)) = (self.health.as_mut(), self.running.as_mut()) else {
+            return Checked { report: None, stop: false };
+        };
+        if self.stopping {
+            return Checked { report: None, stop: false };
+        }
+        let Some(health) = monitor.observe(healthy, since_start) else {
+            return Checked { report: None, stop: false };
+        };
+        running.health = Some(health.as_str().into());
+        running.message = format!("health: {}", health.as_str());
+        let stop = health == Health::Unhealthy;
+        if stop {
+            self.unhealthy = true;
+            self.stopping = true;
+        }
+        Checked { report: Some(running.clone()), stop }
+    }
+
+    /// A stop was asked: true if this begins stopping (send the stop
+    /// signal now, SIGKILL after the grace period).
+    pub fn stop(&mut self) -> bool {
+        !std::mem::replace(&mut self.stopping, true)
+    }
+
+    /// Whether the task is being stopped.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping
+    }
+
+    /// The final status, once the process exited.
+    pub fn exited(&self, exit: Exit, now: u64) -> TaskStatus {
+        let mut status = if self.unhealthy {
+            let failures = self.health.as_ref().map_or(0, HealthMonitor::failures);
+            TaskStatus::new(TaskState::Failed, now, "unhealthy")
+                .with_err(format!("task unhealthy: its healthcheck failed {failures} times in a row"))
+        } else if self.stopping {
+            TaskStatus::new(TaskState::Shutdown, now, "shutdown")
+        } else if exit.oom {
+            TaskStatus::new(TaskState::Failed, now, "out of memory").with_err(format!(
+                "task: out of memory: killed by the kernel for exceeding its memory limit (exit {})",
+                exit.code.unwrap_or(137)
+            ))
+        } else if exit.code == Some(0) {
+            TaskStatus::new(TaskState::Complete, now, "finished")
+        } else {
+            TaskStatus::new(TaskState::Failed, now, "exited")
+                .with_err(format!("task: non-zero exit ({})", exit.code.unwrap_or(-1)))
+        };
+        status.exit_code = exit.code;
+        status.health = self.running.as_ref().and_then(|r| r.health.clone());
+        status
+    }
+}
+
+/// Runs one task to its end; returns its final status. Everything the
+/// task made is gone when this returns.
+pub async fn supervise(
+    ctx: &Context,
+    task: Task,
+    mut stop: watch::Receiver<bool>,
+    exec_slot: Arc<Mutex<Option<ExecInfo>>>,
+) -> TaskStatus {
+    let id = task.id.clone();
+    let report = |status: TaskStatus| ctx.report(&id, status);
+    for status in Lifecycle::accepted(now_ms()) {
+        report(status);
+    }
+    let prepared = match prepare::prepare(ctx, &task).await {
+        Ok(p) => p,
+        Err(e) => return Lifecycle::rejected(e.to_string(), now_ms()),
+    };
+    report(Lifecycle::ready(now_ms()));
+    if *stop.borrow() {
+        prepare::cleanup(ctx, &prepared).await;
+        return Lifecycle::shutdown(now_ms());
+    }
+    report(Lifecycle::starting(now_ms()));
+    let mut child = match tokio::process::Command::new(PathBuf::from("/proc/self/exe"))
+        .arg("__task-shim")
+        .arg(prepared.dir.join("spec.json"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            prepare::cleanup(ctx, &prepared).await;
+            return Lifecycle::start_failed(e, now_ms());
+        }
+    };
+    let shim = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
+    let mut readers = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        readers.push(tokio::spawn(forward_lines(out, false, id.clone(), ctx.reports.clone())));
+    }
+    if let Some(err) = child.stderr.take() {
+        readers.push(tokio::spawn(forward_lines(err, true, id.clone(), ctx.reports.clone())));
+    }
+    let enter = wait_init(&prepared, &mut child).await;
+    *exec_slot.lock().unwrap_or_else(|e| e.into_inner()) =
+        enter.clone().map(|enter| ExecInfo { task: id.clone(), enter });
+
+    let mut life = Lifecycle::new(task.spec.health.clone());
+    report(life.started(now_ms()));
+    let started = Instant::now();
+    let check_every = life.health_policy().map(|h| Duration::from_millis(h.interval_ms));
+    let check_timeout = life.health_policy().map_or(Duration::ZERO, |h| Duration::from_millis(h.timeout_ms));
+    let check_cmd = life.health_policy().map(|h| h.cmd.clone()).unwrap_or_default();
+    let mut next_check = check_every.map(|every| Instant::now() + every);
+    let mut kill_at: Option<Instant> = None;
+    // The stop signal now, SIGKILL after the grace period.
+    let begin_stop = || {
+        if let Some(pid) = shim {
+            let signal = shoal_runtime::exec::signal(&task.spec.stop_signal)
+                .unwrap_or(nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(pid, signal);
+        }
+        Some(Instant::now() + Duration::from_millis(task.spec.stop_grace_ms))
+    };
+    let exit = loop {
+        let wake = [next_check, kill_at].into_iter().flatten().min();
+        let sleep = async {
+            match wake {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            status = child.wait() => break status.ok(),
+            changed = stop.changed(), if !life.is_stopping() => {
+                if (changed.is_err() || *stop.borrow()) && life.stop() {
+                    kill_at = begin_stop();
+                    next_check = None;
+                }
+            }
+            () = sleep => {
+                if kill_at.is_some_and(|at| Instant::now() >= at) {
+                    if let Some(pid) = shim {
+                        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                    }
+                    prepared.cgroup.kill_all();
+                    kill_at = None;
+                    continue;
+                }
+                let (Some(every), Some(enter)) = (check_every, &enter) else { next_check = None; continue };
+                let healthy = run_check(enter, &check_cmd, check_timeout).await;
+                let checked = life.checked(healthy, started.elapsed());
+                if let Some(status) = checked.report {
+                    report(status);
+                }
+                if checked.stop {
+                    kill_at = begin_stop();
+                    next_check = None;
+                } else {
+                    next_check = Some(Instant::now() + every);
+                }
+            }
+        }
+    };
+    *exec_slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    let oom = prepared.cgroup.oom_kills() > 0;
+    prepare::cleanup(ctx, &prepared).await;
+    for r in readers {
+        let _ = tokio::time::timeout(Duration::from_secs(1), r).await;
+    }
+    let code = exit.map(|s| {
+        use std::os::unix::process::ExitStatusExt;
+        s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
+    });
+    life.exited(Exit { code, oom }, now_ms())
+}
+
+/// Waits for the shim to write init's pid: what `task exec` and the
+/// healthcheck enter. None if the shim exited first.
+async fn wait_init(prepared: &Prepared, child: &mut tokio::process::Child) -> Option<EnterSpec> {
+    let mut pid = None;
+    // The shim writes it right after its fork; allow for a loaded node.
+    for _ in 0..1000 {
+        if let Ok(text) = std::fs::read_to_string(prepared.dir.join("init.pid"))
+            && let Ok(p) = text.trim().parse::<i32>()
+        {
+            pid = Some(p);
+            break;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    pid.map(|pid| EnterSpec {
+        pid,
+        cgroup_procs: prepared.cgroup.procs_files(),
+        uid: prepared.spec.uid,
+        gid: prepared.spec.gid,
+        workdir: prepared.spec.workdir.clone(),
+        env: prepared.spec.env.clone(),
+        argv: Vec::new(),
+    })
+}
+
+async fn forward_lines(
+    pipe: impl tokio::io::AsyncRead + Unpin,
+    stderr: bool,
+    task: String,
+    reports: mpsc::UnboundedSender<Report>,
+) {
+    let mut reader = BufReader::new(pipe);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match (&mut reader).take(MAX_LINE as u64).read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_owned();
+                let line = LogLine { ts_ms: now_ms(), stderr, text };
+                let _ = reports.send(Report::Logs { task: task.clone(), lines: vec![line] });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(retries: u64) -> HealthCheck {
+        HealthCheck { cmd: "true".into(), interval_ms: 1000, timeout_ms: 1000, retries, start_period_ms: 0 }
+    }
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_task_runs_and_ends_by_its_exit() {
+        let [a, p] = Lifecycle::accepted(1);
+        assert_eq!((a.state, p.state), (TaskState::Accepted, TaskState::Preparing));
+        let mut life = Lifecycle::new(None);
+        let running = life.started(2);
+        assert_eq!((running.state, running.health), (TaskState::Running, None));
+        let done = life.exited(Exit { code: Some(0), oom: false }, 3);
+        assert_eq!((done.state, done.exit_code, done.err), (TaskState::Complete, Some(0), None));
+        let failed = life.exited(Exit { code: Some(3), oom: false }, 3);
+        assert_eq!(failed.state, TaskState::Failed);
+        assert_eq!(failed.err.as_deref(), Some("task: non-zero exit (3)"));
+        let oom = life.exited(Exit { code: Some(137), oom: true }, 3);
+        assert!(oom.err.unwrap().starts_with("task: out of memory"), "docker's wording");
+        let lost = life.exited(Exit { code: None, oom: false }, 3);
+        assert_eq!(lost.err.as_deref(), Some("task: non-zero exit (-1)"));
+    }
+
+    #[test]
+    fn a_stopped_task_shuts_down_whatever_its_exit() {
+        let mut life = Lifecycle::new(None);
+        let _ = life.started(1);
+        assert!(life.stop(), "the first stop sends the signal");
+        assert!(!life.stop(), "a second stop does nothing more");
+        let end = life.exited(Exit { code: Some(143), oom: false }, 2);
+        assert_eq!((end.state, end.exit_code), (TaskState::Shutdown, Some(143)));
+        assert_eq!(Lifecycle::shutdown(3).state, TaskState::Shutdown);
+        assert_eq!(Lifecycle::rejected("no such program", 3).state, TaskState::Rejected);
+        assert!(Lifecycle::start_failed("ENOMEM", 3).err.unwrap().contains("cannot start the task: ENOMEM"));
+    }
+
+    #[test]
+    fn health_is_reported_when_it_changes_and_unhealthy_fails_the_task() {
+        let mut life = Lifecycle::new(Some(check(2)));
+        assert_eq!(life.started(1).health.as_deref(), Some("starting"));
+        let c = life.checked(true, SEC);
+        assert_eq!(c.report.as_ref().and_then(|s| s.health.as_deref()), Some("healthy"));
+        assert_eq!(c.report.unwrap().message, "health: healthy");
+        assert_eq!(life.checked(true, 2 * SEC), Checked { report: None, stop: false });
+        assert_eq!(life.checked(false, 3 * SEC), Checked { report: None, stop: false });
+        let c = life.checked(false, 4 * SEC);
+        assert!(c.stop);
+        assert_eq!(c.report.unwrap().health.as_deref(), Some("unhealthy"));
+        assert!(life.is_stopping() && !life.stop(), "stopping already");
+        let end = life.exited(Exit { code: Some(143), oom: false }, 5);
+        assert_eq!(end.state, TaskState::Failed);
+        assert_eq!(end.err.as_deref(), Some("task unhealthy: its healthcheck failed 2 times in a row"));
+        assert_eq!(end.health.as_deref(), Some("unhealthy"));
+    }
+
+    #[test]
+    fn checks_after_a_stop_change_nothing() {
+        let mut life = Lifecycle::new(Some(check(1)));
+        let _ = life.started(1);
+        assert!(life.stop());
+        assert_eq!(life.checked(false, SEC), Checked { report: None, stop: false });
+        assert_eq!(life.exited(Exit { code: Some(0), oom: false }, 2).state, TaskState::Shutdown);
+    }
+}

@@ -1,0 +1,124 @@
+//! `shoal network create|ls|inspect|rm`.
+
+use std::io::Write;
+
+use clap::Subcommand;
+use serde::Serialize;
+use serde_json::json;
+use shoal_agent::api::views::Network;
+
+use super::client::Client;
+use super::{Format, Listing, out, print_json, short};
+
+/// `shoal network`.
+#[derive(Debug, Subcommand)]
+pub enum NetworkCommand {
+    /// Create a network
+    Create {
+        /// Driver: overlay
+        #[arg(short, long, default_value = "overlay")]
+        driver: String,
+        /// Subnet in CIDR form (default: the next free /24 of the swarm's pool)
+        #[arg(long)]
+        subnet: Option<String>,
+        /// Let standalone tasks attach
+        #[arg(long)]
+        attachable: bool,
+        /// Network name
+        name: String,
+    },
+    /// List networks
+    Ls {
+        /// Only display IDs
+        #[arg(short, long)]
+        quiet: bool,
+        /// Do not truncate the output
+        #[arg(long)]
+        no_trunc: bool,
+        /// Output format: table, json (one object per line), or a template such as '{{.Name}}'
+        #[arg(long, default_value = "table")]
+        format: Format,
+    },
+    /// Display detailed information on one or more networks
+    Inspect {
+        /// Network names or ids
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+    /// Remove one or more networks
+    Rm {
+        /// Network names or ids
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+}
+
+/// A `network ls` row, with the field names of `docker network ls --format`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Row {
+    #[serde(rename = "ID")]
+    id: String,
+    name: String,
+    driver: String,
+    scope: String,
+    #[serde(rename = "IPv6")]
+    ipv6: String,
+    internal: String,
+    labels: String,
+    created_at: String,
+}
+
+/// Runs a `network` verb.
+pub fn run(client: &Client, command: NetworkCommand) -> anyhow::Result<()> {
+    match command {
+        NetworkCommand::Create { driver, subnet, attachable, name } => {
+            let body = json!({ "name": name, "driver": driver, "subnet": subnet, "attachable": attachable });
+            let network: Network = client.post("/v1/networks", &body)?;
+            writeln!(out(), "{}", network.id)?;
+        }
+        NetworkCommand::Ls { quiet, no_trunc, format } => {
+            let list: Vec<Network> = client.get("/v1/networks")?;
+            let id = |n: &Network| if no_trunc { n.id.clone() } else { short(&n.id).to_owned() };
+            if quiet {
+                for n in &list {
+                    writeln!(out(), "{}", id(n))?;
+                }
+                return Ok(());
+            }
+            let rows = list
+                .iter()
+                .map(|n| Row {
+                    id: id(n),
+                    name: n.name.clone(),
+                    driver: n.driver.clone(),
+                    scope: n.scope.clone(),
+                    ipv6: "false".into(),
+                    internal: "false".into(),
+                    labels: String::new(),
+                    created_at: n.created.clone(),
+                })
+                .collect();
+            let listing = Listing {
+                rows,
+                headers: &["NETWORK ID", "NAME", "DRIVER", "SCOPE"],
+                cells: |r: &Row| vec![r.id.clone(), r.name.clone(), r.driver.clone(), r.scope.clone()],
+            };
+            listing.print(&format)?;
+        }
+        NetworkCommand::Inspect { networks } => {
+            let mut all = Vec::new();
+            for name in &networks {
+                all.push(client.get::<Network>(&format!("/v1/networks/{name}"))?);
+            }
+            print_json(&all)?;
+        }
+        NetworkCommand::Rm { networks } => {
+            for name in &networks {
+                client.call("DELETE", &format!("/v1/networks/{name}"), None)?;
+                writeln!(out(), "{name}")?;
+            }
+        }
+    }
+    Ok(())
+}

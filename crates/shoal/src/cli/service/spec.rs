@@ -1,0 +1,590 @@
+//! The flags of `service create` and `service update`, and how they change
+//! a service spec. The spec is the orchestrator's own type; it crosses the
+//! API in docker's shape (`shoal_agent::api::views::ServiceSpec`).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use shoal_orch::{FailureAction, HealthCheck, Mode, PortConfig, ServiceSpec, TaskSpec, UpdateConfig};
+
+use crate::cli::flags::{self, Action, Condition, Order, RollbackAction, ServiceMode};
+
+/// Options `service create` and `service update` share.
+#[derive(Debug, Args)]
+pub struct SpecOptions {
+    /// Number of tasks
+    #[arg(long)]
+    pub replicas: Option<u64>,
+    /// Maximum number of tasks per node (0 = unlimited)
+    #[arg(long)]
+    replicas_max_per_node: Option<u64>,
+    /// Working directory inside the task
+    #[arg(short = 'w', long)]
+    workdir: Option<String>,
+    /// Username or UID (format: <name|uid>[:<group|gid>])
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    /// Task hostname
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Limit CPUs (such as 0.5)
+    #[arg(long, value_parser = flags::cpus)]
+    limit_cpu: Option<u64>,
+    /// Limit memory (such as 64M)
+    #[arg(long, value_parser = flags::bytes)]
+    limit_memory: Option<u64>,
+    /// Limit the number of processes (0 = unlimited)
+    #[arg(long)]
+    limit_pids: Option<u64>,
+    /// Reserve CPUs
+    #[arg(long, value_parser = flags::cpus)]
+    reserve_cpu: Option<u64>,
+    /// Reserve memory
+    #[arg(long, value_parser = flags::bytes)]
+    reserve_memory: Option<u64>,
+    /// Restart when condition is met
+    #[arg(long)]
+    restart_condition: Option<Condition>,
+    /// Delay between restart attempts (ns|us|ms|s|m|h)
+    #[arg(long, value_parser = flags::duration_ms)]
+    restart_delay: Option<u64>,
+    /// Maximum number of restarts before giving up (0 = unlimited)
+    #[arg(long)]
+    restart_max_attempts: Option<u64>,
+    /// Window used to evaluate the restart policy (ns|us|ms|s|m|h)
+    #[arg(long, value_parser = flags::duration_ms)]
+    restart_window: Option<u64>,
+    /// Maximum number of tasks updated simultaneously (0 to update all at once)
+    #[arg(long)]
+    update_parallelism: Option<u64>,
+    /// Delay between updates (ns|us|ms|s|m|h)
+    #[arg(long, value_parser = flags::duration_ms)]
+    update_delay: Option<u64>,
+    /// Action on update failure
+    #[arg(long)]
+    update_failure_action: Option<Action>,
+    /// Duration after each task update to monitor for failure (ns|us|ms|s|m|h)
+    #[arg(long, value_parser = flags::duration_ms)]
+    update_monitor: Option<u64>,
+    /// Failure rate to tolerate during an update
+    #[arg(long, value_parser = flags::ratio)]
+    update_max_failure_ratio: Option<f64>,
+    /// Update order
+    #[arg(long)]
+    update_order: Option<Order>,
+    /// Maximum number of tasks rolled back simultaneously (0 to roll back all at once)
+    #[arg(long)]
+    rollback_parallelism: Option<u64>,
+    /// Delay between task rollbacks (ns|us|ms|s|m|h)
+    #[arg(long, value_parser = flags::duration_ms)]
+    rollback_delay: Option<u64>,
+    /// Action on rollback failure
+    #[arg(long)]
+    rollback_failure_action: Option<RollbackAction>,
+    /// Duration after each task rollback to monitor for failure (ns|us|ms|s|m|h)
+    #[arg(long, value_parser = flags::duration_ms)]
+    rollback_monitor: Option<u64>,
+    /// Failure rate to tolerate during a rollback
+    #[arg(long, value_parser = flags::ratio)]
+    rollback_max_failure_ratio: Option<f64>,
+    /// Rollback order
+    #[arg(long)]
+    rollback_order: Option<Order>,
+    /// Command to run to check health (a shell command, run inside the task)
+    #[arg(long)]
+    health_cmd: Option<String>,
+    /// Time between running the check (ms|s|m|h)
+    #[arg(long, value_parser = flags::duration_ms)]
+    health_interval: Option<u64>,
+    /// Maximum time to allow one check to run (ms|s|m|h)
+    #[arg(long, value_parser = flags::duration_ms)]
+    health_timeout: Option<u64>,
+    /// Consecutive failures needed to report unhealthy
+    #[arg(long)]
+    health_retries: Option<u64>,
+    /// Start period for the task to initialize before counting retries towards unstable (ms|s|m|h)
+    #[arg(long, value_parser = flags::duration_ms)]
+    health_start_period: Option<u64>,
+    /// Disable any healthcheck
+    #[arg(long)]
+    no_healthcheck: bool,
+    /// Time to wait before force killing a task (ns|us|ms|s|m|h)
+    #[arg(long, value_parser = flags::duration_ms)]
+    stop_grace_period: Option<u64>,
+    /// Signal to stop the task
+    #[arg(long, value_parser = flags::signal)]
+    stop_signal: Option<String>,
+    /// Exit immediately instead of waiting for the service to converge
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Suppress progress output
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
+
+/// `service create`.
+#[derive(Debug, Args)]
+pub struct CreateOptions {
+    /// Service name
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Service mode
+    #[arg(long, default_value = "replicated")]
+    pub mode: ServiceMode,
+    /// Set environment variables
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Read in a file of environment variables
+    #[arg(long)]
+    pub env_file: Vec<PathBuf>,
+    /// Network attachments
+    #[arg(long = "network")]
+    pub networks: Vec<String>,
+    /// Placement constraints
+    #[arg(long = "constraint")]
+    pub constraints: Vec<String>,
+    /// Add a placement preference (spread=node.labels.KEY)
+    #[arg(long = "placement-pref")]
+    pub placement_prefs: Vec<String>,
+    /// Publish a port as a node port (PUBLISHED:TARGET[/PROTO])
+    #[arg(short = 'p', long = "publish")]
+    pub publish: Vec<String>,
+    /// Service labels
+    #[arg(short = 'l', long = "label")]
+    pub labels: Vec<String>,
+    #[command(flatten)]
+    pub spec: SpecOptions,
+    /// The program to run (looked up on each node's PATH) and its arguments; everything after
+    /// the program is its own, as in docker (`redis-benchmark -h HOST -q`)
+    #[arg(value_name = "IMAGE [ARG]...", required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+/// `service update`.
+#[derive(Debug, Args)]
+pub struct UpdateOptions {
+    /// Add or update an environment variable
+    #[arg(long)]
+    env_add: Vec<String>,
+    /// Remove an environment variable
+    #[arg(long)]
+    env_rm: Vec<String>,
+    /// Add or update a placement constraint
+    #[arg(long)]
+    constraint_add: Vec<String>,
+    /// Remove a constraint
+    #[arg(long)]
+    constraint_rm: Vec<String>,
+    /// Add a placement preference
+    #[arg(long)]
+    placement_pref_add: Vec<String>,
+    /// Remove a placement preference
+    #[arg(long)]
+    placement_pref_rm: Vec<String>,
+    /// Add or update a published port
+    #[arg(long)]
+    publish_add: Vec<String>,
+    /// Remove a published port by its target port
+    #[arg(long)]
+    publish_rm: Vec<String>,
+    /// Service command args (a shell-like string)
+    #[arg(long)]
+    args: Option<String>,
+    /// Program to run
+    #[arg(long)]
+    image: Option<String>,
+    /// Force update even if no changes require it
+    #[arg(long)]
+    force: bool,
+    /// Roll back to the previous specification
+    #[arg(long)]
+    pub rollback: bool,
+    #[command(flatten)]
+    pub spec: SpecOptions,
+    /// Service to update
+    pub service: String,
+}
+
+fn invalid(value: &str, flag: &str, hint: &str) -> String {
+    format!("invalid argument {value:?} for \"--{flag}\" flag: {hint}")
+}
+
+/// `-p 8080:80[/udp]` or `published=8080,target=80[,protocol=udp][,mode=host]`.
+pub fn parse_publish(text: &str) -> anyhow::Result<PortConfig> {
+    let bad = || {
+        anyhow::anyhow!("{}", invalid(text, "publish", "use PUBLISHED:TARGET[/PROTOCOL], such as 8080:80"))
+    };
+    let mut port = PortConfig { published: 0, target: 0, protocol: "tcp".into(), mode: "ingress".into() };
+    if text.contains('=') {
+        for field in text.split(',') {
+            let (k, v) = field.split_once('=').ok_or_else(bad)?;
+            match k {
+                "published" => port.published = v.parse().map_err(|_| bad())?,
+                "target" => port.target = v.parse().map_err(|_| bad())?,
+                "protocol" => port.protocol = v.to_owned(),
+                "mode" => port.mode = v.to_owned(),
+                _ => return Err(bad()),
+            }
+        }
+    } else {
+        let (ports, proto) = text.split_once('/').unwrap_or((text, "tcp"));
+        let (published, target) = ports.split_once(':').ok_or_else(bad)?;
+        port.published = published.parse().map_err(|_| bad())?;
+        port.target = target.parse().map_err(|_| bad())?;
+        port.protocol = proto.to_owned();
+    }
+    if port.target == 0
+        || !["tcp", "udp"].contains(&port.protocol.as_str())
+        || !["ingress", "host"].contains(&port.mode.as_str())
+    {
+        return Err(bad());
+    }
+    Ok(port)
+}
+
+/// `spread=node.labels.KEY`: the label key.
+pub fn parse_pref(text: &str) -> anyhow::Result<String> {
+    text.strip_prefix("spread=node.labels.")
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("{}", invalid(text, "placement-pref", "use spread=node.labels.KEY")))
+}
+
+/// Checks a `KEY=VALUE`.
+pub fn check_env(kv: &str) -> anyhow::Result<()> {
+    if kv.split('=').next().is_none_or(str::is_empty) {
+        bail!("{}", invalid(kv, "env", "use KEY=VALUE"));
+    }
+    Ok(())
+}
+
+/// Reads an env file: `KEY=VALUE` lines, or `KEY` alone to take this
+/// shell's value; `#` comments.
+pub fn read_env_file(path: &PathBuf) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("open env file {}", path.display()))?;
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        if line.contains('=') {
+            check_env(line)?;
+            out.push(line.to_owned());
+        } else if let Ok(v) = std::env::var(line) {
+            out.push(format!("{line}={v}"));
+        }
+    }
+    Ok(out)
+}
+
+/// Sets `env` entries, replacing ones with the same key.
+pub fn set_env(env: &mut Vec<String>, kv: &str) {
+    let key = kv.split('=').next().unwrap_or_default();
+    env.retain(|e| e.split('=').next() != Some(key));
+    env.push(kv.to_owned());
+}
+
+/// Splits a shell-like string into words (quotes group, backslash escapes).
+pub fn split_args(text: &str) -> anyhow::Result<Vec<String>> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut quote = None;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (Some(q), c) if c == q => quote = None,
+            (None | Some('"'), '\\') => {
+                word.extend(chars.next());
+                in_word = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            (_, c) => {
+                word.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quote.is_some() {
+        bail!("{}", invalid(text, "args", "unterminated quote"));
+    }
+    if in_word {
+        words.push(word);
+    }
+    Ok(words)
+}
+
+/// A random name as docker gives unnamed services (adjective_noun).
+fn random_name() -> String {
+    const ADJECTIVES: [&str; 8] = ["brave", "calm", "eager", "fond", "keen", "lucid", "quiet", "swift"];
+    const NOUNS: [&str; 8] = ["cod", "eel", "hake", "ling", "perch", "pike", "shad", "sole"];
+    let n = shoal_agent::clock::now_ms() as usize;
+    format!("{}_{}", ADJECTIVES[n % 8], NOUNS[(n / 8) % 8])
+}
+
+/// Applies the shared options to `spec`.
+pub fn apply(spec: &mut ServiceSpec, o: &SpecOptions) -> anyhow::Result<()> {
+    if let Some(r) = o.replicas {
+        match &mut spec.mode {
+            Mode::Replicated { replicas } => *replicas = r,
+            Mode::Global => bail!("replicas can only be used with replicated mode"),
+        }
+    }
+    let t = &mut spec.task;
+    let set = |target: &mut Option<String>, v: &Option<String>| {
+        if let Some(v) = v {
+            *target = (!v.is_empty()).then(|| v.clone());
+        }
+    };
+    set(&mut t.workdir, &o.workdir);
+    set(&mut t.user, &o.user);
+    set(&mut t.hostname, &o.hostname);
+    macro_rules! copy {
+        ($($field:expr => $value:expr),* $(,)?) => { $( if let Some(v) = $value { $field = v.into(); } )* };
+    }
+    copy! {
+        t.placement.max_replicas => o.replicas_max_per_node,
+        t.resources.limit_nano_cpus => o.limit_cpu,
+        t.resources.limit_memory => o.limit_memory,
+        t.resources.limit_pids => o.limit_pids,
+        t.resources.reserve_nano_cpus => o.reserve_cpu,
+        t.resources.reserve_memory => o.reserve_memory,
+        t.restart.condition => o.restart_condition,
+        t.restart.delay_ms => o.restart_delay,
+        t.restart.max_attempts => o.restart_max_attempts,
+        t.restart.window_ms => o.restart_window,
+        t.stop_grace_ms => o.stop_grace_period,
+        t.stop_signal => o.stop_signal.clone(),
+        spec.update.parallelism => o.update_parallelism,
+        spec.update.delay_ms => o.update_delay,
+        spec.update.failure_action => o.update_failure_action,
+        spec.update.monitor_ms => o.update_monitor,
+        spec.update.max_failure_ratio => o.update_max_failure_ratio,
+        spec.update.order => o.update_order,
+        spec.rollback.parallelism => o.rollback_parallelism,
+        spec.rollback.delay_ms => o.rollback_delay,
+        spec.rollback.failure_action => o.rollback_failure_action.map(FailureAction::from),
+        spec.rollback.monitor_ms => o.rollback_monitor,
+        spec.rollback.max_failure_ratio => o.rollback_max_failure_ratio,
+        spec.rollback.order => o.rollback_order,
+    }
+    if o.no_healthcheck {
+        if o.health_cmd.is_some() {
+            bail!("--no-healthcheck conflicts with --health-* options");
+        }
+        t.health = None;
+    } else if o.health_cmd.is_some() || t.health.is_some() {
+        let mut h = t.health.clone().unwrap_or(HealthCheck {
+            cmd: String::new(),
+            interval_ms: 30_000,
+            timeout_ms: 30_000,
+            retries: 3,
+            start_period_ms: 0,
+        });
+        copy! {
+            h.cmd => o.health_cmd.clone(),
+            h.interval_ms => o.health_interval,
+            h.timeout_ms => o.health_timeout,
+            h.retries => o.health_retries,
+            h.start_period_ms => o.health_start_period,
+        }
+        t.health = Some(h);
+    } else if o.health_interval.is_some() || o.health_retries.is_some() || o.health_timeout.is_some() {
+        bail!("--health-interval, --health-timeout and --health-retries need --health-cmd");
+    }
+    Ok(())
+}
+
+/// The spec `service create` asks for.
+pub fn create_spec(o: &CreateOptions) -> anyhow::Result<ServiceSpec> {
+    let (image, args) = o.command.split_first().context("service create needs the program to run")?;
+    let mut spec = ServiceSpec {
+        name: o.name.clone().unwrap_or_else(random_name),
+        mode: Mode::Replicated { replicas: 1 },
+        labels: Default::default(),
+        task: TaskSpec { image: image.clone(), args: args.to_vec(), ..TaskSpec::default() },
+        update: UpdateConfig::default(),
+        rollback: UpdateConfig::default(),
+        ports: Vec::new(),
+    };
+    if o.mode == ServiceMode::Global {
+        if o.spec.replicas.is_some() {
+            bail!("replicas can only be used with replicated mode");
+        }
+        spec.mode = Mode::Global;
+    }
+    for path in &o.env_file {
+        for kv in read_env_file(path)? {
+            set_env(&mut spec.task.env, &kv);
+        }
+    }
+    for kv in &o.env {
+        check_env(kv)?;
+        set_env(&mut spec.task.env, kv);
+    }
+    spec.task.networks = o.networks.clone();
+    spec.task.placement.constraints = o.constraints.clone();
+    spec.task.placement.spread = o.placement_prefs.iter().map(|p| parse_pref(p)).collect::<Result<_, _>>()?;
+    spec.ports = o.publish.iter().map(|p| parse_publish(p)).collect::<Result<_, _>>()?;
+    for l in &o.labels {
+        let (k, v) = l.split_once('=').unwrap_or((l, ""));
+        spec.labels.insert(k.to_owned(), v.to_owned());
+    }
+    apply(&mut spec, &o.spec)?;
+    Ok(spec)
+}
+
+/// Applies `service update`'s flags to the current spec.
+pub fn update_spec(spec: &mut ServiceSpec, o: &UpdateOptions) -> anyhow::Result<()> {
+    let t = &mut spec.task;
+    for key in &o.env_rm {
+        t.env.retain(|e| e.split('=').next() != Some(key.as_str()));
+    }
+    for kv in &o.env_add {
+        check_env(kv)?;
+        set_env(&mut t.env, kv);
+    }
+    t.placement.constraints.retain(|c| !o.constraint_rm.contains(c));
+    for c in &o.constraint_add {
+        if !t.placement.constraints.contains(c) {
+            t.placement.constraints.push(c.clone());
+        }
+    }
+    for p in &o.placement_pref_rm {
+        let key = parse_pref(p)?;
+        t.placement.spread.retain(|k| *k != key);
+    }
+    for p in &o.placement_pref_add {
+        t.placement.spread.push(parse_pref(p)?);
+    }
+    if let Some(args) = &o.args {
+        t.args = split_args(args)?;
+    }
+    if let Some(image) = &o.image {
+        t.image = image.clone();
+    }
+    if o.force {
+        t.force_update += 1;
+    }
+    for p in &o.publish_rm {
+        let target: u16 =
+            p.split('/').next().unwrap_or(p).split(':').next_back().unwrap_or(p).parse().map_err(|_| {
+                anyhow::anyhow!("{}", invalid(p, "publish-rm", "use the target port, such as 80 or 80/tcp"))
+            })?;
+        spec.ports.retain(|port| port.target != target);
+    }
+    for p in &o.publish_add {
+        let port = parse_publish(p)?;
+        spec.ports.retain(|q| q.published != port.published || q.protocol != port.protocol);
+        spec.ports.push(port);
+    }
+    apply(spec, &o.spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Create {
+        #[command(flatten)]
+        o: CreateOptions,
+    }
+
+    #[test]
+    fn everything_after_the_program_is_its_own() {
+        let c = Create::try_parse_from([
+            "create",
+            "--name",
+            "b",
+            "redis-benchmark",
+            "-h",
+            "10.0.0.3",
+            "-q",
+            "--replicas",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(c.o.command, ["redis-benchmark", "-h", "10.0.0.3", "-q", "--replicas", "2"]);
+        assert_eq!(c.o.name.as_deref(), Some("b"));
+        assert!(!c.o.spec.quiet && c.o.spec.replicas.is_none(), "shoal's flags stop at the program");
+        let c = Create::try_parse_from(["create", "-q", "--replicas", "3", "python3", "-m", "http.server"])
+            .unwrap();
+        assert!(c.o.spec.quiet);
+        assert_eq!(c.o.spec.replicas, Some(3));
+        let spec = create_spec(&c.o).unwrap();
+        assert_eq!(
+            (spec.task.image.as_str(), spec.task.args.as_slice()),
+            ("python3", &["-m".to_owned(), "http.server".to_owned()][..])
+        );
+        assert!(Create::try_parse_from(["create", "--name", "x"]).is_err(), "the program is required");
+    }
+
+    #[test]
+    fn enum_flags_name_their_values() {
+        let err = Create::try_parse_from(["create", "--restart-condition", "sometimes", "sleep", "1"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[possible values: none, on-failure, any]"), "{err}");
+        let c = Create::try_parse_from([
+            "create",
+            "--update-order",
+            "start-first",
+            "--mode",
+            "global",
+            "sleep",
+            "1",
+        ])
+        .unwrap();
+        let spec = create_spec(&c.o).unwrap();
+        assert_eq!((spec.mode, spec.update.order), (Mode::Global, shoal_orch::UpdateOrder::StartFirst));
+    }
+
+    #[test]
+    fn publish_and_prefs() {
+        let p = parse_publish("8080:80").unwrap();
+        assert_eq!(
+            (p.published, p.target, p.protocol.as_str(), p.mode.as_str()),
+            (8080, 80, "tcp", "ingress")
+        );
+        let p = parse_publish("published=53,target=5353,protocol=udp,mode=host").unwrap();
+        assert_eq!((p.published, p.target, p.protocol.as_str(), p.mode.as_str()), (53, 5353, "udp", "host"));
+        assert!(parse_publish("8080").is_err());
+        assert!(parse_publish("8080:80/sctp").is_err());
+        assert_eq!(parse_pref("spread=node.labels.zone").unwrap(), "zone");
+        assert!(parse_pref("spread=node.role").is_err());
+    }
+
+    #[test]
+    fn args_split_like_a_shell() {
+        assert_eq!(
+            split_args(r#"-m http.server "8 0" 'a b' c\ d"#).unwrap(),
+            ["-m", "http.server", "8 0", "a b", "c d"]
+        );
+        assert!(split_args("'open").is_err());
+    }
+
+    #[test]
+    fn env_files_and_env_updates() {
+        let path = std::env::temp_dir().join(format!("shoal-env-{}", std::process::id()));
+        std::fs::write(&path, "# comment\n\nA=1\nB=two words\n").unwrap();
+        let read = read_env_file(&path);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(read.unwrap(), ["A=1", "B=two words"]);
+        std::fs::write(&path, "=oops\n").unwrap();
+        let err = read_env_file(&path).unwrap_err().to_string();
+        let _ = std::fs::remove_file(&path);
+        assert!(err.contains("use KEY=VALUE"), "{err}");
+        let mut env = vec!["A=1".to_owned(), "B=2".to_owned()];
+        set_env(&mut env, "A=3");
+        assert_eq!(env, ["B=2", "A=3"]);
+    }
+}
