@@ -71,7 +71,7 @@ fn node_ls_shows_three_ready_nodes_and_labels_show_in_inspect() {
     // Bad input says what is wrong and changes nothing.
     assert!(
         c.cli_err(0, &["node", "update", "--availability", "sleepy", "node2"])
-            .contains("use active, pause or drain")
+            .contains("[possible values: active, pause, drain]")
     );
     assert!(c.cli_err(0, &["node", "update", "--label-rm", "nope", "node2"]).contains("doesn't exist"));
     assert!(c.cli_err(0, &["node", "inspect", "node9"]).contains("node node9 not found"));

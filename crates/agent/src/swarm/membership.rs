@@ -217,23 +217,22 @@ impl Swarm {
             return Err(already_in_a_swarm());
         }
         let s = &self.settings;
-        if let Some(addr) = &req.advertise_addr {
-            let own = s.advertise_addr.to_string();
-            let host = addr.split(':').next().unwrap_or(addr);
-            if host != own {
-                return Err(Error::Invalid(format!(
-                    "the daemon advertises {own}; restart it with --advertise-addr {host} to advertise that address"
-                )));
-            }
+        // Addresses and ports are the daemon's: init can only confirm them.
+        let differs = |given: &Option<String>, own: std::net::Ipv4Addr| {
+            let host = given.as_deref().map(|a| a.split(':').next().unwrap_or(a).to_owned());
+            host.filter(|h| *h != own.to_string())
+        };
+        if let Some(host) = differs(&req.advertise_addr, s.advertise_addr) {
+            return Err(Error::Invalid(format!(
+                "the daemon advertises {}; restart it with --advertise-addr {host} to advertise that address",
+                s.advertise_addr
+            )));
         }
-        if let Some(addr) = &req.listen_addr {
-            let own = s.listen_addr.to_string();
-            let host = addr.split(':').next().unwrap_or(addr);
-            if host != own {
-                return Err(Error::Invalid(format!(
-                    "the daemon listens on {own}; restart it with --listen-addr {host} to listen there"
-                )));
-            }
+        if let Some(host) = differs(&req.listen_addr, s.listen_addr) {
+            return Err(Error::Invalid(format!(
+                "the daemon listens on {}; restart it with --listen-addr {host} to listen there",
+                s.listen_addr
+            )));
         }
         if let Some(port) = req.data_path_port
             && port != s.data_port
