@@ -49,8 +49,9 @@ node node1 shoal service logs --tail 1 web
 node node1 shoal service create --name perf --mode global --network front iperf3 -s
 PERF1=$(task_on perf node1)
 PERF3_IP=$(ip_of "$(task_on perf node3)")
-sleep 0.5
-node node1 shoal task exec "$PERF1" -- iperf3 -c "$PERF3_IP" -t 3
+# The server may still be starting: retry a few times, half a second apart.
+node node1 shoal task exec "$PERF1" -- sh -c \
+  "for i in 1 2 3 4 5 6 7 8 9 10; do iperf3 -c $PERF3_IP -t 3 && exit 0; sleep 0.5; done; exit 1"
 
 # Scale, roll, remove.
 node node1 shoal service scale web=2

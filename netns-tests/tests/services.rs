@@ -426,6 +426,30 @@ fn bad_flags_and_unknown_names_fail_clearly() {
         let err = c.cli_err(0, args);
         assert!(err.contains(expected), "shoal {args:?}: {err}");
     }
+    // Everything after the program is the program's, `-h` and `-q` too.
+    c.cli(0, &["service", "create", "--detach", "--name", "flags", "sh", "-c", "sleep 600", "-h", "-q"]);
+    let inspect: Value = serde_json::from_str(&c.cli(0, &["service", "inspect", "flags"])).unwrap();
+    let spec = &inspect[0]["Spec"]["TaskTemplate"]["ContainerSpec"];
+    assert_eq!(spec["Image"], "sh");
+    assert_eq!(spec["Args"], serde_json::json!(["-c", "sleep 600", "-h", "-q"]), "{inspect}");
+    // `--format json` rows carry docker's field names, nothing else.
+    let keys = |args: &[&str]| -> Vec<String> {
+        let out = c.cli(0, args);
+        let first: Value = serde_json::from_str(out.lines().next().expect("a row")).unwrap();
+        first.as_object().unwrap().keys().cloned().collect()
+    };
+    assert_eq!(
+        keys(&["service", "ls", "--format", "json"]),
+        ["ID", "Image", "Mode", "Name", "Ports", "Replicas"]
+    );
+    assert_eq!(
+        keys(&["service", "ps", "--format", "json", "flags"]),
+        ["CurrentState", "DesiredState", "Error", "ID", "Image", "Name", "Node", "Ports"]
+    );
+    let names = c.cli(0, &["service", "ls", "--format", "{{.Name}}: {{.Mode}}"]);
+    assert_eq!(names.trim(), "flags: replicated");
+    c.cli(0, &["service", "rm", "flags"]);
+
     // A program that does not exist is rejected with docker's reason.
     let err = c.cli_err(
         0,

@@ -1,9 +1,14 @@
 //! The one wall clock of the agent and the CLI: milliseconds since the
 //! Unix epoch, and their RFC 3339 form (what docker prints).
 
+/// Now.
+pub fn now() -> std::time::SystemTime {
+    std::time::SystemTime::now()
+}
+
 /// Now, in milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// `2026-11-26T10:00:00.123000000Z` for `ms` since the epoch (UTC), as

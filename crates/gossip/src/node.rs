@@ -13,21 +13,32 @@
 //!   [`GossipNode::poll_event`] (membership and table changes).
 //!
 //! Time and randomness are arguments: the same inputs give the same outputs.
+//!
+//! Each job has its own submodule: `membership` (the foca glue), `deltas`
+//! (delta gossip), `sync` (anti-entropy); this file holds the public types,
+//! the datagram and timer inputs, the outputs, the timers and the sealing.
+
+mod deltas;
+mod membership;
+mod sync;
+
+pub use sync::FrameError;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddrV4;
-use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-use foca::{Config, Foca, NoCustomBroadcast, OwnedNotification, PostcardCodec, Timer};
+use foca::{Foca, PostcardCodec, Timer};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{Member, NodeId};
 use crate::seal::{self, KeyRing, OpenError, ReplayWindow, Sender};
-use crate::table::{Change, Delta, DigestEntry, NetworkId, Retention, RowKey, SyncItem, Tables};
+use crate::table::{Change, NetworkId, Retention, RowKey, Tables};
+use deltas::Queued;
+use membership::{Swim, swim_config};
 
 /// Settings, with memberlist's LAN defaults.
 #[derive(Debug, Clone)]
@@ -161,21 +172,6 @@ mod kind {
     pub const SYNC_FINAL: u8 = 4;
 }
 
-/// The first frame of anti-entropy: what the asker holds.
-#[derive(Debug, Serialize, Deserialize)]
-struct SyncRequest {
-    digest: Vec<DigestEntry>,
-    members: Vec<foca::Member<Member>>,
-}
-
-/// The answer: what the asker lacks, and what the answerer holds.
-#[derive(Debug, Serialize, Deserialize)]
-struct SyncReply {
-    items: Vec<SyncItem>,
-    digest: Vec<DigestEntry>,
-    members: Vec<foca::Member<Member>>,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Tick {
     Gossip,
@@ -190,13 +186,6 @@ enum Due {
     Foca(Timer<Member>),
     Tick(Tick),
 }
-
-struct Queued {
-    encoded: Vec<u8>,
-    remaining: u32,
-}
-
-type Swim = Foca<Member, PostcardCodec, StdRng, NoCustomBroadcast>;
 
 /// One node's gossip state machine.
 pub struct GossipNode {
@@ -356,77 +345,8 @@ impl GossipNode {
         let _ = from;
     }
 
-    /// Handles one anti-entropy stream frame; returns the frame to answer
-    /// with, if any. A frame that does not open or parse ends the stream.
-    #[must_use = "a reply frame must be written back on the stream; an error ends the stream"]
-    pub fn handle_frame(&mut self, now: Instant, data: &[u8]) -> Result<Option<Vec<u8>>, FrameError> {
-        self.stats.frames_in += 1;
-        let (sender, payload) = self.open(data).ok_or(FrameError)?;
-        let Some((&kind, body)) = payload.split_first() else {
-            self.drop_input("malformed");
-            return Err(FrameError);
-        };
-        let reply = match kind {
-            kind::SYNC_REQUEST => {
-                let request: SyncRequest = self.decode(body)?;
-                self.apply_members(now, request.members);
-                let reply = SyncReply {
-                    items: self.tables.answer(sender.id, &request.digest),
-                    digest: self.tables.digest(),
-                    members: self.membership(),
-                };
-                Some(self.seal_message(kind::SYNC_REPLY, &postcard::to_allocvec(&reply).expect("encodable")))
-            }
-            kind::SYNC_REPLY => {
-                let reply: SyncReply = self.decode(body)?;
-                self.apply_members(now, reply.members);
-                self.apply_items(now, reply.items);
-                let back = self.tables.answer(sender.id, &reply.digest);
-                self.stats.syncs += 1;
-                Some(self.seal_message(kind::SYNC_FINAL, &postcard::to_allocvec(&back).expect("encodable")))
-            }
-            kind::SYNC_FINAL => {
-                let items: Vec<SyncItem> = self.decode(body)?;
-                self.apply_items(now, items);
-                self.stats.syncs += 1;
-                None
-            }
-            _ => {
-                self.drop_input("malformed");
-                return Err(FrameError);
-            }
-        };
-        if reply.is_some() {
-            self.stats.frames_out += 1;
-        }
-        Ok(reply)
-    }
-
-    /// The first frame of an anti-entropy stream this node opens.
-    #[must_use = "the frame must be written on the stream just opened"]
-    pub fn start_sync(&mut self) -> Vec<u8> {
-        self.stats.frames_out += 1;
-        let request = SyncRequest { digest: self.tables.digest(), members: self.membership() };
-        self.seal_message(kind::SYNC_REQUEST, &postcard::to_allocvec(&request).expect("encodable"))
-    }
-
-    /// The driver could not open an anti-entropy stream to `peer` because
-    /// nothing listens there (connection refused): no gossip process runs at
-    /// that address. If SWIM suspects the member there, declare it down now
-    /// instead of waiting out the suspicion. A timeout proves nothing (it may
-    /// be a partition) and is not reported.
-    pub fn handle_sync_refused(&mut self, now: Instant, peer: SocketAddrV4) {
-        let suspect = self
-            .swim
-            .iter_members()
-            .find(|m| m.id().addr == peer && m.state() == foca::State::Suspect)
-            .map(|m| foca::Member::new(*m.id(), m.incarnation(), foca::State::Down));
-        if let Some(down) = suspect {
-            let mut runtime = foca::AccumulatingRuntime::new();
-            let _ = self.swim.apply_many(std::iter::once(down), true, &mut runtime);
-            self.drain_swim(now, runtime);
-        }
-    }
+    // The anti-entropy inputs (`handle_frame`, `start_sync`,
+    // `handle_sync_refused`) are in `sync.rs`.
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -522,13 +442,6 @@ impl GossipNode {
         Some((sender, payload))
     }
 
-    fn decode<T: serde::de::DeserializeOwned>(&mut self, body: &[u8]) -> Result<T, FrameError> {
-        postcard::from_bytes(body).map_err(|_| {
-            self.drop_input("malformed");
-            FrameError
-        })
-    }
-
     fn seal_message(&mut self, kind: u8, body: &[u8]) -> Vec<u8> {
         self.counter += 1;
         let mut payload = Vec::with_capacity(1 + body.len());
@@ -542,84 +455,6 @@ impl GossipNode {
     fn send(&mut self, to: SocketAddrV4, kind: u8, body: &[u8]) {
         let data = self.seal_message(kind, body);
         self.transmits.push_back(Transmit { to, data });
-    }
-
-    fn announce_to_seeds(&mut self, now: Instant) {
-        let mut runtime = foca::AccumulatingRuntime::new();
-        for seed in self.seeds.clone() {
-            let _ = self.swim.announce(Member::seed(seed), &mut runtime);
-        }
-        self.drain_swim(now, runtime);
-    }
-
-    fn drain_swim(&mut self, now: Instant, mut runtime: foca::AccumulatingRuntime<Member>) {
-        while let Some((to, data)) = runtime.to_send() {
-            self.send(to.addr, kind::SWIM, &data);
-        }
-        while let Some((after, timer)) = runtime.to_schedule() {
-            self.schedule(now, after, Due::Foca(timer));
-        }
-        while let Some(note) = runtime.to_notify() {
-            self.notified(now, note);
-        }
-        let size = (self.live_members() + 1) as u32;
-        if size != self.cluster_size {
-            self.cluster_size = size;
-            self.apply_swim_config();
-        }
-    }
-
-    fn apply_swim_config(&mut self) {
-        let config = swim_config(&self.config, self.cluster_size, self.local_health());
-        let _ = self.swim.set_config(config);
-    }
-
-    fn notified(&mut self, now: Instant, note: OwnedNotification<Member>) {
-        let mut changes = Vec::new();
-        match note {
-            OwnedNotification::MemberUp(m) => {
-                self.tables.owner_up(m.id, m.epoch, &mut changes);
-                self.events.push_back(Event::MemberUp(m));
-                // Reconcile at once with the first member met (joining) and
-                // with members that come back; others reconcile with the
-                // periodic round.
-                if self.live_members() == 1 || self.seen_down.remove(&m.addr) {
-                    self.syncs.push_back(m.addr);
-                }
-            }
-            OwnedNotification::MemberDown(m) => {
-                self.stats.member_downs += 1;
-                self.seen_down.insert(m.addr);
-                self.tables.owner_down(now, m.id, m.epoch, &mut changes);
-                self.events.push_back(Event::MemberDown(m));
-            }
-            OwnedNotification::Rename(old, new) => {
-                if old.id != new.id {
-                    // Another node now holds the address: the old one is gone.
-                    self.tables.owner_down(now, old.id, old.epoch, &mut changes);
-                }
-                // The same address under a new identity: a rejoin (same
-                // epoch, rows come back) or a restart (new epoch, rows go).
-                self.tables.owner_up(new.id, new.epoch, &mut changes);
-                self.events.push_back(Event::MemberUp(new));
-                if self.seen_down.remove(&new.addr) {
-                    self.syncs.push_back(new.addr);
-                }
-            }
-            OwnedNotification::Rejoin(me) => self.me = me,
-            OwnedNotification::ProbeFailed(_, m) => {
-                self.failed_probes.push_back((now, m.addr));
-                // A reliable check before the suspicion runs out (memberlist's
-                // TCP fallback, Lifeguard's buddy system): an anti-entropy
-                // stream carries our view, with the member suspect, to the
-                // member itself, which refutes in its answer if it lives.
-                if !self.syncs.contains(&m.addr) {
-                    self.syncs.push_back(m.addr);
-                }
-            }
-            _ => {}
-        }
-        self.events.extend(changes.into_iter().map(Event::Table));
     }
 
     fn tick(&mut self, now: Instant, tick: Tick) {
@@ -670,143 +505,6 @@ impl GossipNode {
         };
         self.schedule(now, next, Due::Tick(tick));
     }
-
-    fn random_members(&mut self, n: usize) -> Vec<Member> {
-        let mut members: Vec<Member> = self.swim.iter_members().map(|m| *m.id()).collect();
-        members.sort_by_key(|m| m.id);
-        let mut chosen = Vec::with_capacity(n);
-        while chosen.len() < n && !members.is_empty() {
-            let i = self.rng.random_range(0..members.len());
-            chosen.push(members.swap_remove(i));
-        }
-        chosen
-    }
-
-    fn retransmit_limit(&self) -> u32 {
-        let n = f64::from(self.cluster_size + 1);
-        self.config.retransmit_mult * (n.log10().ceil() as u32).max(1)
-    }
-
-    fn enqueue(&mut self, delta: &Delta) {
-        let encoded = postcard::to_allocvec(delta).expect("encodable");
-        let remaining = self.retransmit_limit();
-        self.queue.push(Queued { encoded, remaining });
-    }
-
-    fn gossip_deltas(&mut self) {
-        if self.queue.is_empty() {
-            return;
-        }
-        let peers = self.random_members(self.config.gossip_fanout);
-        if peers.is_empty() {
-            return;
-        }
-        // Fewest-sent first, so new deltas go out before old ones repeat. A
-        // round sends what fits to every chosen peer and counts once.
-        self.queue.sort_by_key(|q| Reverse(q.remaining));
-        let mut body = Vec::with_capacity(self.config.max_datagram);
-        for q in self.queue.iter_mut() {
-            // A delta larger than a datagram budget goes alone (UDP carries
-            // up to 64 KiB), never skipped for ever.
-            let fits = body.len() + 2 + q.encoded.len() <= self.config.max_datagram;
-            if !fits && !body.is_empty() {
-                continue;
-            }
-            body.extend_from_slice(&(q.encoded.len() as u16).to_be_bytes());
-            body.extend_from_slice(&q.encoded);
-            q.remaining -= 1;
-        }
-        for peer in peers {
-            self.send(peer.addr, kind::DELTAS, &body);
-        }
-        self.queue.retain(|q| q.remaining > 0);
-    }
-
-    fn handle_deltas(&mut self, now: Instant, mut body: &[u8]) {
-        let mut changes = Vec::new();
-        while !body.is_empty() {
-            let Some((len, rest)) = body.split_first_chunk::<2>() else {
-                self.drop_input("malformed");
-                break;
-            };
-            let len = usize::from(u16::from_be_bytes(*len));
-            if rest.len() < len {
-                self.drop_input("malformed");
-                break;
-            }
-            let (encoded, rest) = rest.split_at(len);
-            body = rest;
-            let Ok(delta) = postcard::from_bytes::<Delta>(encoded) else {
-                self.drop_input("malformed");
-                continue;
-            };
-            if self.tables.apply_delta(now, &delta, &mut changes) {
-                self.stats.deltas_applied += 1;
-                let remaining = self.retransmit_limit();
-                self.queue.push(Queued { encoded: encoded.to_vec(), remaining });
-            }
-        }
-        self.events.extend(changes.into_iter().map(Event::Table));
-    }
-
-    /// This node's whole membership view, itself included, as SWIM updates.
-    fn membership(&self) -> Vec<foca::Member<Member>> {
-        let mut members: Vec<foca::Member<Member>> = self.swim.iter_membership_state().cloned().collect();
-        members.push(foca::Member::alive(self.me));
-        members
-    }
-
-    /// Merges a peer's membership view (memberlist's push-pull).
-    fn apply_members(&mut self, now: Instant, members: Vec<foca::Member<Member>>) {
-        let mut runtime = foca::AccumulatingRuntime::new();
-        let _ = self.swim.apply_many(members.into_iter(), false, &mut runtime);
-        self.drain_swim(now, runtime);
-        // SWIM reports no change for a member first learnt as down: suspend
-        // its rows here, before any row of it can show.
-        let down: Vec<Member> = self
-            .swim
-            .iter_membership_state()
-            .filter(|m| m.state() == foca::State::Down)
-            .map(|m| *m.id())
-            .collect();
-        let mut changes = Vec::new();
-        for m in down {
-            self.tables.owner_down(now, m.id, m.epoch, &mut changes);
-        }
-        self.events.extend(changes.into_iter().map(Event::Table));
-    }
-
-    fn apply_items(&mut self, now: Instant, items: Vec<SyncItem>) {
-        let mut changes = Vec::new();
-        for item in items {
-            self.tables.apply_sync(now, item, &mut changes);
-        }
-        self.stats.sync_repairs += changes.len() as u64;
-        self.events.extend(changes.into_iter().map(Event::Table));
-    }
-}
-
-/// An anti-entropy frame that did not open or parse; the stream is closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("invalid gossip stream frame")]
-pub struct FrameError;
-
-fn swim_config(config: &GossipConfig, cluster_size: u32, local_health: u32) -> Config {
-    let mut swim = Config::new_lan(NonZeroU32::new(cluster_size.max(1)).expect("at least one"));
-    swim.probe_period = config.probe_period;
-    swim.probe_rtt = config.probe_rtt;
-    swim.num_indirect_probes = std::num::NonZeroUsize::new(config.indirect_probes.max(1)).expect("non-zero");
-    let log = f64::max(1.0, f64::from(cluster_size).log10());
-    let suspicion = config.probe_period.mul_f64(config.suspicion_mult * log);
-    swim.suspect_to_down_after = suspicion * (1 + local_health);
-    swim.max_packet_size = std::num::NonZeroUsize::new(config.max_datagram).expect("non-zero");
-    // Twice foca's LAN count (4 * log10(N + 1)): with fewer, a "down" or
-    // "alive" update missed one member of ten in about 1 % of simulated
-    // failures, leaving it to find out by its own probe seconds later.
-    let twice = swim.max_transmissions.get().saturating_mul(2);
-    swim.max_transmissions = std::num::NonZeroU8::new(twice).expect("non-zero");
-    swim.remove_down_after = Some(config.retention.down_owners);
-    swim
 }
 
 #[cfg(test)]

@@ -92,9 +92,11 @@ pub async fn dataplane(State(node): Shared) -> Json<Value> {
     to_json(node.dataplane.counters())
 }
 
-/// Prometheus text exposition of the agent's counters.
-pub async fn metrics(State(node): Shared) -> String {
-    node.metrics.render(&node.snapshot().await)
+/// The agent's metrics, in the OpenMetrics text format prometheus-client
+/// writes (which Prometheus scrapes with this content type).
+pub async fn metrics(State(node): Shared) -> impl axum::response::IntoResponse {
+    let text = node.metrics.render(&node.snapshot().await);
+    ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
 }
 
 pub async fn swarm_info(State(node): Shared) -> Json<Value> {

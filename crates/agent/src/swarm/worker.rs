@@ -97,7 +97,7 @@ pub async fn session(
 /// renewal (renewed here; the caller reconnects with it).
 async fn heartbeat_until_failure(conn: &quinn::Connection, dir: &Path, renew_at: SystemTime) {
     loop {
-        if SystemTime::now() >= renew_at {
+        if crate::clock::now() >= renew_at {
             match renew(conn, dir).await {
                 Ok(()) => tracing::info!("node certificate renewed"),
                 Err(e) => tracing::warn!(error = %e, "certificate renewal failed"),
