@@ -1,20 +1,39 @@
-//! The forwarding core: endpoint tables and the per-packet decisions made over
-//! them. No IO, no clock, no allocation per packet.
+//! The forwarding core: endpoint tables, service VIPs, and the per-packet
+//! decisions made over them. No IO, no clock, no allocation per packet of a
+//! known flow.
 //!
 //! A packet from a local endpoint's TUN goes through [`Tables::egress`]; a VXLAN
 //! datagram from the underlay through [`Tables::ingress`]. Each returns what to
 //! do with the bytes; the driver does it. Tables are values: the driver builds
-//! a new one for every change and swaps it in, so lookups never lock.
+//! a new one for every change and swaps it in, so route and VIP lookups never
+//! lock. The one shared, changing part is the connection tracking of VIP
+//! flows ([`Conntrack`], sharded), which every version of the tables holds.
+//!
+//! Submodules: `vip` (VIPs in the tables, DNAT and its reverse), `lb`
+//! (backends and policies), `conntrack` (the flow table), `counters`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use shoal_wire::ethernet::{EthernetRepr, HEADER_LEN as ETHERNET_LEN};
 use shoal_wire::ip::Ipv4Cidr;
 use shoal_wire::vxlan::{HEADER_LEN as VXLAN_LEN, VxlanRepr};
 use shoal_wire::{ENCAP_HEADROOM, EtherType, EthernetAddress, EthernetFrame, IpPacket, Vni, VxlanPacket};
+
+mod conntrack;
+mod counters;
+mod hash;
+mod lb;
+mod vip;
+
+pub use conntrack::{Conntrack, DEFAULT_CAPACITY as DEFAULT_CONNTRACK_CAPACITY, timeouts};
+pub use counters::{ConntrackCounters, CounterSnapshot, Counters, DropReason};
+use hash::FastHash;
+pub use lb::{Backend, BackendFlows, BackendState, MAGLEV_TABLE_SIZE, MAX_BACKENDS, Policy, VipService};
+pub use vip::SourceNat;
+use vip::VipPacket;
 
 /// A local endpoint: one task's interface on one network, on this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -33,98 +52,6 @@ pub enum Location {
     Local(EndpointId),
     /// On another node, reached at this underlay address.
     Remote(Ipv4Addr),
-}
-
-/// Why a packet was dropped. Every drop is counted under exactly one reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum DropReason {
-    /// A datagram too short for its VXLAN or inner Ethernet header.
-    Truncated,
-    /// A VXLAN header without the I flag (RFC 7348).
-    BadVxlanFlags,
-    /// A VNI this node has no network for.
-    UnknownVni,
-    /// An inner frame or packet that is not IPv4 (ARP, IPv6, others): the
-    /// overlay carries IPv4 today.
-    UnsupportedProtocol,
-    /// An IP header that does not parse or states more bytes than arrived.
-    Malformed,
-    /// An inner packet longer than the overlay MTU.
-    Oversized,
-    /// A source address that is not the sender's own: from a local task, not
-    /// its endpoint's address; from the underlay, not an address that the
-    /// sending node hosts on that network.
-    SpoofedSource,
-    /// A destination outside the sender's network: networks are isolated.
-    CrossNetwork,
-    /// A destination inside the network that no endpoint holds.
-    UnknownDestination,
-    /// A datagram for an endpoint that is not on this node.
-    Misdirected,
-    /// A packet from an endpoint that has just been detached.
-    UnknownEndpoint,
-    /// Reading a TUN device failed (for example a packet longer than the
-    /// read buffer).
-    TunReadFailed,
-    /// Writing to a TUN device failed.
-    TunWriteFailed,
-    /// Sending on the underlay socket failed.
-    UdpSendFailed,
-    /// Receiving on the VXLAN socket failed: counted once per failed
-    /// receive, since how many datagrams it cost is unknown.
-    UdpReceiveFailed,
-    /// A datagram from an underlay sender that is not IPv4: the underlay is
-    /// IPv4, and so are the node addresses the tables hold.
-    NonIpv4Underlay,
-}
-
-impl DropReason {
-    /// Every reason, in counter order.
-    pub const ALL: [DropReason; 16] = [
-        DropReason::Truncated,
-        DropReason::BadVxlanFlags,
-        DropReason::UnknownVni,
-        DropReason::UnsupportedProtocol,
-        DropReason::Malformed,
-        DropReason::Oversized,
-        DropReason::SpoofedSource,
-        DropReason::CrossNetwork,
-        DropReason::UnknownDestination,
-        DropReason::Misdirected,
-        DropReason::UnknownEndpoint,
-        DropReason::TunReadFailed,
-        DropReason::TunWriteFailed,
-        DropReason::UdpSendFailed,
-        DropReason::UdpReceiveFailed,
-        DropReason::NonIpv4Underlay,
-    ];
-
-    /// The snake_case name used in stats and metrics.
-    pub const fn name(self) -> &'static str {
-        match self {
-            DropReason::Truncated => "truncated",
-            DropReason::BadVxlanFlags => "bad_vxlan_flags",
-            DropReason::UnknownVni => "unknown_vni",
-            DropReason::UnsupportedProtocol => "unsupported_protocol",
-            DropReason::Malformed => "malformed",
-            DropReason::Oversized => "oversized",
-            DropReason::SpoofedSource => "spoofed_source",
-            DropReason::CrossNetwork => "cross_network",
-            DropReason::UnknownDestination => "unknown_destination",
-            DropReason::Misdirected => "misdirected",
-            DropReason::UnknownEndpoint => "unknown_endpoint",
-            DropReason::TunReadFailed => "tun_read_failed",
-            DropReason::TunWriteFailed => "tun_write_failed",
-            DropReason::UdpSendFailed => "udp_send_failed",
-            DropReason::UdpReceiveFailed => "udp_receive_failed",
-            DropReason::NonIpv4Underlay => "non_ipv4_underlay",
-        }
-    }
-
-    const fn index(self) -> usize {
-        self as usize
-    }
 }
 
 /// What to do with a packet read from a local endpoint's TUN.
@@ -162,6 +89,9 @@ pub enum Ingress {
         to: EndpointId,
         /// The inner IP packet.
         packet: Range<usize>,
+        /// The reply of a VIP flow: apply this to the copy written, so that
+        /// it comes from the VIP.
+        nat: Option<SourceNat>,
     },
     /// Count it and forget it.
     Drop(DropReason),
@@ -190,20 +120,41 @@ pub enum TableError {
         /// The network's subnet.
         subnet: Ipv4Cidr,
     },
-    /// The address is held by a local endpoint already.
-    #[error("{ip} is already attached on this node in vni {vni}")]
+    /// The address is held already: by a local endpoint, or by a VIP (for
+    /// an endpoint or route), or by an endpoint (for a VIP).
+    #[error("{ip} is already in use in vni {vni}")]
     AddressInUse {
         /// The network.
         vni: Vni,
         /// The address.
         ip: Ipv4Addr,
     },
+    /// A VIP lists one backend twice.
+    #[error("vip {vip} lists backend {backend} twice")]
+    DuplicateBackend {
+        /// The VIP.
+        vip: Ipv4Addr,
+        /// The backend listed twice.
+        backend: Ipv4Addr,
+    },
+    /// A VIP lists more backends than [`MAX_BACKENDS`].
+    #[error("vip {vip} lists {count} backends, more than {max}", max = MAX_BACKENDS)]
+    TooManyBackends {
+        /// The VIP.
+        vip: Ipv4Addr,
+        /// How many it lists.
+        count: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
 struct Network {
     subnet: Ipv4Cidr,
-    routes: HashMap<Ipv4Addr, Location>,
+    routes: HashMap<Ipv4Addr, Location, FastHash>,
+    /// Service VIPs; never an address `routes` holds.
+    vips: HashMap<Ipv4Addr, Arc<lb::Service>, FastHash>,
+    /// Every backend of those VIPs: only a packet from one can be a reply.
+    backends: HashSet<Ipv4Addr, FastHash>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -212,19 +163,33 @@ struct LocalEndpoint {
     ip: Ipv4Addr,
 }
 
-/// Networks, their endpoints, and where each endpoint lives.
+/// Networks, their endpoints and VIPs, where each endpoint lives, and (shared
+/// by every clone) the connection tracking of VIP flows.
 #[derive(Debug, Clone)]
 pub struct Tables {
-    networks: HashMap<Vni, Network>,
-    local: HashMap<EndpointId, LocalEndpoint>,
+    networks: HashMap<Vni, Network, FastHash>,
+    local: HashMap<EndpointId, LocalEndpoint, FastHash>,
     mtu: usize,
+    conntrack: Arc<Conntrack>,
 }
 
 impl Tables {
     /// Empty tables for an overlay whose interfaces have this MTU: the
-    /// largest inner packet forwarded.
+    /// largest inner packet forwarded. Their connection tracking has the
+    /// default capacity and a fixed hash seed, for tests and benchmarks; the
+    /// driver uses [`Tables::with_conntrack`].
     pub fn new(mtu: u16) -> Tables {
-        Tables { networks: HashMap::new(), local: HashMap::new(), mtu: usize::from(mtu) }
+        Tables::with_conntrack(mtu, Arc::new(Conntrack::new(conntrack::DEFAULT_CAPACITY, 0)))
+    }
+
+    /// Empty tables that track VIP flows in `conntrack`.
+    pub fn with_conntrack(mtu: u16, conntrack: Arc<Conntrack>) -> Tables {
+        Tables { networks: HashMap::default(), local: HashMap::default(), mtu: usize::from(mtu), conntrack }
+    }
+
+    /// The connection tracking of VIP flows.
+    pub fn conntrack(&self) -> &Arc<Conntrack> {
+        &self.conntrack
     }
 
     /// The overlay MTU.
@@ -238,15 +203,27 @@ impl Tables {
             Some(n) if n.subnet == subnet => Ok(()),
             Some(n) => Err(TableError::VniInUse { vni, existing: n.subnet }),
             None => {
-                self.networks.insert(vni, Network { subnet, routes: HashMap::new() });
+                let network = Network {
+                    subnet,
+                    routes: HashMap::default(),
+                    vips: HashMap::default(),
+                    backends: HashSet::default(),
+                };
+                self.networks.insert(vni, network);
                 Ok(())
             }
         }
     }
 
-    /// Removes a network with all its routes and local endpoints.
+    /// Removes a network with all its routes, VIPs (and their flows) and
+    /// local endpoints.
     pub fn remove_network(&mut self, vni: Vni) {
-        self.networks.remove(&vni);
+        if let Some(network) = self.networks.remove(&vni)
+            && !network.vips.is_empty()
+        {
+            self.conntrack.purge(|key, _| key.vni == vni);
+            self.conntrack.purge_pins(|v, _| v == vni);
+        }
         self.local.retain(|_, ep| ep.vni != vni);
     }
 
@@ -268,9 +245,18 @@ impl Tables {
         Ok(network)
     }
 
+    /// The network for an endpoint or route holding `ip`: not a VIP.
+    fn network_for_endpoint(&mut self, vni: Vni, ip: Ipv4Addr) -> Result<&mut Network, TableError> {
+        let network = self.network_for(vni, ip)?;
+        if network.vips.contains_key(&ip) {
+            return Err(TableError::AddressInUse { vni, ip });
+        }
+        Ok(network)
+    }
+
     /// Attaches a local endpoint holding `ip` on network `vni`.
     pub fn attach(&mut self, id: EndpointId, vni: Vni, ip: Ipv4Addr) -> Result<(), TableError> {
-        let network = self.network_for(vni, ip)?;
+        let network = self.network_for_endpoint(vni, ip)?;
         if let Some(Location::Local(_)) = network.routes.get(&ip) {
             return Err(TableError::AddressInUse { vni, ip });
         }
@@ -279,7 +265,8 @@ impl Tables {
         Ok(())
     }
 
-    /// Detaches a local endpoint; returns whether it was attached.
+    /// Detaches a local endpoint, forgetting the VIP flows it was the client
+    /// of; returns whether it was attached.
     pub fn detach(&mut self, id: EndpointId) -> bool {
         let Some(ep) = self.local.remove(&id) else { return false };
         if let Some(network) = self.networks.get_mut(&ep.vni)
@@ -287,13 +274,16 @@ impl Tables {
         {
             network.routes.remove(&ep.ip);
         }
+        if self.conntrack.has_flows_of(ep.ip) {
+            self.conntrack.purge(|key, _| key.vni == ep.vni && key.src == ep.ip);
+        }
         true
     }
 
     /// Records that `ip` on network `vni` lives on the node at `node`.
     /// A local endpoint's address is never overwritten by a remote claim.
     pub fn set_remote(&mut self, vni: Vni, ip: Ipv4Addr, node: Ipv4Addr) -> Result<(), TableError> {
-        let network = self.network_for(vni, ip)?;
+        let network = self.network_for_endpoint(vni, ip)?;
         if let Some(Location::Local(_)) = network.routes.get(&ip) {
             return Err(TableError::AddressInUse { vni, ip });
         }
@@ -345,14 +335,30 @@ impl Tables {
         }
         let ip_len = packet.bytes.len();
         match network.routes.get(&dst) {
-            None => Egress::Drop(DropReason::UnknownDestination),
-            Some(Location::Local(to)) => Egress::Local { to: *to, packet: at..at + ip_len },
+            Some(Location::Local(to)) => {
+                // A local backend's reply to a local client of its VIP? Only
+                // a client with VIP flows is worth a look.
+                if self.conntrack.has_flows_of(dst)
+                    && let Some(nat) = self.reply_nat(network, ep.vni, &buf[at..at + ip_len])
+                    && nat.apply(&mut buf[at..at + ip_len]).is_err()
+                {
+                    return Egress::Drop(DropReason::Malformed);
+                }
+                Egress::Local { to: *to, packet: at..at + ip_len }
+            }
             Some(Location::Remote(node)) => {
                 let flow = packet.flow_key().hash();
                 let start = at - ENCAP_HEADROOM;
                 encapsulate(&mut buf[start..at], ep.vni, src, dst);
                 Egress::Remote { node: *node, flow, frame: start..at + ip_len }
             }
+            None => match network.vips.get(&dst) {
+                Some(service) => {
+                    let what = VipPacket::of(&packet);
+                    self.egress_vip((from, ep.vni, src), network, service, what, buf, at, ip_len)
+                }
+                None => Egress::Drop(DropReason::UnknownDestination),
+            },
         }
     }
 
@@ -387,7 +393,14 @@ impl Tables {
         match network.routes.get(&dst) {
             Some(Location::Local(to)) => {
                 let start = VXLAN_LEN + ETHERNET_LEN;
-                Ingress::Deliver { to: *to, packet: start..start + packet.bytes.len() }
+                // A remote backend's reply to a local client of its VIP?
+                let ip_len = packet.bytes.len();
+                let nat = if self.conntrack.has_flows_of(dst) {
+                    self.reply_nat(network, repr.vni, &datagram[start..start + ip_len])
+                } else {
+                    None
+                };
+                Ingress::Deliver { to: *to, packet: start..start + ip_len, nat }
             }
             Some(Location::Remote(_)) => Ingress::Drop(DropReason::Misdirected),
             None if network.subnet.contains(dst) => Ingress::Drop(DropReason::UnknownDestination),
@@ -409,97 +422,9 @@ fn encapsulate(headroom: &mut [u8], vni: Vni, src: Ipv4Addr, dst: Ipv4Addr) {
     repr.emit(&mut EthernetFrame::new_unchecked(ethernet));
 }
 
-/// Packet counters, shared by every driver task; relaxed atomics, because
-/// each counter is read on its own.
-#[derive(Debug, Default)]
-pub struct Counters {
-    drops: [AtomicU64; DropReason::ALL.len()],
-    encapsulated: [AtomicU64; 2],
-    decapsulated: [AtomicU64; 2],
-    delivered_locally: [AtomicU64; 2],
-    tun_reads: AtomicU64,
-}
-
-fn add(counter: &[AtomicU64; 2], packets: u64, bytes: u64) {
-    counter[0].fetch_add(packets, Ordering::Relaxed);
-    counter[1].fetch_add(bytes, Ordering::Relaxed);
-}
-
-impl Counters {
-    /// Counts `n` packets dropped for `reason`.
-    pub fn drop(&self, reason: DropReason, n: u64) {
-        self.drops[reason.index()].fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Counts packets (and their inner IP bytes) sent to another node.
-    pub fn encapsulated(&self, packets: u64, bytes: u64) {
-        add(&self.encapsulated, packets, bytes);
-    }
-
-    /// Counts packets (and their inner IP bytes) received from another node
-    /// and delivered.
-    pub fn decapsulated(&self, packets: u64, bytes: u64) {
-        add(&self.decapsulated, packets, bytes);
-    }
-
-    /// Counts packets (and bytes) delivered between endpoints of this node.
-    pub fn delivered_locally(&self, packets: u64, bytes: u64) {
-        add(&self.delivered_locally, packets, bytes);
-    }
-
-    /// Counts reads from a TUN device that were processed (one read can be
-    /// a super-packet of many segments): the kernel's TX packet count of
-    /// the endpoints' TUNs must match it.
-    pub fn tun_read(&self) {
-        self.tun_reads.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A copy of every counter.
-    pub fn snapshot(&self) -> CounterSnapshot {
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        CounterSnapshot {
-            encapsulated: load(&self.encapsulated[0]),
-            encapsulated_bytes: load(&self.encapsulated[1]),
-            decapsulated: load(&self.decapsulated[0]),
-            decapsulated_bytes: load(&self.decapsulated[1]),
-            delivered_locally: load(&self.delivered_locally[0]),
-            delivered_locally_bytes: load(&self.delivered_locally[1]),
-            tun_reads: load(&self.tun_reads),
-            drops: DropReason::ALL
-                .iter()
-                .map(|r| (r.name().to_owned(), load(&self.drops[r.index()])))
-                .collect(),
-        }
-    }
-}
-
-/// Counter values at one moment.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct CounterSnapshot {
-    /// Packets sent to other nodes.
-    pub encapsulated: u64,
-    /// Their inner IP bytes.
-    pub encapsulated_bytes: u64,
-    /// Packets received from other nodes and delivered.
-    pub decapsulated: u64,
-    /// Their inner IP bytes.
-    pub decapsulated_bytes: u64,
-    /// Packets delivered between endpoints of this node.
-    pub delivered_locally: u64,
-    /// Their IP bytes.
-    pub delivered_locally_bytes: u64,
-    /// Reads from endpoints' TUN devices that were processed.
-    pub tun_reads: u64,
-    /// Drops per reason, by [`DropReason::name`].
-    pub drops: std::collections::BTreeMap<String, u64>,
-}
-
-impl CounterSnapshot {
-    /// Drops counted under `reason`.
-    pub fn dropped(&self, reason: DropReason) -> u64 {
-        self.drops.get(reason.name()).copied().unwrap_or(0)
-    }
-}
-
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_conntrack;
+#[cfg(test)]
+mod tests_vip;

@@ -7,18 +7,23 @@
 //! bound for one node as a single UDP GSO `sendmsg`. One task reads the VXLAN
 //! socket with `recvmmsg` and UDP GRO, asks [`Tables::ingress`] per segment, and
 //! writes the packets into the TUNs coalesced back into super-packets. Every
-//! buffer is allocated once per task; the packet path takes no lock: tables
-//! are an immutable snapshot behind an [`ArcSwap`], replaced on every change.
+//! buffer is allocated once per task. Tables are an immutable snapshot behind
+//! an [`ArcSwap`], replaced on every change, so routing takes no lock; only
+//! packets of VIP flows take a shard lock of the shared [`Conntrack`] (see
+//! ARCHITECTURE.md). A clock task advances the conntrack's coarse clock every
+//! [`CLOCK_TICK`] and sweeps it every [`SWEEP_INTERVAL`].
 //!
 //! The outer UDP source port follows the inner flow: frames leave from one of
 //! a small pool of sockets bound to ephemeral ports, picked by the flow hash,
 //! so one flow keeps one outer 5-tuple and different flows spread.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
@@ -28,12 +33,19 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
-use tun_rs::{AsyncDevice, GROTable, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
+use tun_rs::{AsyncDevice, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
 
-use crate::core::{CounterSnapshot, Counters, DropReason, Egress, EndpointId, Ingress, TableError, Tables};
+use crate::core::{
+    BackendFlows, Conntrack, CounterSnapshot, Counters, DEFAULT_CONNTRACK_CAPACITY, DropReason, Egress,
+    EndpointId, Ingress, TableError, Tables, VipService,
+};
+
+mod tun_writer;
+
+use tun_writer::{Delivery, TunWriter};
 
 /// Settings of one node's data plane. Defaults: port 4789, MTU 1450, eight
-/// outer source ports.
+/// outer source ports, 262 144 tracked VIP flows.
 #[derive(Debug, Clone)]
 pub struct DataplaneConfig {
     /// This node's underlay address: VXLAN is sent from it (an explicit
@@ -47,6 +59,9 @@ pub struct DataplaneConfig {
     pub mtu: u16,
     /// How many outer source ports flows are spread over.
     pub source_ports: usize,
+    /// The most VIP flows tracked at once (100 to 180 bytes each); at the
+    /// bound, new flows evict those closest to their timeout.
+    pub conntrack_capacity: usize,
 }
 
 impl DataplaneConfig {
@@ -58,6 +73,7 @@ impl DataplaneConfig {
             port: shoal_wire::vxlan::DEFAULT_PORT,
             mtu: 1450,
             source_ports: 8,
+            conntrack_capacity: DEFAULT_CONNTRACK_CAPACITY,
         }
     }
 }
@@ -74,6 +90,12 @@ const RX_BUFFER: usize = 65_536;
 const READS_PER_WAKE: usize = 8;
 /// Capacity of a TUN write buffer: room to coalesce a 64 KiB super-packet.
 const TUN_WRITE_CAPACITY: usize = VIRTIO_NET_HDR_LEN * 2 + 65_535;
+/// How often the conntrack's coarse clock moves: the precision of flow
+/// timestamps.
+pub const CLOCK_TICK: Duration = Duration::from_millis(100);
+/// How often timed-out flows are swept: how late past its timeout a flow
+/// may still be in the table (a packet never revives an expired flow).
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why an endpoint could not be attached.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +126,8 @@ struct Shared {
     /// Serialises writers of `snapshot`; readers never take it.
     writer: Mutex<()>,
     counters: Counters,
+    /// The VIP flows; every snapshot's tables hold it too.
+    conntrack: Arc<Conntrack>,
     receiver: UdpPort,
     senders: Vec<UdpPort>,
     port: u16,
@@ -113,6 +137,7 @@ struct Shared {
 pub struct Dataplane {
     shared: Arc<Shared>,
     receiver: JoinHandle<()>,
+    clock: JoinHandle<()>,
     endpoint_tasks: Mutex<HashMap<EndpointId, JoinHandle<()>>>,
     next_id: AtomicU32,
 }
@@ -133,19 +158,25 @@ impl Dataplane {
         let senders = (0..config.source_ports.max(1))
             .map(|_| bind_udp(SocketAddrV4::new(config.underlay, 0)))
             .collect::<io::Result<Vec<_>>>()?;
-        let snapshot = Snapshot { tables: Tables::new(config.mtu), devices: HashMap::new() };
+        let seed = std::collections::hash_map::RandomState::new().hash_one(config.port);
+        let conntrack = Arc::new(Conntrack::new(config.conntrack_capacity, seed));
+        let tables = Tables::with_conntrack(config.mtu, conntrack.clone());
+        let snapshot = Snapshot { tables, devices: HashMap::new() };
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             writer: Mutex::new(()),
             counters: Counters::default(),
+            conntrack,
             receiver,
             senders,
             port: config.port,
         });
         let receiver = tokio::spawn(receive_loop(shared.clone()));
+        let clock = tokio::spawn(clock_loop(shared.clone()));
         Ok(Dataplane {
             shared,
             receiver,
+            clock,
             endpoint_tasks: Mutex::new(HashMap::new()),
             next_id: AtomicU32::new(1),
         })
@@ -217,15 +248,39 @@ impl Dataplane {
         self.shared.snapshot.load().tables.clone()
     }
 
-    /// The packet counters now.
+    /// Sets (or replaces) the VIP `service.vip` on network `vni`: new flows
+    /// to it go to its active backends. Existing flows keep their backend
+    /// while it is listed, active or draining; a backend no longer listed
+    /// loses its flows at once.
+    pub fn set_vip(&self, vni: Vni, service: VipService) -> Result<(), TableError> {
+        let vip = service.vip;
+        self.update(|s| s.tables.set_vip(vni, service))?;
+        tracing::debug!(%vni, %vip, "vip set");
+        Ok(())
+    }
+
+    /// Removes a VIP and its flows; returns whether it was set.
+    pub fn remove_vip(&self, vni: Vni, vip: Ipv4Addr) -> bool {
+        self.update(|s| s.tables.remove_vip(vni, vip))
+    }
+
+    /// Every backend of every VIP with the flows tracked to it now.
+    pub fn lb_stats(&self) -> Vec<BackendFlows> {
+        self.shared.snapshot.load().tables.lb_stats()
+    }
+
+    /// The packet counters now, connection tracking included.
     pub fn counters(&self) -> CounterSnapshot {
-        self.shared.counters.snapshot()
+        let mut snapshot = self.shared.counters.snapshot();
+        snapshot.conntrack = self.shared.conntrack.counters();
+        snapshot
     }
 }
 
 impl Drop for Dataplane {
     fn drop(&mut self) {
         self.receiver.abort();
+        self.clock.abort();
         for (_, task) in self.endpoint_tasks.lock().unwrap_or_else(|e| e.into_inner()).drain() {
             task.abort();
         }
@@ -248,6 +303,41 @@ fn bind_udp(addr: SocketAddrV4) -> io::Result<UdpPort> {
     let socket = UdpSocket::from_std(socket.into())?;
     let state = UdpSocketState::new((&socket).into())?;
     Ok(UdpPort { socket, state })
+}
+
+// === impl clock ===
+
+/// Advances the conntrack's clock every [`CLOCK_TICK`] and sweeps it every
+/// [`SWEEP_INTERVAL`], until the task is aborted.
+async fn clock_loop(shared: Arc<Shared>) {
+    let start = tokio::time::Instant::now();
+    let mut ticks = tokio::time::interval(CLOCK_TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut swept = Duration::ZERO;
+    loop {
+        ticks.tick().await;
+        let elapsed = start.elapsed();
+        shared.conntrack.advance(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
+        if elapsed.saturating_sub(swept) < SWEEP_INTERVAL {
+            continue;
+        }
+        swept = elapsed;
+        let shared = shared.clone();
+        // A sweep scans the whole table: off the runtime's workers. Each
+        // flow is checked against the tables current when it is reached, so
+        // that a flow created from newer tables than the sweep started with
+        // is not taken for one to a removed backend.
+        let sweep = tokio::task::spawn_blocking(move || {
+            shared
+                .conntrack
+                .sweep(|vni, vip, backend| shared.snapshot.load().tables.backend_listed(vni, vip, backend))
+        });
+        if let Ok(removed) = sweep.await
+            && removed > 0
+        {
+            tracing::trace!(removed, "conntrack swept");
+        }
+    }
 }
 
 // === impl endpoint loop ===
@@ -319,7 +409,7 @@ impl EgressBatches {
                     self.remote.push(to, sender, &segment[frame]);
                 }
                 Egress::Local { to, packet } => {
-                    self.local.push(to, &segment[packet]);
+                    self.local.push(to, &segment[packet], None);
                     if self.local.is_full() {
                         self.local.flush(snapshot, &shared.counters, Delivery::Local).await;
                     }
@@ -465,8 +555,11 @@ async fn receive_loop(shared: Arc<Shared>) {
             };
             for datagram in datagrams(received, meta.stride) {
                 match snapshot.tables.ingress(from, datagram) {
-                    Ingress::Deliver { to, packet } => {
-                        writer.push(to, &datagram[packet]);
+                    Ingress::Deliver { to, packet, nat } => {
+                        if !writer.push(to, &datagram[packet], nat) {
+                            shared.counters.drop(DropReason::Malformed, 1);
+                            continue;
+                        }
                         if writer.is_full() {
                             writer.flush(&snapshot, &shared.counters, Delivery::Decapsulated).await;
                         }
@@ -498,123 +591,5 @@ fn datagrams(received: &[u8], stride: usize) -> impl Iterator<Item = &[u8]> {
     received.chunks(stride.max(1)).chain(received.is_empty().then_some(received))
 }
 
-// === impl TunWriter ===
-
-/// Which counter a successful TUN write adds to.
-#[derive(Clone, Copy)]
-enum Delivery {
-    Local,
-    Decapsulated,
-}
-
-/// Packets queued per destination endpoint, written with one coalescing
-/// `send_multiple` per endpoint. Buffers are recycled.
-#[derive(Default)]
-struct TunWriter {
-    groups: Vec<(EndpointId, Vec<Vec<u8>>)>,
-    active: usize,
-    queued: usize,
-    spare: Vec<Vec<u8>>,
-    gro: GROTable,
-}
-
-impl TunWriter {
-    fn push(&mut self, to: EndpointId, packet: &[u8]) {
-        let group = match self.groups[..self.active].iter().position(|(id, _)| *id == to) {
-            Some(i) => i,
-            None => {
-                if self.active == self.groups.len() {
-                    self.groups.push((to, Vec::new()));
-                }
-                self.groups[self.active].0 = to;
-                self.active += 1;
-                self.active - 1
-            }
-        };
-        let mut buf = self.spare.pop().unwrap_or_else(|| Vec::with_capacity(TUN_WRITE_CAPACITY));
-        buf.clear();
-        buf.resize(VIRTIO_NET_HDR_LEN, 0);
-        buf.extend_from_slice(packet);
-        self.groups[group].1.push(buf);
-        self.queued += 1;
-    }
-
-    fn is_full(&self) -> bool {
-        self.queued >= IDEAL_BATCH_SIZE
-    }
-
-    async fn flush(&mut self, snapshot: &Snapshot, counters: &Counters, delivery: Delivery) {
-        for (to, bufs) in &mut self.groups[..self.active] {
-            let n = bufs.len() as u64;
-            let bytes: usize = bufs.iter().map(|b| b.len() - VIRTIO_NET_HDR_LEN).sum();
-            match snapshot.devices.get(to) {
-                Some(device) => match device.send_multiple(&mut self.gro, bufs, VIRTIO_NET_HDR_LEN).await {
-                    Ok(_) => match delivery {
-                        Delivery::Local => counters.delivered_locally(n, bytes as u64),
-                        Delivery::Decapsulated => counters.decapsulated(n, bytes as u64),
-                    },
-                    Err(e) => {
-                        tracing::debug!(endpoint = %to, error = %e, "TUN write failed");
-                        counters.drop(DropReason::TunWriteFailed, n);
-                    }
-                },
-                None => counters.drop(DropReason::UnknownEndpoint, n),
-            }
-            self.spare.append(bufs);
-        }
-        self.active = 0;
-        self.queued = 0;
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use std::net::Ipv6Addr;
-    use std::time::{Duration, Instant};
-
-    use super::*;
-
-    #[test]
-    fn underlay_senders_are_ipv4_or_ipv4_mapped() {
-        let v4 = Ipv4Addr::new(198, 18, 0, 1);
-        assert_eq!(underlay_sender(SocketAddr::from((v4, 4789))), Some(v4));
-        assert_eq!(underlay_sender(SocketAddr::from((v4.to_ipv6_mapped(), 4789))), Some(v4));
-        assert_eq!(underlay_sender(SocketAddr::from((Ipv6Addr::LOCALHOST, 4789))), None);
-    }
-
-    #[test]
-    fn a_receive_splits_into_its_gro_segments_and_an_empty_datagram_counts() {
-        let buf = [1u8; 10];
-        let lens: Vec<usize> = datagrams(&buf, 4).map(<[u8]>::len).collect();
-        assert_eq!(lens, [4, 4, 2]);
-        assert_eq!(datagrams(&buf, 10).count(), 1);
-        assert_eq!(datagrams(&[], 0).map(<[u8]>::len).collect::<Vec<_>>(), [0]);
-    }
-
-    /// The simplest receive failure to provoke without privileges: with
-    /// `IP_RECVERR` on, the ICMP port unreachable that answers a datagram
-    /// the socket sent to a closed port fails its next receive with
-    /// ECONNREFUSED.
-    #[tokio::test]
-    async fn a_failed_receive_is_counted() {
-        let loopback = Ipv4Addr::LOCALHOST;
-        let dataplane = Dataplane::start(&DataplaneConfig { port: 0, ..DataplaneConfig::new(loopback) })
-            .expect("start a data plane on loopback");
-        let receiver = &dataplane.shared.receiver.socket;
-        nix::sys::socket::setsockopt(receiver, nix::sys::socket::sockopt::Ipv4RecvErr, &true).unwrap();
-        let peer = tokio::net::UdpSocket::bind((loopback, 0)).await.unwrap();
-        let closed = std::net::UdpSocket::bind((loopback, 0)).unwrap().local_addr().unwrap();
-        receiver.send_to(b"x", closed).await.unwrap();
-        // The receive loop wakes for datagrams only, so keep sending until
-        // one arrives after the ICMP error and the receive reports it.
-        let to = receiver.local_addr().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while dataplane.counters().dropped(DropReason::UdpReceiveFailed) == 0 {
-            assert!(Instant::now() < deadline, "no failed receive counted: {:?}", dataplane.counters());
-            peer.send_to(b"x", to).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(dataplane.counters().dropped(DropReason::UdpReceiveFailed), 1);
-        assert!(dataplane.counters().dropped(DropReason::Truncated) >= 1, "receiving went on");
-    }
-}
+mod tests;

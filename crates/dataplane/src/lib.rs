@@ -1,8 +1,9 @@
 //! Shoal's overlay data plane.
 //!
 //! [`core`] decides, per packet, over endpoint tables: deliver to a local
-//! endpoint, encapsulate towards another node, or drop and count why. It does
-//! no IO. [`driver`] moves packets between the TUN devices of local endpoints
+//! endpoint, encapsulate towards another node, or drop and count why; packets
+//! to a service VIP are load-balanced to a backend and connection-tracked, so
+//! that replies come back from the VIP. It does no IO. [`driver`] moves packets between the TUN devices of local endpoints
 //! and the node's VXLAN UDP sockets, in batches, and feeds them to the core.
 
 #![forbid(unsafe_code)]
@@ -11,6 +12,7 @@ pub mod core;
 pub mod driver;
 
 pub use crate::core::{
-    CounterSnapshot, Counters, DropReason, Egress, EndpointId, Ingress, Location, TableError, Tables,
+    Backend, BackendFlows, BackendState, Conntrack, ConntrackCounters, CounterSnapshot, Counters, DropReason,
+    Egress, EndpointId, Ingress, Location, Policy, SourceNat, TableError, Tables, VipService,
 };
 pub use crate::driver::{AttachError, Dataplane, DataplaneConfig};

@@ -13,6 +13,23 @@ pub fn update(checksum: u16, old: &[u8], new: &[u8]) -> u16 {
     u16::from_be_bytes(internet_checksum::update(checksum.to_be_bytes(), old, new))
 }
 
+/// [`update`] for a 4-byte field at an even offset (an IPv4 address) in
+/// plain integer arithmetic: RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'), summed
+/// over 16-bit words with end-around carry. NAT runs it twice per packet.
+/// Where the result is a one's complement zero it may be 0x0000 where
+/// [`update`] gives 0xffff; both verify.
+fn update_addr(checksum: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
+    let word = |b: [u8; 4], i: usize| u32::from(u16::from_be_bytes([b[i], b[i + 1]]));
+    let mut sum = u32::from(!checksum)
+        + (!word(old, 0) & 0xffff)
+        + (!word(old, 2) & 0xffff)
+        + word(new, 0)
+        + word(new, 2);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
 /// Which side of a flow to rewrite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -58,24 +75,51 @@ fn write_u16(bytes: &mut [u8], at: usize, value: u16) {
 /// and stays zero.
 pub fn rewrite_ipv4_addr(bytes: &mut [u8], side: Side, new: Ipv4Addr) -> Result<()> {
     let packet = IpPacket::parse(bytes)?;
-    if !packet.src.is_ipv4() {
-        return Err(Error);
+    Checksums::of(&packet)?.rewrite_ipv4_addr(bytes, side, new)
+}
+
+/// Where the checksums covering an IPv4 packet's addresses sit, found once
+/// from a parse so that a rewrite (or several, or one applied to a copy of
+/// the packet) need not parse again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checksums {
+    /// The TCP or UDP checksum's offset and protocol, if the packet has one
+    /// to fix (not for other protocols, nor for fragments after the first).
+    transport: Option<(usize, IpProtocol)>,
+}
+
+impl Checksums {
+    /// The checksums of `packet`; an error for IPv6.
+    pub fn of(packet: &IpPacket<'_>) -> Result<Checksums> {
+        if !packet.src.is_ipv4() {
+            return Err(Error);
+        }
+        Ok(Checksums { transport: transport_checksum_at(packet).map(|at| (at, packet.protocol)) })
     }
-    let transport = transport_checksum_at(&packet).map(|at| (at, packet.protocol));
-    let at = match side {
-        Side::Source => IPV4_SRC,
-        Side::Destination => IPV4_DST,
-    };
-    let mut old = [0u8; 4];
-    old.copy_from_slice(&bytes[at..at + 4]);
-    let new = new.octets();
-    bytes[at..at + 4].copy_from_slice(&new);
-    let csum = update(read_u16(bytes, IPV4_CHECKSUM), &old, &new);
-    write_u16(bytes, IPV4_CHECKSUM, csum);
-    if let Some((at, protocol)) = transport {
-        fix_transport(bytes, at, protocol, &old, &new);
+
+    /// Rewrites the source or destination address of the IPv4 packet these
+    /// checksums were found in (or a copy of it) in place, fixing the header
+    /// checksum and the TCP or UDP checksum, as [`rewrite_ipv4_addr`] does.
+    /// Fails, changing nothing, if `bytes` is too short for them.
+    pub fn rewrite_ipv4_addr(&self, bytes: &mut [u8], side: Side, new: Ipv4Addr) -> Result<()> {
+        let end = self.transport.map_or(IPV4_DST + 4, |(at, _)| (at + 2).max(IPV4_DST + 4));
+        if bytes.len() < end {
+            return Err(Error);
+        }
+        let at = match side {
+            Side::Source => IPV4_SRC,
+            Side::Destination => IPV4_DST,
+        };
+        let old = [bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]];
+        let new = new.octets();
+        bytes[at..at + 4].copy_from_slice(&new);
+        let csum = update_addr(read_u16(bytes, IPV4_CHECKSUM), old, new);
+        write_u16(bytes, IPV4_CHECKSUM, csum);
+        if let Some((at, protocol)) = self.transport {
+            fix_transport(bytes, at, protocol, |csum| update_addr(csum, old, new));
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Rewrites the source or destination port of an unfragmented (or first
@@ -91,16 +135,16 @@ pub fn rewrite_port(bytes: &mut [u8], side: Side, new: u16) -> Result<()> {
         };
     let old = read_u16(bytes, at).to_be_bytes();
     write_u16(bytes, at, new);
-    fix_transport(bytes, csum_at, protocol, &old, &new.to_be_bytes());
+    fix_transport(bytes, csum_at, protocol, |csum| update(csum, &old, &new.to_be_bytes()));
     Ok(())
 }
 
-fn fix_transport(bytes: &mut [u8], at: usize, protocol: IpProtocol, old: &[u8], new: &[u8]) {
+fn fix_transport(bytes: &mut [u8], at: usize, protocol: IpProtocol, update: impl Fn(u16) -> u16) {
     let current = read_u16(bytes, at);
     if protocol == IpProtocol::Udp && current == 0 {
         return;
     }
-    let mut csum = update(current, old, new);
+    let mut csum = update(current);
     if protocol == IpProtocol::Udp && csum == 0 {
         csum = 0xffff;
     }
@@ -174,6 +218,43 @@ mod tests {
         bytes[at..at + 2].copy_from_slice(&[0, 0]);
         rewrite_ipv4_addr(&mut bytes, Side::Destination, Ipv4Addr::new(10, 0, 1, 9)).unwrap();
         assert_eq!(&bytes[at..at + 2], &[0, 0]);
+    }
+
+    #[test]
+    fn the_address_update_agrees_with_the_general_one() {
+        // A fixed-seed LCG, and the edge words.
+        let mut x: u64 = 0x5eed;
+        let mut next = || {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (x >> 16) as u32
+        };
+        let edges = [0u32, 0xffff_ffff, 0x0000_ffff, 0xffff_0000, 0x8000_8000, 1];
+        for i in 0..20_000 {
+            let (csum, old, new) = if i < 216 {
+                (edges[i % 6] as u16, edges[i / 6 % 6], edges[i / 36 % 6])
+            } else {
+                (next() as u16, next(), next())
+            };
+            let (old, new) = (old.to_be_bytes(), new.to_be_bytes());
+            // One's complement has two zeros, 0x0000 and 0xffff: either
+            // verifies, and the two updates may pick different ones.
+            let zero = |c: u16| if c == 0xffff { 0 } else { c };
+            let (fast, general) = (update_addr(csum, old, new), update(csum, &old, &new));
+            assert_eq!(zero(fast), zero(general), "{csum:#x} {old:?} {new:?}");
+        }
+    }
+
+    #[test]
+    fn checksums_found_once_rewrite_a_copy() {
+        let original = tcp_packet();
+        let checksums = Checksums::of(&IpPacket::parse(&original).unwrap()).unwrap();
+        let mut copy = original.clone();
+        checksums.rewrite_ipv4_addr(&mut copy, Side::Source, Ipv4Addr::new(10, 0, 1, 250)).unwrap();
+        assert_checksums_valid(&copy);
+        assert_eq!(IpPacket::parse(&copy).unwrap().src, Ipv4Addr::new(10, 0, 1, 250));
+        let mut short = original[..30].to_vec();
+        assert_eq!(checksums.rewrite_ipv4_addr(&mut short, Side::Source, Ipv4Addr::LOCALHOST), Err(Error));
+        assert_eq!(short, original[..30]);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Packet views and emitters for Shoal's overlay: VXLAN (RFC 7348), Ethernet,
 //! and the IPv4/IPv6/UDP/TCP facts the data plane needs, with incremental
-//! checksum updates for address rewriting.
+//! checksum updates for address rewriting and ICMP echo replies.
 //!
 //! Invariants: no IO, no allocation, no panics on any input. Views borrow the
 //! caller's buffer (`Foo<T: AsRef<[u8]>>`); `new_checked` is the only way in for
@@ -12,6 +12,7 @@
 
 pub mod checksum;
 pub mod ethernet;
+pub mod icmp;
 pub mod ip;
 pub mod vxlan;
 

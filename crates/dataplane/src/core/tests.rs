@@ -2,20 +2,20 @@ use super::*;
 use etherparse::PacketBuilder;
 use proptest::prelude::*;
 
-const VNI: Vni = Vni::new(4096).unwrap();
+pub(super) const VNI: Vni = Vni::new(4096).unwrap();
 const OTHER_VNI: Vni = Vni::new(4097).unwrap();
-const NODE_A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-const NODE_B: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-const T1: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
-const T2: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 3);
-const T3: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 4);
-const EP1: EndpointId = EndpointId(1);
-const EP2: EndpointId = EndpointId(2);
-const EP3: EndpointId = EndpointId(3);
+pub(super) const NODE_A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub(super) const NODE_B: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub(super) const T1: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
+pub(super) const T2: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 3);
+pub(super) const T3: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 4);
+pub(super) const EP1: EndpointId = EndpointId(1);
+pub(super) const EP2: EndpointId = EndpointId(2);
+pub(super) const EP3: EndpointId = EndpointId(3);
 
 /// Node A hosts T1 (EP1) and T2 (EP2); T3 lives on node B. A second network
 /// with VNI 4097 holds 10.0.2.0/24.
-fn node_a() -> Tables {
+pub(super) fn node_a() -> Tables {
     let mut t = Tables::new(1450);
     t.add_network(VNI, "10.0.1.0/24".parse().unwrap()).unwrap();
     t.add_network(OTHER_VNI, "10.0.2.0/24".parse().unwrap()).unwrap();
@@ -26,7 +26,7 @@ fn node_a() -> Tables {
 }
 
 /// Node B's view of the same network: T3 (EP3) is local.
-fn node_b() -> Tables {
+pub(super) fn node_b() -> Tables {
     let mut t = Tables::new(1450);
     t.add_network(VNI, "10.0.1.0/24".parse().unwrap()).unwrap();
     t.attach(EP3, VNI, T3).unwrap();
@@ -35,7 +35,7 @@ fn node_b() -> Tables {
     t
 }
 
-fn udp(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+pub(super) fn udp(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
     let builder = PacketBuilder::ipv4(src.octets(), dst.octets(), 64).udp(40000, 7);
     let mut out = Vec::new();
     builder.write(&mut out, payload).unwrap();
@@ -43,7 +43,7 @@ fn udp(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
 }
 
 /// A TUN read buffer: junk headroom, then the packet.
-fn with_headroom(packet: &[u8]) -> Vec<u8> {
+pub(super) fn with_headroom(packet: &[u8]) -> Vec<u8> {
     let mut buf = vec![0x5a; ENCAP_HEADROOM];
     buf.extend_from_slice(packet);
     buf
@@ -77,8 +77,8 @@ fn encapsulated_frame_decapsulates_on_the_peer() {
     };
     let datagram = &buf[frame];
     let verdict = node_b().ingress(NODE_A, datagram);
-    let Ingress::Deliver { to, packet: range } = verdict else { panic!("{verdict:?}") };
-    assert_eq!(to, EP3);
+    let Ingress::Deliver { to, packet: range, nat } = verdict else { panic!("{verdict:?}") };
+    assert_eq!((to, nat), (EP3, None));
     assert_eq!(&datagram[range], &packet[..]);
 }
 
