@@ -6,9 +6,11 @@ CARGO ?= cargo
 FUZZ_SECONDS ?= 30
 # Tools the tests, demo and benchmarks run, with the Debian package of each.
 TOOLS := ip:iproute2 bridge:iproute2 nsenter:util-linux ping:iputils-ping \
-         iperf3:iperf3 sockperf:sockperf ethtool:ethtool nft:nftables python3:python3
+         iperf3:iperf3 sockperf:sockperf ethtool:ethtool nft:nftables python3:python3 \
+         dig:dnsutils dnsmasq:dnsmasq-base redis-server:redis-server redis-cli:redis-tools \
+         curl:curl dnsperf:dnsperf wrk:wrk
 
-.PHONY: deps demo test lint bench-overlay bench-gossip bench-services bench-forward bench fuzz clean
+.PHONY: deps demo test lint bench-overlay bench-gossip bench-services bench-discovery bench-forward bench fuzz clean
 
 deps:
 	@missing=""; for t in $(TOOLS); do \
@@ -43,10 +45,14 @@ bench-services: deps
 	$(CARGO) build --release -p shoal -p benches --bins
 	./target/release/bench-services
 
+bench-discovery: deps
+	$(CARGO) build --release -p shoal -p benches --bins
+	./target/release/bench-discovery
+
 bench-forward:
 	$(CARGO) bench -p benches --bench forward
 
-bench: bench-forward bench-overlay bench-gossip bench-services
+bench: bench-forward bench-overlay bench-gossip bench-services bench-discovery
 
 # Coverage-guided fuzzing of every parser for FUZZ_SECONDS each. cargo-fuzz
 # needs nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain accept them.

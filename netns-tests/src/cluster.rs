@@ -23,6 +23,8 @@ pub struct Cluster {
     dir: PathBuf,
     /// Gossip key file, for daemons that gossip outside a swarm.
     key: Option<PathBuf>,
+    /// More flags every daemon starts with.
+    daemon_args: Vec<String>,
     daemons: Vec<Option<Daemon>>,
 }
 
@@ -30,19 +32,24 @@ impl Cluster {
     /// Builds a lab of `hosts` hosts and starts a daemon on each; host 1
     /// (index 0) is the seed the others join through.
     pub fn start(hosts: usize) -> Cluster {
-        Cluster::start_with(hosts, true)
+        Cluster::start_with(hosts, true, &[])
     }
 
     /// Builds a lab of `hosts` hosts whose daemons are in no swarm and do not
     /// gossip until `shoal swarm init` or `join` (hostnames node1, node2...).
     pub fn start_bare(hosts: usize) -> Cluster {
-        Cluster::start_with(hosts, false)
+        Cluster::start_with(hosts, false, &[])
     }
 
     /// A swarm: host 1 inits it (heartbeats every second) and the other
     /// hosts join as workers.
     pub fn start_swarm(hosts: usize) -> Cluster {
-        let c = Cluster::start_bare(hosts);
+        Cluster::start_swarm_with(hosts, &[])
+    }
+
+    /// A swarm whose daemons also get `daemon_args`.
+    pub fn start_swarm_with(hosts: usize, daemon_args: &[&str]) -> Cluster {
+        let c = Cluster::start_with(hosts, false, daemon_args);
         c.cli(0, &["swarm", "init", "--dispatcher-heartbeat", "1s"]);
         let token = c.cli(0, &["swarm", "join-token", "-q", "worker"]).trim().to_owned();
         let manager = format!("{}:2377", c.lab.host(0).underlay);
@@ -52,7 +59,7 @@ impl Cluster {
         c
     }
 
-    fn start_with(hosts: usize, gossip: bool) -> Cluster {
+    fn start_with(hosts: usize, gossip: bool, daemon_args: &[&str]) -> Cluster {
         crate::require_root();
         let lab = Lab::new(hosts).expect("build lab");
         let dir = std::env::temp_dir().join(lab.name());
@@ -66,7 +73,8 @@ impl Cluster {
             std::fs::write(&key, &out.stdout).expect("write key");
             key
         });
-        let mut cluster = Cluster { lab, dir, key, daemons: (0..hosts).map(|_| None).collect() };
+        let daemon_args = daemon_args.iter().map(|a| (*a).to_owned()).collect();
+        let mut cluster = Cluster { lab, dir, key, daemon_args, daemons: (0..hosts).map(|_| None).collect() };
         for i in 0..hosts {
             cluster.start_daemon(i);
         }
@@ -107,6 +115,7 @@ impl Cluster {
             .arg(self.socket(i))
             .args(["--hostname", &format!("node{}", i + 1)])
             .args(["--task-prefix", &host.netns])
+            .args(&self.daemon_args)
             .env("SHOAL_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log);

@@ -35,6 +35,25 @@ pub fn rfc3339(ms: u64) -> String {
     )
 }
 
+/// Milliseconds since the epoch of a time as [`rfc3339`] writes it; `None`
+/// if `text` is not one.
+pub fn parse_rfc3339(text: &str) -> Option<u64> {
+    let (date, time) = text.strip_suffix('Z')?.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|p| p.parse::<u64>().ok());
+    let (h, min, s) = (t.next()??, t.next()??, t.next()??);
+    let ms: u64 = frac.get(..3).unwrap_or(frac).parse().ok()?;
+    // Days since 1970-01-01 (Howard Hinnant's algorithm, the other way).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
+    let days = u64::try_from(era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468).ok()?;
+    Some((days * 86_400 + h * 3600 + min * 60 + s) * 1000 + ms)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -43,6 +62,14 @@ mod tests {
     fn timestamps() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000000Z");
         assert_eq!(rfc3339(1_795_000_000_123), "2026-11-18T11:06:40.123000000Z");
+    }
+
+    #[test]
+    fn times_read_back() {
+        for ms in [0, 1_795_000_000_123, 951_782_400_000 /* 2000-02-29 */] {
+            assert_eq!(parse_rfc3339(&rfc3339(ms)), Some(ms));
+        }
+        assert_eq!(parse_rfc3339("yesterday"), None);
     }
 
     #[test]

@@ -21,10 +21,12 @@ use shoal_wire::Vni;
 use shoal_wire::ip::Ipv4Cidr;
 use tokio::sync::Mutex;
 
+use crate::dns::Dns;
 use crate::error::Error;
 use crate::gossip_driver::GossipSlot;
 use crate::metrics::{Metrics, Op};
 use crate::routes::{ENDPOINTS, EndpointRecord, Routes};
+use crate::vips::Vips;
 
 /// One interface a sandbox is asked for, parsed and checked once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,34 +72,44 @@ struct Local {
     interfaces: Vec<(Interface, EndpointId)>,
     /// Taken when unplugged.
     sandbox: Option<Sandbox>,
+    /// The sandbox's resolver at 127.0.0.11; stops when dropped.
+    dns: Option<shoal_dns::Serving>,
+}
+
+/// What endpoints plug into.
+#[derive(Debug)]
+pub struct Plumbing {
+    /// The data plane.
+    pub dataplane: Arc<Dataplane>,
+    /// Remote endpoints' routes.
+    pub routes: Arc<Routes>,
+    /// Service VIPs.
+    pub vips: Arc<Vips>,
+    /// The tasks' resolver.
+    pub dns: Dns,
+    /// Gossip, for the endpoint rows.
+    pub gossip: GossipSlot,
+    /// Failures carried on from.
+    pub metrics: Metrics,
+    /// This node's underlay address, which its rows name.
+    pub node: Ipv4Addr,
+    /// Overlay MTU.
+    pub mtu: u16,
+    /// Where the list of sandboxes is kept.
+    pub data_dir: PathBuf,
 }
 
 /// This node's sandboxes.
 #[derive(Debug)]
 pub struct Endpoints {
-    dataplane: Arc<Dataplane>,
-    routes: Arc<Routes>,
-    gossip: GossipSlot,
-    metrics: Metrics,
-    /// This node's underlay address, which its rows name.
-    node: Ipv4Addr,
-    mtu: u16,
-    data_dir: PathBuf,
+    p: Plumbing,
     sandboxes: Mutex<BTreeMap<String, Local>>,
 }
 
 impl Endpoints {
     /// No endpoints yet.
-    pub fn new(
-        dataplane: Arc<Dataplane>,
-        routes: Arc<Routes>,
-        gossip: GossipSlot,
-        metrics: Metrics,
-        node: Ipv4Addr,
-        mtu: u16,
-        data_dir: PathBuf,
-    ) -> Endpoints {
-        Endpoints { dataplane, routes, gossip, metrics, node, mtu, data_dir, sandboxes: Mutex::default() }
+    pub fn new(plumbing: Plumbing) -> Endpoints {
+        Endpoints { p: plumbing, sandboxes: Mutex::default() }
     }
 
     /// Creates the sandbox `name` with one TUN per interface (`eth0`,
@@ -110,16 +122,17 @@ impl Endpoints {
                 name: format!("eth{i}"),
                 ip: iface.ip,
                 prefix: iface.subnet.prefix(),
-                mtu: self.mtu,
+                mtu: self.p.mtu,
             })
             .collect();
-        let gossip = self.gossip.get()?;
+        let gossip = self.p.gossip.get()?;
         let mut sandboxes = self.sandboxes.lock().await;
         if sandboxes.contains_key(name) {
             return Err(Error::Conflict(format!("sandbox {name} already exists on this node")));
         }
         for iface in ifaces {
-            self.dataplane
+            self.p
+                .dataplane
                 .add_network(iface.vni, iface.subnet)
                 .map_err(|e| Error::Conflict(e.to_string()))?;
         }
@@ -128,7 +141,7 @@ impl Endpoints {
             let used = local_vnis(&sandboxes);
             for iface in ifaces {
                 if !used.contains(&iface.vni) {
-                    self.dataplane.remove_network(iface.vni);
+                    self.p.dataplane.remove_network(iface.vni);
                 }
             }
         }
@@ -139,9 +152,9 @@ impl Endpoints {
             SandboxError::Netns(NetnsError::InvalidName(_)) => Error::Invalid(e.to_string()),
             other => Error::internal(other),
         })?;
-        let mut local = Local { interfaces: Vec::new(), sandbox: Some(sandbox) };
+        let mut local = Local { interfaces: Vec::new(), sandbox: Some(sandbox), dns: None };
         for (iface, device) in ifaces.iter().zip(devices) {
-            match self.dataplane.attach(iface.vni, iface.ip, device) {
+            match self.p.dataplane.attach(iface.vni, iface.ip, device) {
                 Ok(id) => local.interfaces.push((*iface, id)),
                 Err(e) => {
                     self.unplug(&mut local, &local_vnis(&sandboxes));
@@ -149,11 +162,20 @@ impl Endpoints {
                 }
             }
         }
+        let networks = ifaces.iter().map(|i| i.vni.get()).collect();
+        match self.p.dns.serve(local.sandbox.as_ref().expect("just made").netns(), networks) {
+            Ok(serving) => local.dns = Some(serving),
+            Err(e) => {
+                self.unplug(&mut local, &local_vnis(&sandboxes));
+                return Err(e);
+            }
+        }
         sandboxes.insert(name.to_owned(), local);
         self.record(&sandboxes);
+        self.p.vips.sync();
         for iface in ifaces {
-            self.routes.program_network(iface.vni);
-            let record = EndpointRecord { ip: iface.ip, subnet: iface.subnet, node: self.node };
+            self.p.routes.program_network(iface.vni);
+            let record = EndpointRecord { ip: iface.ip, subnet: iface.subnet, node: self.p.node };
             let value = serde_json::to_vec(&record).expect("serialisable");
             gossip.write(iface.vni.get(), RowKey::new(ENDPOINTS, iface.ip.to_string()), Some(value)).await;
         }
@@ -203,25 +225,27 @@ impl Endpoints {
     /// plane the networks no other local endpoint uses. Call with the
     /// sandboxes lock held.
     fn unplug(&self, local: &mut Local, still_used: &BTreeSet<Vni>) {
+        local.dns = None;
         for (_, id) in &local.interfaces {
-            self.dataplane.detach(*id);
+            self.p.dataplane.detach(*id);
         }
         if let Some(sandbox) = local.sandbox.take()
             && let Err(e) = sandbox.remove()
         {
             tracing::warn!(error = %e, "cannot remove a sandbox");
-            self.metrics.failed(Op::RemoveSandbox);
+            self.p.metrics.failed(Op::RemoveSandbox);
         }
         for (iface, _) in &local.interfaces {
             if !still_used.contains(&iface.vni) {
-                self.dataplane.remove_network(iface.vni);
+                self.p.dataplane.remove_network(iface.vni);
+                self.p.vips.forget(iface.vni);
             }
         }
     }
 
     /// Withdraws the gossiped rows of an unplugged sandbox.
     async fn withdraw(&self, local: &Local) {
-        if let Ok(gossip) = self.gossip.get() {
+        if let Ok(gossip) = self.p.gossip.get() {
             for (iface, _) in &local.interfaces {
                 gossip.write(iface.vni.get(), RowKey::new(ENDPOINTS, iface.ip.to_string()), None).await;
             }
@@ -232,10 +256,10 @@ impl Endpoints {
     /// what the crashed process left.
     fn record(&self, sandboxes: &BTreeMap<String, Local>) {
         let names: Vec<&str> = sandboxes.keys().map(String::as_str).collect();
-        let path = self.data_dir.join("sandboxes");
+        let path = self.p.data_dir.join("sandboxes");
         if let Err(e) = std::fs::write(&path, names.join("\n")) {
             tracing::warn!(path = %path.display(), error = %e, "cannot record the sandboxes: a crash now would leave them behind");
-            self.metrics.failed(Op::RecordSandboxes);
+            self.p.metrics.failed(Op::RecordSandboxes);
         }
     }
 }

@@ -3,8 +3,8 @@
 //!
 //! Arrows only go down, from the top:
 //! `daemon` -> `api` -> `node` -> (`swarm`, `tasks`) -> `endpoints` ->
-//! (`routes`, `gossip_driver`) -> (`metrics`, `settings`, `keys`, `names`,
-//! `clock`, `error`). `standalone` is the static-file data plane beside
+//! (`routes`, `directory`, `gossip_driver`) -> (`metrics`, `settings`,
+//! `keys`, `names`, `clock`, `error`). `standalone` is the static-file data plane beside
 //! them. See ARCHITECTURE.md for each module's invariants.
 
 #![forbid(unsafe_code)]
@@ -12,6 +12,8 @@
 pub mod api;
 pub mod clock;
 pub mod daemon;
+pub mod directory;
+pub mod dns;
 pub mod endpoints;
 pub mod error;
 pub mod gossip_driver;
@@ -25,6 +27,7 @@ pub mod settings;
 pub mod standalone;
 pub mod swarm;
 pub mod tasks;
+pub mod vips;
 
 pub use error::{Error, Result};
 pub use node::Node;

@@ -68,6 +68,10 @@ pub struct Snapshot {
     pub members: Vec<MemberView>,
     /// Table rows held.
     pub rows: Vec<RowView>,
+    /// The tasks' resolver's counters.
+    pub dns: shoal_dns::Stats,
+    /// Flows tracked per VIP backend.
+    pub backends: Vec<shoal_dataplane::BackendFlows>,
 }
 
 fn counter(value: u64) -> Counter {
@@ -168,9 +172,107 @@ impl Metrics {
             drops.get_or_create(&ReasonLabels { reason: reason.to_string() }).inc_by(*n);
         }
         r.register("shoal_dataplane_dropped_packets", "Packets dropped, by reason.", drops);
+        render_dns(&mut r, &snapshot.dns);
+        render_conntrack(&mut r, &snapshot.dataplane.conntrack, &snapshot.backends);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &r).expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TypeLabels {
+    r#type: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RcodeLabels {
+    rcode: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DnsDropLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    vni: u32,
+    vip: String,
+    backend: String,
+}
+
+/// Connection tracking and VIP NAT, and the flows of each VIP backend.
+fn render_conntrack(
+    r: &mut Registry,
+    ct: &shoal_dataplane::ConntrackCounters,
+    backends: &[shoal_dataplane::BackendFlows],
+) {
+    r.register("shoal_conntrack_entries", "Flows to service VIPs tracked now.", gauge(ct.entries));
+    r.register("shoal_conntrack_capacity", "The most flows the connection table holds.", gauge(ct.capacity));
+    for (name, help, value) in [
+        ("shoal_conntrack_created", "Flows to service VIPs created.", ct.created),
+        ("shoal_conntrack_expired", "Flows that timed out.", ct.expired),
+        ("shoal_conntrack_evicted", "Flows removed early to make room at the table's bound.", ct.evicted),
+        (
+            "shoal_conntrack_removed",
+            "Flows removed because their VIP, backend, network or client went.",
+            ct.removed,
+        ),
+        ("shoal_vip_nat_forward", "Packets to a VIP rewritten to a backend.", ct.nat_forward),
+        ("shoal_vip_nat_reverse", "Replies rewritten back to the VIP.", ct.nat_reverse),
+        ("shoal_vip_echo_replies", "Pings to a VIP answered by the data plane.", ct.echo_replies),
+    ] {
+        r.register(name, help, counter(value));
+    }
+    let flows = Family::<BackendLabels, Gauge>::default();
+    for b in backends {
+        let labels =
+            BackendLabels { vni: b.vni.get(), vip: b.vip.to_string(), backend: b.backend.to_string() };
+        flows.get_or_create(&labels).set(i64::try_from(b.flows).unwrap_or(i64::MAX));
+    }
+    r.register("shoal_vip_backend_flows", "Flows tracked to each backend of each VIP.", flows);
+}
+
+/// The resolver's counters: queries by type, answers by rcode, forwards,
+/// drops by reason.
+fn render_dns(r: &mut Registry, dns: &shoal_dns::Stats) {
+    use shoal_dns::{DropReason, QueryKind, Rcode};
+    let queries = Family::<TypeLabels, Counter>::default();
+    for kind in QueryKind::ALL {
+        queries.get_or_create(&TypeLabels { r#type: kind.as_str() }).inc_by(dns.queries(kind));
+    }
+    r.register("shoal_dns_queries", "Queries tasks asked their resolver, by type.", queries);
+    let responses = Family::<RcodeLabels, Counter>::default();
+    for rcode in Rcode::ALL {
+        responses.get_or_create(&RcodeLabels { rcode: rcode.as_str() }).inc_by(dns.responses(rcode));
+    }
+    r.register("shoal_dns_responses", "Responses sent, answered or relayed, by response code.", responses);
+    let drops = Family::<DnsDropLabels, Counter>::default();
+    for reason in DropReason::ALL {
+        drops.get_or_create(&DnsDropLabels { reason: reason.as_str() }).inc_by(dns.drops(reason));
+    }
+    r.register("shoal_dns_dropped", "Messages dropped unanswered, by reason.", drops);
+    for (name, help, value) in [
+        ("shoal_dns_forwarded", "Queries for unknown names sent to the upstream resolvers.", dns.forwarded),
+        (
+            "shoal_dns_forward_timeouts",
+            "Forwards answered SERVFAIL: no upstream answered in time.",
+            dns.forward_timeouts,
+        ),
+        (
+            "shoal_dns_forward_failures",
+            "Forwards answered SERVFAIL: no upstream, or every one failed.",
+            dns.forward_failures,
+        ),
+        (
+            "shoal_dns_forwards_refused",
+            "Queries answered SERVFAIL at once: too many forwards in flight.",
+            dns.forwards_refused,
+        ),
+        ("shoal_dns_truncated", "Answers cut to the client's UDP size, with TC set.", dns.truncated),
+    ] {
+        r.register(name, help, counter(value));
     }
 }
 

@@ -15,7 +15,9 @@ use shoal_dataplane::{Dataplane, DataplaneConfig};
 use shoal_gossip::{GossipConfig, KeyRing, Member, NodeId};
 use tokio::sync::mpsc;
 
-use crate::endpoints::{self, Endpoints};
+use crate::directory::ServiceDirectory;
+use crate::dns::Dns;
+use crate::endpoints::{self, Endpoints, Plumbing};
 use crate::error::Error;
 use crate::gossip_driver::{self, GossipSlot};
 use crate::keys;
@@ -23,7 +25,9 @@ use crate::metrics::{Metrics, Snapshot};
 use crate::routes::Routes;
 use crate::settings::Settings;
 use crate::swarm::{RoleEvent, Swarm};
+use crate::tasks::rows::Announcer;
 use crate::tasks::{self, TaskRunner};
+use crate::vips::Vips;
 
 /// How long stopping tasks may take when the node leaves a swarm or stops.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
@@ -45,7 +49,12 @@ pub struct Node {
     pub swarm: Swarm,
     /// Failures carried on from.
     pub metrics: Metrics,
+    /// Which names, VIPs and tasks every network has.
+    pub directory: Arc<ServiceDirectory>,
+    /// The tasks' resolver.
+    pub dns: Dns,
     routes: Arc<Routes>,
+    announcer: Arc<Announcer>,
     runner: Mutex<Option<Arc<TaskRunner>>>,
 }
 
@@ -71,15 +80,22 @@ impl Node {
         let metrics = Metrics::default();
         let gossip = GossipSlot::default();
         let routes = Arc::new(Routes::new(dataplane.clone()));
-        let endpoints = Arc::new(Endpoints::new(
-            dataplane.clone(),
-            routes.clone(),
-            gossip.clone(),
-            metrics.clone(),
-            settings.advertise_addr,
-            settings.mtu,
-            settings.data_dir.clone(),
-        ));
+        let directory = Arc::new(ServiceDirectory::default());
+        let announcer = Arc::new(Announcer::new(settings.advertise_addr, directory.clone(), gossip.clone()));
+        let vips = Arc::new(Vips::new(dataplane.clone(), directory.clone()));
+        tokio::spawn(Vips::follow(Arc::downgrade(&vips)));
+        let dns = Dns::new(directory.clone(), settings.upstreams());
+        let endpoints = Arc::new(Endpoints::new(Plumbing {
+            dataplane: dataplane.clone(),
+            routes: routes.clone(),
+            vips,
+            dns: dns.clone(),
+            gossip: gossip.clone(),
+            metrics: metrics.clone(),
+            node: settings.advertise_addr,
+            mtu: settings.mtu,
+            data_dir: settings.data_dir.clone(),
+        }));
         let (events_tx, events) = mpsc::channel(4);
         let node = Arc::new(Node {
             me,
@@ -89,7 +105,10 @@ impl Node {
             gossip,
             endpoints,
             metrics,
+            directory,
+            dns,
             routes,
+            announcer,
             runner: Mutex::new(None),
         });
         tokio::spawn(follow_roles(Arc::downgrade(&node), events));
@@ -109,7 +128,7 @@ impl Node {
             .await
             .map_err(Error::io(format!("bind the gossip port {listen}")))?;
         self.gossip.set(Some(handle));
-        tokio::spawn(self.routes.clone().follow(driver.events));
+        tokio::spawn(follow_gossip(driver.events, self.routes.clone(), self.directory.clone()));
         Ok(())
     }
 
@@ -142,6 +161,7 @@ impl Node {
                         settings: self.settings.clone(),
                         reports,
                         metrics: self.metrics.clone(),
+                        announcer: self.announcer.clone(),
                     };
                     *self.runner.lock().unwrap_or_else(|e| e.into_inner()) =
                         Some(TaskRunner::start(ctx, assignments));
@@ -170,6 +190,8 @@ impl Node {
         let mut snapshot = Snapshot {
             networks: self.dataplane.tables().network_count(),
             dataplane: self.dataplane.counters(),
+            dns: self.dns.stats(),
+            backends: self.dataplane.lb_stats(),
             ..Snapshot::default()
         };
         if let Ok(g) = self.gossip.get() {
@@ -188,6 +210,26 @@ impl Node {
         if let Ok(gossip) = self.gossip.get() {
             tokio::time::sleep(Duration::from_millis(300)).await;
             gossip.leave().await;
+        }
+    }
+}
+
+/// Follows gossip's events until the driver stops: membership to the log,
+/// table changes to the routes and the service directory.
+async fn follow_gossip(
+    mut events: mpsc::UnboundedReceiver<shoal_gossip::Event>,
+    routes: Arc<Routes>,
+    directory: Arc<ServiceDirectory>,
+) {
+    use shoal_gossip::Event;
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::MemberUp(m) => tracing::info!(node = %m.id, addr = %m.addr, epoch = m.epoch, "member up"),
+            Event::MemberDown(m) => tracing::info!(node = %m.id, addr = %m.addr, "member down"),
+            Event::Table(change) => {
+                routes.apply(&change);
+                directory.apply(&change);
+            }
         }
     }
 }

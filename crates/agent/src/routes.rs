@@ -17,10 +17,9 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use shoal_dataplane::Dataplane;
-use shoal_gossip::{Change, Event, NodeId};
+use shoal_gossip::{Change, NodeId};
 use shoal_wire::Vni;
 use shoal_wire::ip::Ipv4Cidr;
-use tokio::sync::mpsc;
 
 /// The table endpoints are gossiped in.
 pub const ENDPOINTS: &str = "endpoints";
@@ -158,20 +157,6 @@ impl Routes {
         let ops = self.table.lock().unwrap_or_else(|e| e.into_inner()).network(vni, local);
         for op in ops {
             self.run(op);
-        }
-    }
-
-    /// Follows gossip's events until the driver stops: membership to the
-    /// log, table changes to the data plane.
-    pub async fn follow(self: Arc<Self>, mut events: mpsc::UnboundedReceiver<Event>) {
-        while let Some(event) = events.recv().await {
-            match event {
-                Event::MemberUp(m) => {
-                    tracing::info!(node = %m.id, addr = %m.addr, epoch = m.epoch, "member up")
-                }
-                Event::MemberDown(m) => tracing::info!(node = %m.id, addr = %m.addr, "member down"),
-                Event::Table(change) => self.apply(&change),
-            }
         }
     }
 }

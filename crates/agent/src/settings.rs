@@ -33,12 +33,25 @@ pub struct Settings {
     pub hostname: String,
     /// Prefix of task sandbox (network namespace) and cgroup names.
     pub task_prefix: String,
+    /// Upstream resolvers for names the service directory does not know
+    /// (`--dns`); empty: the node's resolv.conf.
+    pub dns: Vec<Ipv4Addr>,
 }
 
 impl Settings {
     /// The kernel's hostname, for when none is given.
     pub fn kernel_hostname() -> String {
         std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
+    }
+
+    /// Where tasks' unknown names are forwarded: `--dns`, else the node's
+    /// resolv.conf (loopback resolvers left out: they are the node's own).
+    pub fn upstreams(&self) -> Vec<std::net::SocketAddr> {
+        if !self.dns.is_empty() {
+            return self.dns.iter().take(3).map(|ip| std::net::SocketAddr::from((*ip, 53))).collect();
+        }
+        let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        shoal_dns::upstreams_from_resolv_conf(&text)
     }
 
     /// This node's gossip address, as other nodes reach it.

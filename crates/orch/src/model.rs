@@ -209,6 +209,9 @@ pub struct TaskSpec {
     pub hostname: Option<String>,
     /// Network names.
     pub networks: Vec<String>,
+    /// More names of the service, per network (`--network name=N,alias=A`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub aliases: BTreeMap<String, Vec<String>>,
     /// Placement.
     pub placement: Placement,
     /// Resources.
@@ -235,6 +238,7 @@ impl Default for TaskSpec {
             user: None,
             hostname: None,
             networks: Vec::new(),
+            aliases: BTreeMap::new(),
             placement: Placement::default(),
             resources: Resources::default(),
             restart: RestartPolicy::default(),
@@ -259,9 +263,65 @@ pub enum Mode {
     Global,
 }
 
+/// How a service is reached by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointMode {
+    /// One virtual IP per network, balanced over the tasks by the data plane.
+    #[default]
+    Vip,
+    /// The name answers the healthy task addresses (DNS round-robin).
+    Dnsrr,
+}
+
+/// How a VIP picks a task for a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LbPolicy {
+    /// Each in turn.
+    #[default]
+    RoundRobin,
+    /// The task with the fewest connections.
+    LeastConn,
+    /// Maglev consistent hashing: a task that goes moves only its own flows.
+    Maglev,
+}
+
+/// How a service is found and balanced: docker's endpoint mode, and what
+/// Shoal adds (DNS TTL, balancing policy, client affinity).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EndpointConfig {
+    /// `vip` or `dnsrr`.
+    pub mode: EndpointMode,
+    /// TTL of the service's DNS answers, seconds (Swarm's is a fixed 600).
+    pub dns_ttl_secs: u32,
+    /// How the VIP balances.
+    pub lb: LbPolicy,
+    /// Client-IP affinity: a client keeps its task this long (ms) after its
+    /// last connection; `None` is off.
+    pub affinity_ms: Option<u64>,
+}
+
+/// The DNS TTL a service gets unless it asks for another.
+pub const DEFAULT_DNS_TTL_SECS: u32 = 5;
+
+impl Default for EndpointConfig {
+    fn default() -> EndpointConfig {
+        EndpointConfig {
+            mode: EndpointMode::Vip,
+            dns_ttl_secs: DEFAULT_DNS_TTL_SECS,
+            lb: LbPolicy::RoundRobin,
+            affinity_ms: None,
+        }
+    }
+}
+
 /// A published port.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PortConfig {
+    /// Its name (SRV queries may use it: `_http._tcp.web`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// The port every node answers on.
     pub published: u16,
     /// The task's port.
@@ -290,6 +350,9 @@ pub struct ServiceSpec {
     pub rollback: UpdateConfig,
     /// Published ports.
     pub ports: Vec<PortConfig>,
+    /// How the service is found and balanced.
+    #[serde(default)]
+    pub endpoint: EndpointConfig,
 }
 
 /// Where a rolling update stands, as `service inspect` shows it.
@@ -372,7 +435,7 @@ impl UpdateStatus {
 }
 
 /// An address of a service or task on a network.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Attachment {
     /// Network name.
     pub network: String,
@@ -382,6 +445,10 @@ pub struct Attachment {
     pub subnet: String,
     /// Address.
     pub ip: std::net::Ipv4Addr,
+    /// The service's VIP on this network, on a task's attachment (none in
+    /// `dnsrr` mode, and on the service's own VIP attachments).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<std::net::Ipv4Addr>,
 }
 
 /// A service.
@@ -442,6 +509,32 @@ impl TaskStatus {
     }
 }
 
+/// What a task's node announces about its service, besides the task: the
+/// service directory of every node is made of these.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TaskEndpoint {
+    /// Mode, TTL, balancing.
+    pub config: EndpointConfig,
+    /// The service's ports (SRV answers).
+    pub ports: Vec<PortConfig>,
+    /// The stack the service belongs to (label `com.docker.stack.namespace`).
+    pub stack: Option<String>,
+}
+
+/// The label naming a service's stack, as docker's.
+pub const STACK_LABEL: &str = "com.docker.stack.namespace";
+
+impl TaskEndpoint {
+    /// The endpoint of `spec`'s tasks.
+    pub fn of(spec: &ServiceSpec) -> TaskEndpoint {
+        TaskEndpoint {
+            config: spec.endpoint,
+            ports: spec.ports.clone(),
+            stack: spec.labels.get(STACK_LABEL).cloned(),
+        }
+    }
+}
+
 /// One run of a service's slot on a node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {
@@ -475,6 +568,10 @@ pub struct Task {
     pub after: Option<String>,
     /// Whether the orchestrator already handled its end (replaced or not).
     pub handled: bool,
+    /// How its service is found and balanced, kept current by the
+    /// orchestrator (a change does not replace the task).
+    #[serde(default)]
+    pub endpoint: TaskEndpoint,
     /// ms.
     pub created_ms: u64,
 }

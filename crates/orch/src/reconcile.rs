@@ -144,6 +144,7 @@ impl World {
 
     /// One reconciliation pass (see the crate documentation).
     pub fn reconcile(&mut self, env: &mut Env<'_>) {
+        self.sync_endpoints();
         self.handle_lost_nodes(env);
         self.release_ended(env);
         self.restart_ended(env);
@@ -159,6 +160,25 @@ impl World {
         self.shut_unassigned(env);
         self.schedule(env);
         self.prune(env);
+    }
+
+    /// Keeps every task's endpoint (and the VIP on each attachment) as its
+    /// service's: the directory follows the service without replacing
+    /// tasks.
+    fn sync_endpoints(&mut self) {
+        for task in self.tasks.values_mut() {
+            let Some(service) = self.services.get(&task.service_id) else { continue };
+            let endpoint = TaskEndpoint::of(&service.spec);
+            if task.endpoint != endpoint {
+                task.endpoint = endpoint;
+            }
+            for a in &mut task.attachments {
+                let vip = service.vips.iter().find(|v| v.network == a.network).map(|v| v.ip);
+                if a.vip != vip {
+                    a.vip = vip;
+                }
+            }
+        }
     }
 
     /// Frees the addresses of ended tasks; an orphaned task keeps its own
@@ -194,6 +214,7 @@ impl World {
             window_start_ms: env.now,
             after: None,
             handled: false,
+            endpoint: TaskEndpoint::of(&service.spec),
             created_ms: env.now,
         }
     }
@@ -549,6 +570,7 @@ impl World {
                 }
             };
             let networks = service.spec.task.networks.clone();
+            let vips = service.vips.clone();
             let task = self.tasks.get_mut(&id).expect("listed");
             match placed {
                 Ok(i) => {
@@ -570,6 +592,9 @@ impl World {
                         task.status = TaskStatus::new(TaskState::Pending, env.now, "pending task scheduling")
                             .with_err(e);
                         continue;
+                    }
+                    for a in &mut attachments {
+                        a.vip = vips.iter().find(|v| v.network == a.network).map(|v| v.ip);
                     }
                     task.node_id = Some(nodes[i].id.clone());
                     task.attachments = attachments;

@@ -18,7 +18,7 @@ impl Allocator for Addresses {
         self.next += 1;
         let ip = std::net::Ipv4Addr::from(0x0a00_0000 + self.next);
         assert!(self.live.insert(ip), "address handed out twice");
-        Ok(Attachment { network: network.into(), vni: 4096, subnet: "10.0.0.0/8".into(), ip })
+        Ok(Attachment { network: network.into(), vni: 4096, subnet: "10.0.0.0/8".into(), ip, vip: None })
     }
     fn release(&mut self, a: &Attachment) {
         assert!(self.live.remove(&a.ip), "address {} released twice", a.ip);
@@ -68,6 +68,7 @@ fn spec(name: &str, replicas: u64) -> ServiceSpec {
         update: UpdateConfig { monitor_ms: 2_000, ..UpdateConfig::default() },
         rollback: UpdateConfig { monitor_ms: 2_000, ..UpdateConfig::default() },
         ports: Vec::new(),
+        endpoint: EndpointConfig::default(),
     }
 }
 

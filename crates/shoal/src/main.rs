@@ -98,6 +98,10 @@ struct DaemonOptions {
     /// Prefix of the names of task network namespaces and cgroups
     #[arg(long, env = "SHOAL_TASK_PREFIX", default_value = "shoal")]
     task_prefix: String,
+    /// Upstream DNS server for names tasks ask that are not services (repeat, up to 3;
+    /// default: the nameservers of /etc/resolv.conf)
+    #[arg(long = "dns", env = "SHOAL_DNS", value_delimiter = ',')]
+    dns: Vec<Ipv4Addr>,
 }
 
 impl From<DaemonOptions> for shoal_agent::Settings {
@@ -115,6 +119,7 @@ impl From<DaemonOptions> for shoal_agent::Settings {
             mtu: o.mtu,
             hostname: o.hostname.unwrap_or_else(shoal_agent::Settings::kernel_hostname),
             task_prefix: o.task_prefix,
+            dns: o.dns,
         }
     }
 }

@@ -220,11 +220,32 @@ pub async fn networks(State(node): Shared) -> Answer<Vec<views::Network>> {
     Ok(Json(manager(&node).await?.networks()?.iter().map(views::Network::from).collect()))
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InspectQuery {
+    #[serde(default)]
+    verbose: bool,
+}
+
 pub async fn network_inspect(
     State(node): Shared,
     Checked(Path(name)): Checked<Path<String>>,
+    Checked(Query(q)): Checked<Query<InspectQuery>>,
 ) -> Answer<views::Network> {
-    Ok(Json(views::Network::from(&manager(&node).await?.find_network(&name)?)))
+    let record = manager(&node).await?.find_network(&name)?;
+    let mut network = views::Network::from(&record);
+    if q.verbose {
+        let index = node.directory.index();
+        let services = index.networks.get(&record.vni).map(|n| &n.services).into_iter().flatten();
+        network.services =
+            Some(services.map(|(_, s)| (s.name.clone(), views::NetworkService::new(s))).collect());
+    }
+    Ok(Json(network))
+}
+
+/// This node's service directory, network by network.
+pub async fn directory(State(node): Shared) -> Json<Value> {
+    to_json(&*node.directory.index())
 }
 
 pub async fn network_remove(

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use shoal_control::ipam::Ipam;
 use shoal_control::{LogLine, NetworkRecord, NodeRecord, NodeState, Report};
-use shoal_orch::{Allocator, Attachment, Env, Mode, Service, ServiceSpec, Task, World};
+use shoal_orch::{Allocator, Attachment, EndpointMode, Env, Mode, Service, ServiceSpec, Task, World};
 use tokio::sync::watch;
 
 use super::records::{Records, new_id, pick};
@@ -51,7 +51,13 @@ impl Allocator for Addresses<'_> {
             .ok_or_else(|| format!("network {network} not found"))?;
         let ip = self.ipam.allocate(network, None).map_err(|e| e.to_string())?;
         self.changed = true;
-        Ok(Attachment { network: network.to_owned(), vni: record.vni, subnet: record.subnet.clone(), ip })
+        Ok(Attachment {
+            network: network.to_owned(),
+            vni: record.vni,
+            subnet: record.subnet.clone(),
+            ip,
+            vip: None,
+        })
     }
 
     fn release(&mut self, a: &Attachment) {
@@ -219,23 +225,10 @@ impl Orchestration {
             if world.services.values().any(|s| s.spec.name == spec.name) {
                 return Err(Error::Conflict(format!("service {} already exists", spec.name)));
             }
-            let mut ipam = self.records.ipam()?;
-            let networks = self.records.store.networks()?;
-            let mut vips = Vec::new();
-            for name in &spec.task.networks {
-                let network = networks
-                    .iter()
-                    .find(|n| &n.name == name)
-                    .ok_or_else(|| Error::NotFound(format!("network {name} not found")))?;
-                let ip = ipam.allocate(name, None).map_err(|e| Error::Conflict(e.to_string()))?;
-                vips.push(Attachment {
-                    network: name.clone(),
-                    vni: network.vni,
-                    subnet: network.subnet.clone(),
-                    ip,
-                });
-            }
-            self.records.store.put_ipam(&ipam)?;
+            let vips = match spec.endpoint.mode {
+                EndpointMode::Vip => self.allocate_vips(&spec.task.networks)?,
+                EndpointMode::Dnsrr => Vec::new(),
+            };
             let now = now_ms();
             let service = Service {
                 id,
@@ -283,8 +276,21 @@ impl Orchestration {
             if current.spec.name != spec.name {
                 return Err(Error::Invalid("a service cannot be renamed".into()));
             }
+            // A change of endpoint mode gives or takes the VIPs.
+            let vips = match (current.spec.endpoint.mode, spec.endpoint.mode) {
+                (EndpointMode::Dnsrr, EndpointMode::Vip) => Some(self.allocate_vips(&spec.task.networks)?),
+                (EndpointMode::Vip, EndpointMode::Dnsrr) => {
+                    self.release_vips(&current.vips)?;
+                    Some(Vec::new())
+                }
+                _ => None,
+            };
             world.update_service(id, spec, now_ms(), rollback);
-            Ok(world.services[id].clone())
+            let service = world.services.get_mut(id).expect("updated");
+            if let Some(vips) = vips {
+                service.vips = vips;
+            }
+            Ok(service.clone())
         })
     }
 
@@ -294,13 +300,43 @@ impl Orchestration {
         self.reconcile_locked(true, |world| {
             let service =
                 world.remove_service(id).ok_or_else(|| Error::NotFound(format!("service {id} not found")))?;
-            let mut ipam = self.records.ipam()?;
-            for vip in &service.vips {
-                ipam.release(&vip.network, vip.ip);
-            }
-            self.records.store.put_ipam(&ipam)?;
+            self.release_vips(&service.vips)?;
             Ok(service)
         })
+    }
+
+    /// A VIP on each of `networks`, stored in the IPAM. Call with the
+    /// writer lock held.
+    fn allocate_vips(&self, networks: &[String]) -> Result<Vec<Attachment>, Error> {
+        let mut ipam = self.records.ipam()?;
+        let records = self.records.store.networks()?;
+        let mut vips = Vec::new();
+        for name in networks {
+            let network = records
+                .iter()
+                .find(|n| &n.name == name)
+                .ok_or_else(|| Error::NotFound(format!("network {name} not found")))?;
+            let ip = ipam.allocate(name, None).map_err(|e| Error::Conflict(e.to_string()))?;
+            vips.push(Attachment {
+                network: name.clone(),
+                vni: network.vni,
+                subnet: network.subnet.clone(),
+                ip,
+                vip: None,
+            });
+        }
+        self.records.store.put_ipam(&ipam)?;
+        Ok(vips)
+    }
+
+    /// Frees VIPs in the IPAM. Call with the writer lock held.
+    fn release_vips(&self, vips: &[Attachment]) -> Result<(), Error> {
+        let mut ipam = self.records.ipam()?;
+        for vip in vips {
+            ipam.release(&vip.network, vip.ip);
+        }
+        self.records.store.put_ipam(&ipam)?;
+        Ok(())
     }
 
     /// The services using a network (`network rm` refuses while any does).
@@ -342,7 +378,7 @@ impl Orchestration {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         for t in &tasks {
-            (&t.id, t.desired, t.status.state).hash(&mut h);
+            (&t.id, t.desired, t.status.state, &t.endpoint, &t.attachments).hash(&mut h);
         }
         (h.finish(), tasks)
     }

@@ -15,6 +15,7 @@
 
 pub mod health;
 pub mod prepare;
+pub mod rows;
 pub mod supervisor;
 
 use std::collections::{HashMap, HashSet};
@@ -52,6 +53,8 @@ pub struct Context {
     pub reports: mpsc::UnboundedSender<Report>,
     /// Failures carried on from.
     pub metrics: Metrics,
+    /// What this node announces about its running tasks.
+    pub announcer: Arc<rows::Announcer>,
 }
 
 impl Context {
@@ -156,6 +159,16 @@ impl TaskRunner {
         for (id, status) in plan.reports {
             self.ctx.report(&id, status);
         }
+        // Running tasks follow their service's endpoint without a restart.
+        let refresh: Vec<Task> = assigned.iter().filter(|t| running.contains_key(&t.id)).cloned().collect();
+        if !refresh.is_empty() {
+            let announcer = self.ctx.announcer.clone();
+            tokio::spawn(async move {
+                for task in &refresh {
+                    announcer.refresh(task).await;
+                }
+            });
+        }
         for task in plan.start {
             let (stop, stopped) = watch::channel(false);
             let exec = Arc::new(Mutex::new(None));
@@ -220,6 +233,7 @@ mod tests {
             window_start_ms: 0,
             after: None,
             handled: false,
+            endpoint: Default::default(),
             created_ms: 0,
         }
     }

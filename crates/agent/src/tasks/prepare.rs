@@ -124,7 +124,12 @@ async fn try_prepare(ctx: &Context, task: &Task) -> Result<Prepared, PrepareErro
     for a in &task.attachments {
         hosts.push_str(&format!("{}\t{hostname}\n", a.ip));
     }
-    let files = [("hosts", hosts), ("hostname", format!("{hostname}\n")), ("resolv.conf", resolv_conf())];
+    let node_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let files = [
+        ("hosts", hosts),
+        ("hostname", format!("{hostname}\n")),
+        ("resolv.conf", crate::dns::task_resolv_conf(&node_resolv)),
+    ];
     for (name, text) in &files {
         std::fs::write(dir.join(name), text).map_err(file(name))?;
     }
@@ -176,19 +181,6 @@ pub async fn cleanup(ctx: &Context, prepared: &Prepared) {
         tracing::warn!(dir = %prepared.dir.display(), error = %e, "cannot remove the task's directory");
         ctx.metrics.failed(Op::RemoveTask);
     }
-}
-
-/// The node's resolvers, without loopback ones (unreachable from a task).
-fn resolv_conf() -> String {
-    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    text.lines()
-        .filter(|l| {
-            let mut words = l.split_whitespace();
-            !(words.next() == Some("nameserver")
-                && words.next().is_some_and(|a| a.starts_with("127.") || a == "::1"))
-        })
-        .map(|l| format!("{l}\n"))
-        .collect()
 }
 
 /// Removes what tasks of a crashed daemon left: processes, cgroups,

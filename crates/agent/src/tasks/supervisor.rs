@@ -217,6 +217,7 @@ pub async fn supervise(
 
     let mut life = Lifecycle::new(task.spec.health.clone());
     report(life.started(now_ms()));
+    ctx.announcer.running(&task, life.health_policy().is_none()).await;
     let started = Instant::now();
     let check_every = life.health_policy().map(|h| Duration::from_millis(h.interval_ms));
     let check_timeout = life.health_policy().map_or(Duration::ZERO, |h| Duration::from_millis(h.timeout_ms));
@@ -246,6 +247,7 @@ pub async fn supervise(
                 if (changed.is_err() || *stop.borrow()) && life.stop() {
                     kill_at = begin_stop();
                     next_check = None;
+                    ctx.announcer.stopping(&id).await;
                 }
             }
             () = sleep => {
@@ -261,11 +263,14 @@ pub async fn supervise(
                 let healthy = run_check(enter, &check_cmd, check_timeout).await;
                 let checked = life.checked(healthy, started.elapsed());
                 if let Some(status) = checked.report {
+                    let serves = status.health.as_deref() == Some(Health::Healthy.as_str());
                     report(status);
+                    ctx.announcer.health(&id, serves).await;
                 }
                 if checked.stop {
                     kill_at = begin_stop();
                     next_check = None;
+                    ctx.announcer.stopping(&id).await;
                 } else {
                     next_check = Some(Instant::now() + every);
                 }
@@ -273,6 +278,7 @@ pub async fn supervise(
         }
     };
     *exec_slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    ctx.announcer.ended(&id).await;
     let oom = prepared.cgroup.oom_kills() > 0;
     prepare::cleanup(ctx, &prepared).await;
     for r in readers {

@@ -27,6 +27,8 @@ pub enum DebugCommand {
     Tables,
     /// Print the daemon's metrics (Prometheus text)
     Metrics,
+    /// Print this node's service directory: names, VIPs and tasks per network
+    Directory,
     /// Create or remove endpoints on this node
     #[command(subcommand)]
     Endpoint(EndpointCommand),
@@ -96,6 +98,7 @@ pub fn debug(client: &Client, command: DebugCommand) -> anyhow::Result<()> {
     match command {
         DebugCommand::Members => print_json(&client.call("GET", "/v1/members", None)?),
         DebugCommand::Tables => print_json(&client.call("GET", "/v1/tables", None)?),
+        DebugCommand::Directory => print_json(&client.call("GET", "/v1/directory", None)?),
         DebugCommand::Metrics => {
             write!(out(), "{}", client.call_text("GET", "/metrics", None)?)?;
             Ok(())

@@ -187,6 +187,76 @@ pub enum ServiceMode {
     Global,
 }
 
+/// `--endpoint-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EndpointMode {
+    /// One virtual IP, balanced over the tasks.
+    Vip,
+    /// The name answers the task addresses.
+    Dnsrr,
+}
+
+impl From<EndpointMode> for shoal_orch::EndpointMode {
+    fn from(m: EndpointMode) -> shoal_orch::EndpointMode {
+        match m {
+            EndpointMode::Vip => shoal_orch::EndpointMode::Vip,
+            EndpointMode::Dnsrr => shoal_orch::EndpointMode::Dnsrr,
+        }
+    }
+}
+
+/// `--lb`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Lb {
+    /// Each task in turn.
+    RoundRobin,
+    /// The task with the fewest connections.
+    LeastConn,
+    /// Consistent hashing: a task that goes moves only its own flows.
+    Maglev,
+}
+
+impl From<Lb> for shoal_orch::LbPolicy {
+    fn from(l: Lb) -> shoal_orch::LbPolicy {
+        match l {
+            Lb::RoundRobin => shoal_orch::LbPolicy::RoundRobin,
+            Lb::LeastConn => shoal_orch::LbPolicy::LeastConn,
+            Lb::Maglev => shoal_orch::LbPolicy::Maglev,
+        }
+    }
+}
+
+/// The client-IP affinity timeout when `--lb-affinity client-ip` names none.
+pub const DEFAULT_AFFINITY_MS: u64 = 3 * 3600 * 1000;
+
+/// Client-IP affinity: its timeout in ms, or `None` for none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Affinity(pub Option<u64>);
+
+impl From<Affinity> for Option<u64> {
+    fn from(a: Affinity) -> Option<u64> {
+        a.0
+    }
+}
+
+/// `--lb-affinity none|client-ip[:TIMEOUT]`.
+pub fn affinity(text: &str) -> Result<Affinity, String> {
+    match text.split_once(':') {
+        None if text == "none" => Ok(Affinity(None)),
+        None if text == "client-ip" => Ok(Affinity(Some(DEFAULT_AFFINITY_MS))),
+        Some(("client-ip", timeout)) => duration_ms(timeout).map(|ms| Affinity(Some(ms))),
+        _ => Err(format!(
+            "invalid affinity {text:?}: use none, client-ip or client-ip:TIMEOUT (such as client-ip:10m)"
+        )),
+    }
+}
+
+/// `--dns-ttl`: a duration in whole seconds (0 allowed: answers not cached).
+pub fn dns_ttl(text: &str) -> Result<u32, String> {
+    let ms = duration_ms(text)?;
+    u32::try_from(ms / 1000).map_err(|_| format!("invalid DNS TTL {text:?}: use at most 68 years"))
+}
+
 /// `node update --availability`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Availability {
@@ -246,6 +316,17 @@ mod tests {
         assert_eq!(duration_secs("90s"), Ok(90));
         assert!(duration_secs("500ms").is_err());
         assert!(duration_secs("0").is_err());
+    }
+
+    #[test]
+    fn balancing_flags() {
+        assert_eq!(affinity("none"), Ok(Affinity(None)));
+        assert_eq!(affinity("client-ip"), Ok(Affinity(Some(DEFAULT_AFFINITY_MS))));
+        assert_eq!(affinity("client-ip:10m"), Ok(Affinity(Some(600_000))));
+        assert!(affinity("cookie").unwrap_err().contains("use none, client-ip"));
+        assert_eq!(dns_ttl("30s"), Ok(30));
+        assert_eq!(dns_ttl("0"), Ok(0));
+        assert!(dns_ttl("5").is_err());
     }
 
     #[test]

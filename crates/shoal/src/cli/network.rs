@@ -41,6 +41,9 @@ pub enum NetworkCommand {
     },
     /// Display detailed information on one or more networks
     Inspect {
+        /// Also list the network's services, their VIPs and tasks
+        #[arg(short, long)]
+        verbose: bool,
         /// Network names or ids
         #[arg(required = true)]
         networks: Vec<String>,
@@ -106,10 +109,10 @@ pub fn run(client: &Client, command: NetworkCommand) -> anyhow::Result<()> {
             };
             listing.print(&format)?;
         }
-        NetworkCommand::Inspect { networks } => {
+        NetworkCommand::Inspect { verbose, networks } => {
             let mut all = Vec::new();
             for name in &networks {
-                all.push(client.get::<Network>(&format!("/v1/networks/{name}"))?);
+                all.push(client.get::<Network>(&format!("/v1/networks/{name}?verbose={verbose}"))?);
             }
             print_json(&all)?;
         }

@@ -166,6 +166,59 @@ pub struct Network {
     pub ipam: NetworkIpam,
     /// Driver options: the VNI.
     pub options: BTreeMap<String, String>,
+    /// With `--verbose`: its services, their VIPs and tasks, as this node's
+    /// directory knows them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<BTreeMap<String, NetworkService>>,
+}
+
+/// `Network.Services[name]` (`network inspect --verbose`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkService {
+    /// The VIP, empty in dnsrr mode.
+    #[serde(rename = "VIP")]
+    pub vip: String,
+    /// Published ports, `*:8080->80/tcp`.
+    pub ports: Vec<String>,
+    /// Its tasks on this network.
+    pub tasks: Vec<NetworkTask>,
+}
+
+/// `Network.Services[name].Tasks[]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkTask {
+    /// DNS name.
+    pub name: String,
+    /// Its address.
+    #[serde(rename = "EndpointIP")]
+    pub endpoint_ip: String,
+    /// `Host IP`: its node.
+    pub info: BTreeMap<String, String>,
+}
+
+impl NetworkService {
+    /// A service of the directory's index.
+    pub fn new(s: &crate::directory::ServiceEntry) -> NetworkService {
+        NetworkService {
+            vip: s.vip.map(|v| v.to_string()).unwrap_or_default(),
+            ports: s
+                .ports
+                .iter()
+                .map(|p| format!("*:{}->{}/{}", p.published, p.target, p.protocol))
+                .collect(),
+            tasks: s
+                .tasks
+                .iter()
+                .map(|t| NetworkTask {
+                    name: t.name.clone(),
+                    endpoint_ip: t.ip.to_string(),
+                    info: BTreeMap::from([("Host IP".to_owned(), t.node.to_string())]),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// `Network.IPAM`.
@@ -205,6 +258,7 @@ impl From<&NetworkRecord> for Network {
                 config: vec![IpamConfig { subnet: n.subnet.clone(), gateway: n.gateway.clone() }],
             },
             options: BTreeMap::from([(VXLAN_ID_OPTION.to_owned(), n.vni.to_string())]),
+            services: None,
         }
     }
 }

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use shoal_orch::{
-    FailureAction, HealthCheck, Placement, PortConfig, Resources, RestartCondition, RestartPolicy,
-    UpdateConfig as OrchUpdate, UpdateOrder,
+    EndpointConfig, EndpointMode, FailureAction, HealthCheck, LbPolicy, Placement, PortConfig, Resources,
+    RestartCondition, RestartPolicy, UpdateConfig as OrchUpdate, UpdateOrder,
 };
 
 use super::{ms, ns};
@@ -179,6 +179,9 @@ pub struct NetworkAttachment {
     /// Network name.
     #[serde(rename = "Target")]
     pub target: String,
+    /// More names of the service on this network.
+    #[serde(rename = "Aliases", default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 /// `Spec.Mode`: `{"Replicated": {"Replicas": 3}}` or `{"Global": {}}`.
@@ -212,20 +215,37 @@ pub struct UpdateConfig {
     pub order: UpdateOrder,
 }
 
-/// `Spec.EndpointSpec`.
+/// `Spec.EndpointSpec`: docker's mode and ports, and what Shoal adds
+/// (DNS TTL, balancing policy, client affinity).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct EndpointSpec {
-    /// `vip`.
-    pub mode: String,
+    /// `vip` or `dnsrr`.
+    pub mode: EndpointMode,
     /// Published ports.
     pub ports: Vec<PortView>,
+    /// TTL of DNS answers, seconds (Shoal's addition).
+    #[serde(rename = "DNSTTL", default = "default_ttl")]
+    pub dns_ttl: u32,
+    /// How the VIP balances: `round-robin`, `least-conn`, `maglev` (Shoal's addition).
+    #[serde(rename = "LBPolicy", default)]
+    pub lb_policy: LbPolicy,
+    /// Client-IP affinity timeout, ns (Shoal's addition; absent: off).
+    #[serde(rename = "ClientIPAffinity", default, skip_serializing_if = "Option::is_none")]
+    pub client_ip_affinity: Option<u64>,
+}
+
+fn default_ttl() -> u32 {
+    shoal_orch::DEFAULT_DNS_TTL_SECS
 }
 
 /// A published port.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct PortView {
+    /// Its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// `tcp` or `udp`.
     pub protocol: String,
     /// The task's port.
@@ -239,6 +259,7 @@ pub struct PortView {
 impl From<&PortConfig> for PortView {
     fn from(p: &PortConfig) -> PortView {
         PortView {
+            name: p.name.clone(),
             protocol: p.protocol.clone(),
             target_port: p.target,
             published_port: p.published,
@@ -250,6 +271,7 @@ impl From<&PortConfig> for PortView {
 impl From<&PortView> for PortConfig {
     fn from(p: &PortView) -> PortConfig {
         PortConfig {
+            name: p.name.clone(),
             published: p.published_port,
             target: p.target_port,
             protocol: p.protocol.clone(),
@@ -334,7 +356,14 @@ impl From<&shoal_orch::TaskSpec> for TaskTemplate {
                     .collect(),
                 max_replicas: t.placement.max_replicas,
             },
-            networks: t.networks.iter().map(|n| NetworkAttachment { target: n.clone() }).collect(),
+            networks: t
+                .networks
+                .iter()
+                .map(|n| NetworkAttachment {
+                    target: n.clone(),
+                    aliases: t.aliases.get(n).cloned().unwrap_or_default(),
+                })
+                .collect(),
             force_update: t.force_update,
         }
     }
@@ -390,6 +419,12 @@ impl TryFrom<&TaskTemplate> for shoal_orch::TaskSpec {
             user: c.user.clone(),
             hostname: c.hostname.clone(),
             networks: t.networks.iter().map(|n| n.target.clone()).collect(),
+            aliases: t
+                .networks
+                .iter()
+                .filter(|n| !n.aliases.is_empty())
+                .map(|n| (n.target.clone(), n.aliases.clone()))
+                .collect(),
             placement: Placement {
                 constraints: t.placement.constraints.clone(),
                 spread,
@@ -429,8 +464,11 @@ impl From<&shoal_orch::ServiceSpec> for ServiceSpec {
             update_config: UpdateConfig::from(&s.update),
             rollback_config: UpdateConfig::from(&s.rollback),
             endpoint_spec: EndpointSpec {
-                mode: "vip".into(),
+                mode: s.endpoint.mode,
                 ports: s.ports.iter().map(PortView::from).collect(),
+                dns_ttl: s.endpoint.dns_ttl_secs,
+                lb_policy: s.endpoint.lb,
+                client_ip_affinity: s.endpoint.affinity_ms.map(ns),
             },
         }
     }
@@ -440,12 +478,7 @@ impl TryFrom<&ServiceSpec> for shoal_orch::ServiceSpec {
     type Error = Error;
 
     fn try_from(s: &ServiceSpec) -> Result<shoal_orch::ServiceSpec, Error> {
-        if s.endpoint_spec.mode != "vip" {
-            return Err(Error::Invalid(format!(
-                "endpoint mode {:?} is not supported yet: use vip",
-                s.endpoint_spec.mode
-            )));
-        }
+        let e = &s.endpoint_spec;
         Ok(shoal_orch::ServiceSpec {
             name: s.name.clone(),
             mode: match s.mode {
@@ -456,7 +489,13 @@ impl TryFrom<&ServiceSpec> for shoal_orch::ServiceSpec {
             task: shoal_orch::TaskSpec::try_from(&s.task_template)?,
             update: OrchUpdate::from(&s.update_config),
             rollback: OrchUpdate::from(&s.rollback_config),
-            ports: s.endpoint_spec.ports.iter().map(PortConfig::from).collect(),
+            ports: e.ports.iter().map(PortConfig::from).collect(),
+            endpoint: EndpointConfig {
+                mode: e.mode,
+                dns_ttl_secs: e.dns_ttl,
+                lb: e.lb_policy,
+                affinity_ms: e.client_ip_affinity.map(ms),
+            },
         })
     }
 }

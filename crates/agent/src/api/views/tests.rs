@@ -22,6 +22,7 @@ fn full_spec() -> shoal_orch::ServiceSpec {
             user: Some("nobody".into()),
             hostname: Some("h".into()),
             networks: vec!["front".into()],
+            aliases: BTreeMap::from([("front".into(), vec!["www".into()])]),
             placement: Placement {
                 constraints: vec!["node.role==worker".into()],
                 spread: vec!["zone".into()],
@@ -61,11 +62,18 @@ fn full_spec() -> shoal_orch::ServiceSpec {
         },
         rollback: OrchUpdate::default(),
         ports: vec![PortConfig {
+            name: Some("http".into()),
             published: 8080,
             target: 80,
             protocol: "tcp".into(),
             mode: "ingress".into(),
         }],
+        endpoint: shoal_orch::EndpointConfig {
+            mode: shoal_orch::EndpointMode::Dnsrr,
+            dns_ttl_secs: 30,
+            lb: shoal_orch::LbPolicy::Maglev,
+            affinity_ms: Some(60_000),
+        },
     }
 }
 

@@ -115,6 +115,18 @@ pub struct SpecOptions {
     /// Signal to stop the task
     #[arg(long, value_parser = flags::signal)]
     stop_signal: Option<String>,
+    /// Endpoint mode: one VIP balanced over the tasks, or DNS round-robin
+    #[arg(long)]
+    endpoint_mode: Option<flags::EndpointMode>,
+    /// TTL of the service's DNS answers (such as 5s; Swarm's is a fixed 600s)
+    #[arg(long, value_parser = flags::dns_ttl)]
+    dns_ttl: Option<u32>,
+    /// How the VIP balances new connections
+    #[arg(long)]
+    lb: Option<flags::Lb>,
+    /// Keep a client on one task: none, client-ip or client-ip:TIMEOUT
+    #[arg(long, value_parser = flags::affinity)]
+    lb_affinity: Option<flags::Affinity>,
     /// Exit immediately instead of waiting for the service to converge
     #[arg(short = 'd', long)]
     pub detach: bool,
@@ -138,7 +150,7 @@ pub struct CreateOptions {
     /// Read in a file of environment variables
     #[arg(long)]
     pub env_file: Vec<PathBuf>,
-    /// Network attachments
+    /// Network attachments: NAME, or name=NAME[,alias=ALIAS...]
     #[arg(long = "network")]
     pub networks: Vec<String>,
     /// Placement constraints
@@ -215,7 +227,8 @@ pub fn parse_publish(text: &str) -> anyhow::Result<PortConfig> {
     let bad = || {
         anyhow::anyhow!("{}", invalid(text, "publish", "use PUBLISHED:TARGET[/PROTOCOL], such as 8080:80"))
     };
-    let mut port = PortConfig { published: 0, target: 0, protocol: "tcp".into(), mode: "ingress".into() };
+    let mut port =
+        PortConfig { name: None, published: 0, target: 0, protocol: "tcp".into(), mode: "ingress".into() };
     if text.contains('=') {
         for field in text.split(',') {
             let (k, v) = field.split_once('=').ok_or_else(bad)?;
@@ -224,6 +237,7 @@ pub fn parse_publish(text: &str) -> anyhow::Result<PortConfig> {
                 "target" => port.target = v.parse().map_err(|_| bad())?,
                 "protocol" => port.protocol = v.to_owned(),
                 "mode" => port.mode = v.to_owned(),
+                "name" => port.name = Some(v.to_owned()),
                 _ => return Err(bad()),
             }
         }
@@ -241,6 +255,25 @@ pub fn parse_publish(text: &str) -> anyhow::Result<PortConfig> {
         return Err(bad());
     }
     Ok(port)
+}
+
+/// `--network NAME` or docker's long form `name=NAME[,alias=ALIAS...]`:
+/// the network and its aliases.
+pub fn parse_network(text: &str) -> anyhow::Result<(String, Vec<String>)> {
+    if !text.contains('=') {
+        return Ok((text.to_owned(), Vec::new()));
+    }
+    let bad = |hint: &str| anyhow::anyhow!("{}", invalid(text, "network", hint));
+    let mut name = None;
+    let mut aliases = Vec::new();
+    for field in text.split(',') {
+        match field.split_once('=') {
+            Some(("name" | "target", v)) if !v.is_empty() => name = Some(v.to_owned()),
+            Some(("alias", v)) if !v.is_empty() => aliases.push(v.to_owned()),
+            _ => return Err(bad("use NAME or name=NAME[,alias=ALIAS]")),
+        }
+    }
+    Ok((name.ok_or_else(|| bad("name=NAME is missing"))?, aliases))
 }
 
 /// `spread=node.labels.KEY`: the label key.
@@ -375,6 +408,12 @@ pub fn apply(spec: &mut ServiceSpec, o: &SpecOptions) -> anyhow::Result<()> {
         spec.rollback.max_failure_ratio => o.rollback_max_failure_ratio,
         spec.rollback.order => o.rollback_order,
     }
+    copy! {
+        spec.endpoint.mode => o.endpoint_mode,
+        spec.endpoint.dns_ttl_secs => o.dns_ttl,
+        spec.endpoint.lb => o.lb,
+        spec.endpoint.affinity_ms => o.lb_affinity,
+    }
     if o.no_healthcheck {
         if o.health_cmd.is_some() {
             bail!("--no-healthcheck conflicts with --health-* options");
@@ -413,6 +452,7 @@ pub fn create_spec(o: &CreateOptions) -> anyhow::Result<ServiceSpec> {
         update: UpdateConfig::default(),
         rollback: UpdateConfig::default(),
         ports: Vec::new(),
+        endpoint: Default::default(),
     };
     if o.mode == ServiceMode::Global {
         if o.spec.replicas.is_some() {
@@ -429,7 +469,13 @@ pub fn create_spec(o: &CreateOptions) -> anyhow::Result<ServiceSpec> {
         check_env(kv)?;
         set_env(&mut spec.task.env, kv);
     }
-    spec.task.networks = o.networks.clone();
+    for text in &o.networks {
+        let (network, aliases) = parse_network(text)?;
+        if !aliases.is_empty() {
+            spec.task.aliases.insert(network.clone(), aliases);
+        }
+        spec.task.networks.push(network);
+    }
     spec.task.placement.constraints = o.constraints.clone();
     spec.task.placement.spread = o.placement_prefs.iter().map(|p| parse_pref(p)).collect::<Result<_, _>>()?;
     spec.ports = o.publish.iter().map(|p| parse_publish(p)).collect::<Result<_, _>>()?;
@@ -546,6 +592,39 @@ mod tests {
         .unwrap();
         let spec = create_spec(&c.o).unwrap();
         assert_eq!((spec.mode, spec.update.order), (Mode::Global, shoal_orch::UpdateOrder::StartFirst));
+    }
+
+    #[test]
+    fn networks_with_aliases_and_balancing() {
+        assert_eq!(parse_network("front").unwrap(), ("front".to_owned(), vec![]));
+        assert_eq!(
+            parse_network("name=front,alias=db,alias=cache").unwrap(),
+            ("front".to_owned(), vec!["db".to_owned(), "cache".to_owned()])
+        );
+        assert!(parse_network("alias=db").unwrap_err().to_string().contains("name=NAME is missing"));
+        let c = Create::try_parse_from([
+            "create",
+            "--network",
+            "name=front,alias=db",
+            "--endpoint-mode",
+            "dnsrr",
+            "--dns-ttl",
+            "30s",
+            "--lb",
+            "maglev",
+            "--lb-affinity",
+            "client-ip:1m",
+            "redis-server",
+        ])
+        .unwrap();
+        let spec = create_spec(&c.o).unwrap();
+        assert_eq!(spec.task.networks, ["front"]);
+        assert_eq!(spec.task.aliases["front"], ["db"]);
+        assert_eq!(spec.endpoint.mode, shoal_orch::EndpointMode::Dnsrr);
+        assert_eq!(
+            (spec.endpoint.dns_ttl_secs, spec.endpoint.lb, spec.endpoint.affinity_ms),
+            (30, shoal_orch::LbPolicy::Maglev, Some(60_000))
+        );
     }
 
     #[test]

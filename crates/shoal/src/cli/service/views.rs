@@ -164,7 +164,7 @@ pub fn ps(
         if !no_trunc && error.chars().count() > 30 {
             error = format!("{}…\"", error.chars().take(28).collect::<String>());
         }
-        let state_ms = chrono_ms(&t.status.timestamp);
+        let state_ms = shoal_agent::clock::parse_rfc3339(&t.status.timestamp).unwrap_or(0);
         let state = serde_json::to_value(t.status.state)?.as_str().unwrap_or_default().to_owned();
         let mut image = t.spec.container_spec.image.clone();
         if !no_trunc && image.len() > 30 {
@@ -205,30 +205,6 @@ pub fn ps(
         },
     };
     listing.print(format)
-}
-
-/// Milliseconds since the epoch of an RFC 3339 time as the API writes them
-/// (`2026-11-26T10:00:00.123000000Z`); 0 if it is not one.
-fn chrono_ms(text: &str) -> u64 {
-    let parse = || -> Option<u64> {
-        let (date, time) = text.trim_end_matches('Z').split_once('T')?;
-        let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-        let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-        let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-        let mut t = hms.split(':').map(|p| p.parse::<u64>().ok());
-        let (h, min, s) = (t.next()??, t.next()??, t.next()??);
-        let ms: u64 = frac.get(..3).unwrap_or("0").parse().ok()?;
-        // Days since 1970-01-01 (Howard Hinnant's algorithm).
-        let y = if m <= 2 { y - 1 } else { y };
-        let era = y.div_euclid(400);
-        let yoe = y - era * 400;
-        let mp = (m + 9) % 12;
-        let doy = (153 * mp + 2) / 5 + day - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
-        Some(((days * 86_400 + h * 3600 + min * 60 + s) * 1000) + ms)
-    };
-    parse().unwrap_or(0)
 }
 
 fn ms_text(ms: u64) -> String {
@@ -390,14 +366,6 @@ pub fn logs(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn api_times_read_back() {
-        for ms in [0, 1_795_000_000_123, 951_782_400_000 /* 2000-02-29 */] {
-            assert_eq!(chrono_ms(&shoal_agent::clock::rfc3339(ms)), ms);
-        }
-        assert_eq!(chrono_ms("yesterday"), 0);
-    }
 
     #[test]
     fn ps_filters() {
