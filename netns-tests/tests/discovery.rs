@@ -56,8 +56,15 @@ def tell():
         c, _ = s.accept()
         c.sendall((name + "\n").encode())
         c.close()
+def udp():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", 7002))
+    while True:
+        _, peer = s.recvfrom(2048)
+        s.sendto(name.encode(), peer)
 threading.Thread(target=hold, daemon=True).start()
 threading.Thread(target=tell, daemon=True).start()
+threading.Thread(target=udp, daemon=True).start()
 http.server.ThreadingHTTPServer(("0.0.0.0", 8000), H).serve_forever()
 "#;
 
@@ -180,7 +187,8 @@ fn names_resolve_in_every_task_and_unknown_ones_go_upstream() {
         ],
     );
     create(&c, &["--name", "hidden", "--network", "back", "sleep", "600"]);
-    create(&c, &["--name", "client", "--network", "front", "sleep", "600"]);
+    let on_node2 = ["--constraint", "node.hostname==node2"];
+    create(&c, &[&["--name", "client", "--network", "front"][..], &on_node2, &["sleep", "600"]].concat());
     let (client, node, _) = running(&c, "client").remove(0);
     let at = (client.as_str(), node);
     let web_vip = vip(&c, "web");
@@ -236,12 +244,38 @@ fn names_resolve_in_every_task_and_unknown_ones_go_upstream() {
     assert!(c.metric(i, "shoal_dns_forwarded_total") >= 1.0);
     assert!(c.metric(i, "shoal_dns_responses_total{rcode=\"SERVFAIL\"}") >= 1.0);
 
+    // The VIP answers pings itself, and carries UDP.
+    assert!(succeeds(&c, at, &["ping", "-c", "1", "-W", "2", "web"]), "ping web");
+    let udp = "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2); s.sendto(b'?', ('web', 7002)); print(s.recv(100).decode())";
+    let answered = wait_until(Duration::from_secs(10), || succeeds(&c, at, &["python3", "-c", udp]));
+    assert!(answered, "UDP through the VIP");
+    let names: BTreeSet<String> = running(&c, "web").iter().map(|(id, _, _)| host_of(id)).collect();
+    assert!(names.contains(exec(&c, at, &["python3", "-c", udp]).trim()));
+
     // `network inspect --verbose` and `debug directory` show the services.
     let net: Value = serde_json::from_str(&c.cli(0, &["network", "inspect", "--verbose", "front"])).unwrap();
     assert_eq!(net[0]["Services"]["web"]["VIP"], web_vip.as_str(), "{net}");
     assert_eq!(net[0]["Services"]["web"]["Tasks"].as_array().unwrap().len(), 3);
     let dir = c.cli(1, &["debug", "directory"]);
     assert!(dir.contains("\"web\""), "{dir}");
+
+    // With the manager gone, names still resolve and the VIP still
+    // balances over the tasks left (node1's died with its daemon).
+    let mut c = c;
+    c.kill_daemon(0);
+    assert_eq!(lines(sh(&c, at, "dig +short web")), vip_set);
+    let serving = wait_until(Duration::from_secs(20), || {
+        succeeds(
+            &c,
+            at,
+            &[
+                "sh",
+                "-c",
+                "for i in 1 2 3 4 5 6 7 8 9 10; do curl -sf --max-time 2 http://web:8000/ || exit 1; done",
+            ],
+        )
+    });
+    assert!(serving, "the VIP balances without the manager");
 }
 
 #[test]

@@ -372,13 +372,13 @@ impl Conntrack {
     }
 
     fn choose<'s>(&self, key: &Tuple, service: &'s Service, flow_hash: u32, now: u64) -> Option<&'s Slot> {
-        let Some(timeout) = service.affinity_ms else { return service.pick(flow_hash) };
+        let Some(timeout) = service.affinity_ms else { return service.pick_for(key.src, flow_hash) };
         let client = ClientKey::of(key);
         let pinned = self.affinity.get(&client).filter(|pin| pin.holds(now)).map(|pin| pin.backend);
         if let Some(slot) = pinned.and_then(|ip| service.active_slot(ip)) {
             return Some(slot);
         }
-        let slot = service.pick(flow_hash)?;
+        let slot = service.pick_for(key.src, flow_hash)?;
         // The pin keeps counting the client's flows on its old backend.
         self.affinity
             .entry(client)

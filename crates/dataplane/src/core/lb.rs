@@ -197,16 +197,26 @@ impl Service {
         self.slot(ip).filter(|s| s.state == BackendState::Active)
     }
 
-    /// The backend the policy gives a new flow (`flow_hash` is the flow's
-    /// stable [`FlowKey::hash`](shoal_wire::FlowKey::hash)), or `None`
-    /// without an active backend.
-    pub(crate) fn pick(&self, flow_hash: u32) -> Option<&Slot> {
+    /// The backend the policy gives a new flow from `client` (`flow_hash`
+    /// is the flow's stable [`FlowKey::hash`](shoal_wire::FlowKey::hash)),
+    /// or `None` without an active backend. The client itself is never
+    /// chosen while another backend is active: its kernel would drop a
+    /// packet from its own address (hairpin needs a source NAT, which the
+    /// data plane does not do).
+    pub(crate) fn pick_for(&self, client: Ipv4Addr, flow_hash: u32) -> Option<&Slot> {
         let n = self.active.len();
         if n == 0 {
             return None;
         }
+        let avoid = |i: u16| n > 1 && self.slots[usize::from(i)].ip == client;
         let index = match self.policy {
-            Policy::RoundRobin => self.active[self.cursor.fetch_add(1, Ordering::Relaxed) % n],
+            Policy::RoundRobin => {
+                let mut i = self.active[self.cursor.fetch_add(1, Ordering::Relaxed) % n];
+                if avoid(i) {
+                    i = self.active[self.cursor.fetch_add(1, Ordering::Relaxed) % n];
+                }
+                i
+            }
             Policy::LeastConn => {
                 // Scan from a rotating start, keep the first minimum: ties
                 // go round-robin.
@@ -215,13 +225,18 @@ impl Service {
                 for k in 0..n {
                     let i = self.active[(start + k) % n];
                     let flows = self.slots[usize::from(i)].flows.load(Ordering::Relaxed);
-                    if flows < best.1 || best.0 == NO_BACKEND {
+                    if !avoid(i) && (flows < best.1 || best.0 == NO_BACKEND) {
                         best = (i, flows);
                     }
                 }
                 best.0
             }
-            Policy::Maglev => *self.maglev.get(flow_hash as usize % MAGLEV_TABLE_SIZE)?,
+            Policy::Maglev => {
+                // The next entries of the table soon name another backend.
+                let at =
+                    |k: u32| self.maglev.get(flow_hash.wrapping_add(k) as usize % MAGLEV_TABLE_SIZE).copied();
+                (0..MAGLEV_TABLE_SIZE as u32).filter_map(at).find(|i| !avoid(*i))?
+            }
         };
         self.slots.get(usize::from(index))
     }

@@ -427,3 +427,15 @@ fn vip_changes_are_checked() {
     t.remove_network(VNI);
     assert!(!t.is_vip(VNI, VIP));
 }
+
+#[test]
+fn a_client_is_never_its_own_backend_while_another_is_active() {
+    for policy in [Policy::RoundRobin, Policy::LeastConn, Policy::Maglev] {
+        // T1 (the sender) is one of the two backends: every flow goes to the other.
+        let a = with_vip(policy, active([T1, remote(0)]));
+        for port in 0..50 {
+            let to = backend_of(&a, EP1, &tcp((T1, 20_000 + port), (VIP, 80), SYN));
+            assert_eq!(to, remote(0), "{policy:?}: flow {port} went back to its own sender");
+        }
+    }
+}

@@ -306,7 +306,15 @@ pub fn pretty(services: &[Service]) -> anyhow::Result<()> {
         if !networks.is_empty() {
             writeln!(o, "Networks:\t{}", networks.join(" "))?;
         }
-        writeln!(o, "Endpoint Mode:\tvip")?;
+        let e = &spec.endpoint;
+        writeln!(o, "Endpoint Mode:\t{}", enum_text(&e.mode))?;
+        writeln!(o, " DNS TTL:\t{}s", e.dns_ttl_secs)?;
+        if e.mode == shoal_orch::EndpointMode::Vip {
+            writeln!(o, " Load Balancing:\t{}", enum_text(&e.lb))?;
+            if let Some(ms) = e.affinity_ms {
+                writeln!(o, " Affinity:\tclient-ip, {}", ms_text(ms))?;
+            }
+        }
         if !spec.ports.is_empty() {
             writeln!(o, "Ports:")?;
             for p in &spec.ports {
