@@ -187,6 +187,10 @@ fn names_resolve_in_every_task_and_unknown_ones_go_upstream() {
         ],
     );
     create(&c, &["--name", "hidden", "--network", "back", "sleep", "600"]);
+    // A service of stack `demo`, as `stack deploy` names it: its short name
+    // answers too.
+    let stack = ["--label", "com.docker.stack.namespace=demo"];
+    create(&c, &[&["--name", "demo_cache", "--network", "front"][..], &stack, &["sleep", "600"]].concat());
     let on_node2 = ["--constraint", "node.hostname==node2"];
     create(&c, &[&["--name", "client", "--network", "front"][..], &on_node2, &["sleep", "600"]].concat());
     let (client, node, _) = running(&c, "client").remove(0);
@@ -210,6 +214,9 @@ fn names_resolve_in_every_task_and_unknown_ones_go_upstream() {
     assert_eq!(lines(sh(&c, at, "dig +short WWW.")), vip_set, "an alias, any case, with the dot");
     assert!(eventually("dig +short tasks.web", &web_tasks), "tasks.web: {}", sh(&c, at, "dig tasks.web"));
     assert!(eventually("dig +short db", &db_tasks), "dnsrr: {}", sh(&c, at, "dig db"));
+    let cache: BTreeSet<String> = [vip(&c, "demo_cache")].into();
+    assert!(eventually("dig +short cache", &cache), "a stack's short name: {}", sh(&c, at, "dig cache"));
+    assert_eq!(lines(sh(&c, at, "dig +short demo_cache")), cache);
     let (web1, _, web1_ip) = running(&c, "web").remove(0);
     let slot = c.cli(0, &["service", "ps", "--no-trunc", "--format", "{{.Name}} {{.ID}}", "web"]);
     let name = slot.lines().find(|l| l.ends_with(&web1)).unwrap().replace(' ', ".");
@@ -336,44 +343,21 @@ fn a_vip_balances_across_nodes_and_follows_tasks_that_go() {
         assert!((160..=240).contains(n), "{task} got {n} of 1000: {counts:?}");
     }
 
-    // A held connection to a task that stays, across everything below.
-    let hold = r#"
-import socket, sys, time
-s = socket.create_connection(("web", 7000), timeout=5)
-name = s.makefile().readline().strip()
-print(name, flush=True)
-while True:
-    line = sys.stdin.readline()
-    if not line:
-        break
-    s.sendall(line.encode())
-    print(s.recv(4096).decode().strip(), flush=True)
-"#;
-    let holder_node = 1;
-    let mut holder = std::process::Command::new(netns_tests::shoal_bin())
-        .arg("-H")
-        .arg(format!("unix://{}", c.socket(holder_node).display()))
-        .args(["task", "exec", &clients[&holder_node], "--", "python3", "-u", "-c", hold])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("hold a connection");
-    let mut held_out = std::io::BufReader::new(holder.stdout.take().unwrap());
-    let mut held_in = holder.stdin.take().unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut held_out, &mut line).unwrap();
-    let held = line.trim().to_owned();
-    assert!(expected.contains(&held), "held by {held}");
-    let echo = |held_in: &mut std::process::ChildStdin,
-                held_out: &mut std::io::BufReader<std::process::ChildStdout>,
-                word: &str| {
-        use std::io::{BufRead, Write};
-        writeln!(held_in, "{word}").unwrap();
-        let mut reply = String::new();
-        held_out.read_line(&mut reply).unwrap();
-        reply.trim().to_owned()
+    // A connection held through the VIP to one of node1's tasks (node2 gets
+    // drained and node3 killed below), across everything that follows.
+    let open_hold = |c: &Cluster| -> Holder {
+        for _ in 0..20 {
+            let h = Holder::open(c, client(0));
+            let on_node1 = running(c, "web").iter().any(|(id, n, _)| *n == 0 && host_of(id) == h.held);
+            if on_node1 {
+                return h;
+            }
+        }
+        panic!("no connection reached a task on node1");
     };
-    assert_eq!(echo(&mut held_in, &mut held_out, "hello"), "hello");
+    let mut hold = open_hold(&c);
+    assert_eq!(hold.echo("hello"), "hello");
+    let held = hold.held.clone();
 
     // Kill another task's process: once the directory knows, no new
     // connection reaches it; the held one is untouched.
@@ -389,7 +373,7 @@ while True:
             .contains_key(&victim_host)),
         "the killed task still gets connections"
     );
-    assert_eq!(echo(&mut held_in, &mut held_out, "still"), "still", "the held connection survived");
+    assert_eq!(hold.echo("still"), "still", "the held connection survived");
 
     // Scale down: the removed tasks get nothing new.
     c.cli(0, &["service", "scale", "web=3"]);
@@ -397,6 +381,22 @@ while True:
     assert!(wait_until(Duration::from_secs(20), || spread(&c, client(2), "http://web:8000/", 60)
         .keys()
         .all(|k| kept.contains(k))));
+    if kept.contains(&hold.held) {
+        assert_eq!(hold.echo("scaled"), "scaled", "the held connection survived");
+    } else {
+        hold = open_hold(&c); // its task was one of those removed
+    }
+
+    // Drain node2: its tasks move away and get nothing new.
+    let leaving: BTreeSet<String> =
+        running(&c, "web").into_iter().filter(|(_, n, _)| *n == 1).map(|(id, _, _)| host_of(&id)).collect();
+    c.cli(0, &["node", "update", "--availability", "drain", "node2"]);
+    assert!(wait_until(Duration::from_secs(30), || {
+        let seen = spread(&c, client(2), "http://web:8000/", 30);
+        seen.len() == 3 && seen.keys().all(|k| !leaving.contains(k))
+    }));
+    c.cli(0, &["node", "update", "--availability", "active", "node2"]);
+    assert_eq!(hold.echo("drained"), "drained", "the held connection survived");
 
     // A dead node's tasks leave at once: kill node3's daemon (its tasks die
     // with it) and the VIP stops sending there.
@@ -407,9 +407,62 @@ while True:
         let seen = spread(&c, client(0), "http://web:8000/", 30);
         !seen.is_empty() && seen.keys().all(|k| !doomed.contains(k))
     }));
-    assert_eq!(echo(&mut held_in, &mut held_out, "last"), "last", "the held connection survived");
-    drop(held_in);
-    let _ = holder.wait();
+    assert_eq!(hold.echo("last"), "last", "the held connection survived");
+}
+
+/// A connection held through a VIP from a task: the hostname of the task it
+/// reached, and an echo over it.
+struct Holder {
+    child: std::process::Child,
+    input: std::process::ChildStdin,
+    output: std::io::BufReader<std::process::ChildStdout>,
+    held: String,
+}
+
+impl Holder {
+    /// Opens a connection to `web:7000` from task `task` on node `node`.
+    fn open(c: &Cluster, (task, node): (&str, usize)) -> Holder {
+        let script = r#"
+import socket, sys
+s = socket.create_connection(("web", 7000), timeout=5)
+print(s.makefile().readline().strip(), flush=True)
+while True:
+    line = sys.stdin.readline()
+    if not line:
+        break
+    s.sendall(line.encode())
+    print(s.recv(4096).decode().strip(), flush=True)
+"#;
+        let mut child = std::process::Command::new(netns_tests::shoal_bin())
+            .arg("-H")
+            .arg(format!("unix://{}", c.socket(node).display()))
+            .args(["task", "exec", task, "--", "python3", "-u", "-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("hold a connection");
+        let mut output = std::io::BufReader::new(child.stdout.take().unwrap());
+        let input = child.stdin.take().unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut output, &mut line).unwrap();
+        Holder { child, input, output, held: line.trim().to_owned() }
+    }
+
+    /// Sends `word` and reads what comes back.
+    fn echo(&mut self, word: &str) -> String {
+        use std::io::{BufRead, Write};
+        writeln!(self.input, "{word}").unwrap();
+        let mut reply = String::new();
+        self.output.read_line(&mut reply).unwrap();
+        reply.trim().to_owned()
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 #[test]

@@ -301,6 +301,12 @@ impl ServiceDirectory {
         self.index.load_full()
     }
 
+    /// Reads the current index without taking a reference to it (the DNS
+    /// hot path).
+    pub fn read<R>(&self, f: impl FnOnce(&Index) -> R) -> R {
+        f(&self.index.load())
+    }
+
     /// Wakes when the index changes.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()

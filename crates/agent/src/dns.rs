@@ -32,8 +32,7 @@ pub struct Names(pub Arc<ServiceDirectory>);
 impl Names {
     /// The first of `scope`'s networks where `f` finds something.
     fn first<T>(&self, scope: &Scope, f: impl Fn(&crate::directory::NetworkIndex) -> Option<T>) -> Option<T> {
-        let index = self.0.index();
-        scope.networks.iter().filter_map(|vni| index.networks.get(vni)).find_map(f)
+        self.0.read(|index| scope.networks.iter().filter_map(|vni| index.networks.get(vni)).find_map(f))
     }
 }
 

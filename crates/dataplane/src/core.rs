@@ -334,7 +334,13 @@ impl Tables {
             return Egress::Drop(DropReason::CrossNetwork);
         }
         let ip_len = packet.bytes.len();
-        match network.routes.get(&dst) {
+        let route = network.routes.get(&dst);
+        // Straight to a backend, from a client with VIP flows: it may reuse
+        // a closing VIP flow's ports.
+        if route.is_some() && self.conntrack.has_flows_of(src) {
+            self.direct_to_backend(network, ep.vni, &packet);
+        }
+        match route {
             Some(Location::Local(to)) => {
                 // A local backend's reply to a local client of its VIP? Only
                 // a client with VIP flows is worth a look.

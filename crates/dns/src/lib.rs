@@ -43,6 +43,7 @@
 #![forbid(unsafe_code)]
 
 mod directory;
+mod fast;
 mod message;
 mod names;
 mod outcome;

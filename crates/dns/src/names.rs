@@ -17,7 +17,8 @@ pub(crate) fn directory_name(name: &Name) -> Option<String> {
     join_labels(name.iter())
 }
 
-fn join_labels<'a>(labels: impl Iterator<Item = &'a [u8]>) -> Option<String> {
+/// Labels joined in the directory's spelling (see [`directory_name`]).
+pub(crate) fn join_labels<'a>(labels: impl Iterator<Item = &'a [u8]>) -> Option<String> {
     let mut text = String::new();
     for label in labels {
         if label.is_empty() || !label.iter().all(|&b| b.is_ascii_graphic() && b != b'.' && b != b'\\') {

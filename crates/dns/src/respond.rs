@@ -44,6 +44,21 @@ pub fn respond(
     if query.len() > MAX_MESSAGE_LEN {
         return Outcome::Drop(DropReason::TooLong);
     }
+    if let Some(outcome) = crate::fast::respond(dir, scope, query, transport, rng) {
+        return outcome;
+    }
+    general(dir, scope, query, transport, rng)
+}
+
+/// [`respond`] for any message, with hickory-proto (the fast path's
+/// reference).
+pub(crate) fn general(
+    dir: &dyn Directory,
+    scope: &Scope,
+    query: &[u8],
+    transport: Transport,
+    rng: &mut Rng,
+) -> Outcome {
     let Ok(header) = Header::read(&mut BinDecoder::new(query)) else {
         return Outcome::Drop(DropReason::TooShort);
     };

@@ -109,8 +109,9 @@ impl Lifecycle {
         self.health.as_ref().map(HealthMonitor::policy)
     }
 
-    /// One healthcheck result, `since_start` after the task started.
-    pub fn checked(&mut self, healthy: bool, since_start: Duration) -> Checked {
+    /// One healthcheck result, `since_start` after the task started, at
+    /// `now` (the time a changed status carries).
+    pub fn checked(&mut self, healthy: bool, since_start: Duration, now: u64) -> Checked {
         let (Some(monitor), Some(running)) = (self.health.as_mut(), self.running.as_mut()) else {
             return Checked { report: None, stop: false };
         };
@@ -122,6 +123,7 @@ impl Lifecycle {
         };
         running.health = Some(health.as_str().into());
         running.message = format!("health: {}", health.as_str());
+        running.timestamp_ms = now;
         let stop = health == Health::Unhealthy;
         if stop {
             self.unhealthy = true;
@@ -261,7 +263,7 @@ pub async fn supervise(
                 }
                 let (Some(every), Some(enter)) = (check_every, &enter) else { next_check = None; continue };
                 let healthy = run_check(enter, &check_cmd, check_timeout).await;
-                let checked = life.checked(healthy, started.elapsed());
+                let checked = life.checked(healthy, started.elapsed(), now_ms());
                 if let Some(status) = checked.report {
                     let serves = status.health.as_deref() == Some(Health::Healthy.as_str());
                     report(status);
@@ -385,12 +387,13 @@ mod tests {
     fn health_is_reported_when_it_changes_and_unhealthy_fails_the_task() {
         let mut life = Lifecycle::new(Some(check(2)));
         assert_eq!(life.started(1).health.as_deref(), Some("starting"));
-        let c = life.checked(true, SEC);
+        let c = life.checked(true, SEC, 9);
         assert_eq!(c.report.as_ref().and_then(|s| s.health.as_deref()), Some("healthy"));
-        assert_eq!(c.report.unwrap().message, "health: healthy");
-        assert_eq!(life.checked(true, 2 * SEC), Checked { report: None, stop: false });
-        assert_eq!(life.checked(false, 3 * SEC), Checked { report: None, stop: false });
-        let c = life.checked(false, 4 * SEC);
+        let report = c.report.unwrap();
+        assert_eq!((report.message.as_str(), report.timestamp_ms), ("health: healthy", 9), "when it changed");
+        assert_eq!(life.checked(true, 2 * SEC, 9), Checked { report: None, stop: false });
+        assert_eq!(life.checked(false, 3 * SEC, 9), Checked { report: None, stop: false });
+        let c = life.checked(false, 4 * SEC, 9);
         assert!(c.stop);
         assert_eq!(c.report.unwrap().health.as_deref(), Some("unhealthy"));
         assert!(life.is_stopping() && !life.stop(), "stopping already");
@@ -405,7 +408,7 @@ mod tests {
         let mut life = Lifecycle::new(Some(check(1)));
         let _ = life.started(1);
         assert!(life.stop());
-        assert_eq!(life.checked(false, SEC), Checked { report: None, stop: false });
+        assert_eq!(life.checked(false, SEC, 9), Checked { report: None, stop: false });
         assert_eq!(life.exited(Exit { code: Some(0), oom: false }, 2).state, TaskState::Shutdown);
     }
 }

@@ -351,6 +351,18 @@ impl Conntrack {
         Some(vip)
     }
 
+    /// A local client sends a connection's first packet (a TCP SYN) or a
+    /// datagram straight to a backend, from the ports whose replies a
+    /// tracked VIP flow rewrites (`reply_key`): the client's kernel reused
+    /// them for this other destination (a closing VIP flow lingers here
+    /// after its ports are free again). The backend cannot tell the two
+    /// apart either, so the VIP flow goes and this connection's replies
+    /// keep their source.
+    pub(crate) fn direct(&self, reply_key: &Tuple) {
+        let Some(vip) = self.replies.get(reply_key).map(|reply| reply.vip) else { return };
+        self.remove(&reply_key.forward(vip), Removal::Removed);
+    }
+
     /// Removes the flows `doomed(forward tuple, backend)` names.
     pub(crate) fn purge(&self, mut doomed: impl FnMut(&Tuple, Ipv4Addr) -> bool) {
         self.rechecks.store(2, Relaxed);

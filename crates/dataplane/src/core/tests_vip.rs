@@ -439,3 +439,25 @@ fn a_client_is_never_its_own_backend_while_another_is_active() {
         }
     }
 }
+
+#[test]
+fn a_direct_connection_from_a_vip_flows_ports_is_not_rewritten() {
+    let a = with_vip(Policy::RoundRobin, active([T3]));
+    assert_eq!(backend_of(&a, EP1, &tcp((T1, 40000), (VIP, 80), SYN)), T3);
+    let reply = from_node_b(&tcp((T3, 80), (T1, 40000), SYN | ACK));
+    assert!(
+        matches!(a.ingress(NODE_B, &reply), Ingress::Deliver { nat: Some(_), .. }),
+        "the VIP flow's reply"
+    );
+    // The client's kernel reuses port 40000 to reach T3 directly (the VIP
+    // connection closed): the VIP flow goes, its replies keep their source.
+    let (verdict, _) = send(&a, EP1, &tcp((T1, 40000), (T3, 80), SYN));
+    assert!(matches!(verdict, Egress::Remote { .. }));
+    assert!(matches!(a.ingress(NODE_B, &reply), Ingress::Deliver { nat: None, .. }), "a direct reply");
+    assert_eq!(a.conntrack().counters().removed, 1);
+    // Later packets of a direct connection change nothing.
+    assert_eq!(backend_of(&a, EP1, &tcp((T1, 40001), (VIP, 80), SYN)), T3);
+    let (_, _) = send(&a, EP1, &tcp((T1, 40001), (T3, 80), ACK));
+    let reply = from_node_b(&tcp((T3, 80), (T1, 40001), ACK));
+    assert!(matches!(a.ingress(NODE_B, &reply), Ingress::Deliver { nat: Some(_), .. }));
+}

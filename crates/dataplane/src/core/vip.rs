@@ -210,6 +210,24 @@ impl Tables {
         Some(SourceNat { vip, checksums: t.checksums })
     }
 
+    /// A packet from a local client straight to a backend: if it opens a
+    /// connection (or is a datagram) from ports a VIP flow's replies use,
+    /// that flow goes (see [`Conntrack::direct`](super::conntrack::Conntrack::direct)).
+    pub(super) fn direct_to_backend(&self, network: &Network, vni: Vni, packet: &IpPacket<'_>) {
+        let (IpAddr::V4(client), IpAddr::V4(backend)) = (packet.src, packet.dst) else { return };
+        if !network.backends.contains(&backend) {
+            return;
+        }
+        let Some(t) = Transport::of(packet) else { return };
+        const SYN: u8 = 0x02;
+        const ACK: u8 = 0x10;
+        if t.proto == TCP && t.tcp_flags & (SYN | ACK) != SYN {
+            return;
+        }
+        let reply = Tuple { vni, proto: t.proto, src: backend, sport: t.dport, dst: client, dport: t.sport };
+        self.conntrack.direct(&reply);
+    }
+
     /// The egress of a packet from local endpoint `from` (address `client`
     /// on `vni`) to `service`'s VIP: `buf[at..at + len]` is the packet.
     #[allow(clippy::too_many_arguments)]

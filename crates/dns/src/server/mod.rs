@@ -97,6 +97,8 @@ pub struct Server {
 
 /// What every loop of every sandbox reads.
 struct Shared {
+    /// The server's own thread, where every sandbox's loops run.
+    thread: ServerThread,
     directory: Arc<dyn Directory>,
     config: Config,
     tuning: Tuning,
@@ -116,6 +118,36 @@ impl fmt::Debug for Server {
     }
 }
 
+/// The thread every sandbox's loops run on: a current-thread tokio runtime
+/// of its own. Under load a query and its answer stay on one thread, with
+/// none of a work-stealing runtime's cross-thread wake-ups (which cost more
+/// than answering), and the agent's other work does not delay answers.
+struct ServerThread {
+    handle: tokio::runtime::Handle,
+    /// Dropped with the server: the thread's runtime ends.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl ServerThread {
+    fn start() -> ServerThread {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime for the DNS server");
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("shoal-dns".into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            })
+            .expect("a thread for the DNS server");
+        ServerThread { handle, _stop: stop }
+    }
+}
+
 // === impl Server ===
 
 impl Server {
@@ -131,6 +163,7 @@ impl Server {
         tuning.max_udp_payload = tuning.max_udp_payload.max(512);
         let permits = config.max_forwards.min(Semaphore::MAX_PERMITS);
         let shared = Shared {
+            thread: ServerThread::start(),
             directory,
             forwards: Arc::new(Semaphore::new(permits)),
             config,
@@ -154,8 +187,8 @@ impl Server {
         udp: std::net::UdpSocket,
         tcp: std::net::TcpListener,
     ) -> io::Result<Serving> {
-        // tokio's from_std panics outside a runtime; say so as an error instead.
-        tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
+        let runtime = self.shared.thread.handle.clone();
+        let _in_runtime = runtime.enter();
         udp.set_nonblocking(true)?;
         tcp.set_nonblocking(true)?;
         let udp = Arc::new(tokio::net::UdpSocket::from_std(udp)?);
@@ -165,8 +198,8 @@ impl Server {
         let udp_loop = udp::run(self.shared.clone(), scope.clone(), udp, self.shared.entropy.rng());
         let tcp_loop = tcp::run(self.shared.clone(), scope, tcp, self.shared.entropy.rng());
         Ok(Serving {
-            udp: tokio::spawn(udp_loop.instrument(span.clone())),
-            tcp: tokio::spawn(tcp_loop.instrument(span)),
+            udp: runtime.spawn(udp_loop.instrument(span.clone())),
+            tcp: runtime.spawn(tcp_loop.instrument(span)),
         })
     }
 
