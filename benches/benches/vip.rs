@@ -160,9 +160,10 @@ fn vip(c: &mut Criterion) {
 
     // A sweep that removes nothing: every shard locked in turn and scanned.
     let mut group = c.benchmark_group("sweep");
-    while a.conntrack().len() < shoal_dataplane::core::DEFAULT_CONNTRACK_CAPACITY {
-        new_flows(&mut a, ep_a, Policy::RoundRobin, 4_096, None);
-    }
+    // Filled to exactly the bound: one flow more would evict a batch.
+    let room = shoal_dataplane::core::DEFAULT_CONNTRACK_CAPACITY.saturating_sub(a.conntrack().len());
+    new_flows(&mut a, ep_a, Policy::RoundRobin, room as u64, None);
+    assert_eq!(a.conntrack().len(), shoal_dataplane::core::DEFAULT_CONNTRACK_CAPACITY);
     group.bench_function("full_default_table", |bench| bench.iter(|| a.sweep()));
     group.finish();
 }
