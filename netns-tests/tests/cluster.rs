@@ -279,12 +279,21 @@ fn overlay_networks_get_subnets_and_vnis_and_survive_a_manager_restart() {
     assert!(c.cli_err(0, &["network", "create", "--subnet", "10.0.9.1/24", "z"]).contains("invalid subnet"));
     assert!(c.cli_err(1, &["network", "ls"]).contains("not a swarm manager"));
 
+    // The routing mesh's network comes with the swarm, like docker's.
+    let ingress: serde_json::Value =
+        serde_json::from_str(&c.cli(0, &["network", "inspect", "ingress"])).unwrap();
+    assert_eq!(ingress[0]["Ingress"], true, "{ingress}");
+    assert_eq!(ingress[0]["IPAM"]["Config"][0]["Subnet"], "10.255.0.0/16");
+    assert!(
+        c.cli_err(0, &["network", "rm", "ingress"]).contains("routing mesh's network and cannot be removed")
+    );
+
     assert!(c.stop_daemon(0));
     c.start_daemon(0);
     assert_eq!(
         c.cli(0, &["network", "ls", "--format", "json"]).lines().count(),
-        2,
-        "networks survive a restart"
+        3,
+        "networks survive a restart (ingress, backend, frontend)"
     );
     assert_eq!(c.cli(0, &["network", "rm", "backend"]).trim(), "backend");
     assert!(c.cli_err(0, &["network", "inspect", "backend"]).contains("network backend not found"));

@@ -346,14 +346,16 @@ fn a_vip_balances_across_nodes_and_follows_tasks_that_go() {
     // A connection held through the VIP to one of node1's tasks (node2 gets
     // drained and node3 killed below), across everything that follows.
     let open_hold = |c: &Cluster| -> Holder {
+        let mut reached = Vec::new();
         for _ in 0..20 {
             let h = Holder::open(c, client(0));
             let on_node1 = running(c, "web").iter().any(|(id, n, _)| *n == 0 && host_of(id) == h.held);
             if on_node1 {
                 return h;
             }
+            reached.push(h.held.clone());
         }
-        panic!("no connection reached a task on node1");
+        panic!("no connection reached a task on node1: reached {reached:?}, tasks {:?}", running(c, "web"));
     };
     let mut hold = open_hold(&c);
     assert_eq!(hold.echo("hello"), "hello");

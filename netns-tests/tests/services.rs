@@ -336,7 +336,8 @@ fn worker_down_and_drain_move_tasks() {
     let err = c.cli_err(0, &["network", "rm", "front"]);
     assert!(err.contains("network front is in use by service web"), "{err}");
     for i in 0..3 {
-        assert_eq!(c.metric(i, "shoal_dataplane_networks"), 1.0, "node{} has tasks on front", i + 1);
+        // front, and ingress: every node's routing mesh is on it.
+        assert_eq!(c.metric(i, "shoal_dataplane_networks"), 2.0, "node{} has tasks on front", i + 1);
     }
 
     // A global service: one task per node.
@@ -390,8 +391,8 @@ fn worker_down_and_drain_move_tasks() {
         tasks(&c, "web")
     );
     assert!(
-        wait_until(Duration::from_secs(10), || c.metric(1, "shoal_dataplane_networks") == 0.0),
-        "a network's data plane exists only on nodes with its tasks"
+        wait_until(Duration::from_secs(10), || c.metric(1, "shoal_dataplane_networks") == 1.0),
+        "a network's data plane exists only on nodes with its tasks (and ingress's on every node)"
     );
     assert!(
         wait_until(Duration::from_secs(20), || !per_node(&c, "agent").contains_key("node2")),
@@ -411,7 +412,7 @@ fn bad_flags_and_unknown_names_fail_clearly() {
             "[possible values: none, on-failure, any]",
         ),
         (&["service", "create", "--limit-memory", "lots", "sleep", "1"], "invalid size \"lots\""),
-        (&["service", "create", "-p", "8080", "sleep", "1"], "use PUBLISHED:TARGET"),
+        (&["service", "create", "-p", "8080:http", "sleep", "1"], "use [PUBLISHED:]TARGET"),
         (&["service", "create", "--constraint", "node.colour=red", "sleep", "1"], "invalid constraint"),
         (&["service", "create", "--network", "nope", "sleep", "1"], "network nope not found"),
         (

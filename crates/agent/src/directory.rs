@@ -28,6 +28,24 @@ use tokio::sync::watch;
 /// The table task rows are gossiped in.
 pub const SERVICES: &str = "services";
 
+/// The table where each node gossips the published ports it could not
+/// open (one row per node, keyed by its underlay address, on `ingress`).
+pub const MESH: &str = "mesh";
+
+/// A published port a node could not open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortProblem {
+    /// The published port.
+    pub port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// What failed, as the system says it: `address in use`.
+    pub error: String,
+    /// Who holds the port, when known: `nginx (pid 4242)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+}
+
 /// Where a task is in its life, as the directory sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -62,6 +80,9 @@ pub struct TaskRow {
     /// The service's VIP on this network (none in `dnsrr` mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vip: Option<Ipv4Addr>,
+    /// Its local VIP on `ingress` (ports with `traffic-policy=local`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_vip: Option<Ipv4Addr>,
     /// Running or stopping.
     pub state: RowState,
     /// Whether it passes its healthcheck (true without one).
@@ -111,6 +132,8 @@ pub struct ServiceEntry {
     pub name: String,
     /// Its VIP here (vip mode).
     pub vip: Option<Ipv4Addr>,
+    /// Its local VIP here (`ingress`, ports with `traffic-policy=local`).
+    pub local_vip: Option<Ipv4Addr>,
     /// Mode, TTL, balancing (from its newest row).
     pub endpoint: EndpointConfig,
     /// Its ports.
@@ -217,12 +240,14 @@ impl Index {
                 id: row.service_id.clone(),
                 name: row.service.clone(),
                 vip: row.vip,
+                local_vip: row.local_vip,
                 endpoint: row.endpoint,
                 ports: row.ports.clone(),
                 names: Vec::new(),
                 tasks: Vec::new(),
             });
             entry.vip = entry.vip.or(row.vip);
+            entry.local_vip = entry.local_vip.or(row.local_vip);
             entry.endpoint = row.endpoint;
             entry.ports.clone_from(&row.ports);
             let mut names = vec![row.service.to_ascii_lowercase()];
@@ -281,6 +306,8 @@ enum Origin {
 #[derive(Debug)]
 pub struct ServiceDirectory {
     rows: Mutex<HashMap<(u32, String), (TaskRow, Origin)>>,
+    /// The ports each node (by underlay address) could not open.
+    problems: Mutex<BTreeMap<Ipv4Addr, Vec<PortProblem>>>,
     index: ArcSwap<Index>,
     changed: watch::Sender<u64>,
 }
@@ -289,6 +316,7 @@ impl Default for ServiceDirectory {
     fn default() -> ServiceDirectory {
         ServiceDirectory {
             rows: Mutex::new(HashMap::new()),
+            problems: Mutex::new(BTreeMap::new()),
             index: ArcSwap::from_pointee(Index::default()),
             changed: watch::channel(0).0,
         }
@@ -320,8 +348,43 @@ impl ServiceDirectory {
         }
     }
 
+    /// The published ports each node (by underlay address) could not
+    /// open.
+    pub fn port_problems(&self) -> BTreeMap<Ipv4Addr, Vec<PortProblem>> {
+        self.problems.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records the ports the node at `node` could not open (this node's,
+    /// or another's from gossip); none removes its entry.
+    pub fn set_port_problems(&self, node: Ipv4Addr, problems: Vec<PortProblem>) {
+        let mut all = self.problems.lock().unwrap_or_else(|e| e.into_inner());
+        if problems.is_empty() {
+            all.remove(&node);
+        } else {
+            all.insert(node, problems);
+        }
+    }
+
     /// Applies a change of another node's rows; other tables are ignored.
     pub fn apply(&self, change: &Change) {
+        match change {
+            Change::Upsert { key, value, owner, .. } if key.table == MESH => {
+                let (Ok(node), Ok(problems)) =
+                    (key.key.parse(), serde_json::from_slice::<Vec<PortProblem>>(value))
+                else {
+                    tracing::warn!(%owner, key = %key.key, "undecodable mesh row");
+                    return;
+                };
+                return self.set_port_problems(node, problems);
+            }
+            Change::Remove { key, .. } if key.table == MESH => {
+                if let Ok(node) = key.key.parse() {
+                    self.set_port_problems(node, Vec::new());
+                }
+                return;
+            }
+            _ => {}
+        }
         let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
         match change {
             Change::Upsert { network, key, value, owner } if key.table == SERVICES => {
@@ -377,6 +440,7 @@ mod tests {
             ip: ip.into(),
             node: [198, 18, 0, 1].into(),
             vip: Some([10, 0, 1, 2].into()),
+            local_vip: None,
             state,
             healthy,
             endpoint: EndpointConfig::default(),

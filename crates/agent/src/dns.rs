@@ -153,6 +153,7 @@ mod tests {
                 ip: ip.into(),
                 node: [198, 18, 0, 1].into(),
                 vip: Some([10, 0, 1, 2].into()),
+                local_vip: None,
                 state: RowState::Running,
                 healthy,
                 endpoint: EndpointConfig { dns_ttl_secs: 7, ..EndpointConfig::default() },
@@ -162,6 +163,8 @@ mod tests {
                     target: 80,
                     protocol: "tcp".into(),
                     mode: "ingress".into(),
+                    proxy_protocol: false,
+                    local_only: false,
                 }],
             };
             dir.set_local(4096, &format!("t{slot}"), Some(row));

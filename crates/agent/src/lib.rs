@@ -2,7 +2,7 @@
 //! together, with the local API the CLI talks to.
 //!
 //! Arrows only go down, from the top:
-//! `daemon` -> `api` -> `node` -> (`swarm`, `tasks`) -> `endpoints` ->
+//! `daemon` -> `api` -> `node` -> (`swarm`, `mesh`, `tasks`) -> `endpoints` ->
 //! (`routes`, `directory`, `gossip_driver`) -> (`metrics`, `settings`,
 //! `keys`, `names`, `clock`, `error`). `standalone` is the static-file data plane beside
 //! them. See ARCHITECTURE.md for each module's invariants.
@@ -18,6 +18,7 @@ pub mod endpoints;
 pub mod error;
 pub mod gossip_driver;
 pub mod keys;
+pub mod mesh;
 pub mod metrics;
 pub mod names;
 pub mod node;

@@ -72,6 +72,8 @@ pub struct Snapshot {
     pub dns: shoal_dns::Stats,
     /// Flows tracked per VIP backend.
     pub backends: Vec<shoal_dataplane::BackendFlows>,
+    /// The routing mesh's ports.
+    pub mesh: Vec<shoal_mesh::PortStats>,
 }
 
 fn counter(value: u64) -> Counter {
@@ -174,6 +176,7 @@ impl Metrics {
         r.register("shoal_dataplane_dropped_packets", "Packets dropped, by reason.", drops);
         render_dns(&mut r, &snapshot.dns);
         render_conntrack(&mut r, &snapshot.dataplane.conntrack, &snapshot.backends);
+        render_mesh(&mut r, &snapshot.mesh);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &r).expect("writing to a String cannot fail");
         out
@@ -232,6 +235,103 @@ fn render_conntrack(
         flows.get_or_create(&labels).set(i64::try_from(b.flows).unwrap_or(i64::MAX));
     }
     r.register("shoal_vip_backend_flows", "Flows tracked to each backend of each VIP.", flows);
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PortLabels {
+    port: u16,
+    protocol: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PortDirectionLabels {
+    port: u16,
+    protocol: &'static str,
+    direction: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PortReasonLabels {
+    port: u16,
+    protocol: &'static str,
+    reason: &'static str,
+}
+
+/// The routing mesh's counters, per published port (the backends' flows
+/// are the VIP backends' on `ingress`, above).
+fn render_mesh(r: &mut Registry, ports: &[shoal_mesh::PortStats]) {
+    let label =
+        |p: &shoal_mesh::PortStats| PortLabels { port: p.key.port, protocol: p.key.protocol.as_str() };
+    type Pick = fn(&shoal_mesh::PortStats) -> u64;
+    let counters: [(&str, &str, Pick); 8] = [
+        ("shoal_mesh_connections", "TCP connections accepted and relayed, per published port.", |p| {
+            p.accepted
+        }),
+        ("shoal_mesh_refused", "TCP connections refused at the port's connection limit.", |p| p.refused),
+        (
+            "shoal_mesh_backend_failures",
+            "Connections and UDP flows that got no backend (none, refused, timed out).",
+            |p| p.failed,
+        ),
+        ("shoal_mesh_backend_timeouts", "Of the backend failures, those over the connect timeout.", |p| {
+            p.timed_out
+        }),
+        (
+            "shoal_mesh_relay_errors",
+            "TCP relays that ended on an error rather than both sides closing.",
+            |p| p.relay_errors,
+        ),
+        ("shoal_mesh_accept_errors", "Failed accepts.", |p| p.accept_errors),
+        ("shoal_mesh_udp_flows", "UDP flows that got a backend.", |p| p.flows_created),
+        ("shoal_mesh_receive_errors", "Errors receiving on UDP sockets.", |p| p.receive_errors),
+    ];
+    for (name, help, pick) in counters {
+        let family = Family::<PortLabels, Counter>::default();
+        for p in ports {
+            family.get_or_create(&label(p)).inc_by(pick(p));
+        }
+        r.register(name, help, family);
+    }
+    let gauges: [(&str, &str, Pick); 3] = [
+        ("shoal_mesh_listening", "Whether the published port is open on this node (1) or not (0).", |p| {
+            u64::from(p.listening)
+        }),
+        ("shoal_mesh_active_connections", "TCP connections open now.", |p| p.active),
+        ("shoal_mesh_active_udp_flows", "UDP flows now.", |p| p.flows_active),
+    ];
+    for (name, help, pick) in gauges {
+        let family = Family::<PortLabels, Gauge>::default();
+        for p in ports {
+            family.get_or_create(&label(p)).set(i64::try_from(pick(p)).unwrap_or(i64::MAX));
+        }
+        r.register(name, help, family);
+    }
+    let bytes = Family::<PortDirectionLabels, Counter>::default();
+    let datagrams = Family::<PortDirectionLabels, Counter>::default();
+    let dropped = Family::<PortReasonLabels, Counter>::default();
+    for p in ports {
+        let (port, protocol) = (p.key.port, p.key.protocol.as_str());
+        for (direction, b, d) in [
+            ("to_backend", p.bytes_to_backend, p.datagrams_to_backend),
+            ("to_client", p.bytes_to_client, p.datagrams_to_client),
+        ] {
+            bytes.get_or_create(&PortDirectionLabels { port, protocol, direction }).inc_by(b);
+            datagrams.get_or_create(&PortDirectionLabels { port, protocol, direction }).inc_by(d);
+        }
+        let u = &p.dropped;
+        for (reason, n) in [
+            ("flow_limit", u.flow_limit),
+            ("no_backend", u.no_backend),
+            ("queue_full", u.queue_full),
+            ("to_backend", u.to_backend),
+            ("to_client", u.to_client),
+        ] {
+            dropped.get_or_create(&PortReasonLabels { port, protocol, reason }).inc_by(n);
+        }
+    }
+    r.register("shoal_mesh_bytes", "TCP bytes relayed, per published port and direction.", bytes);
+    r.register("shoal_mesh_datagrams", "UDP datagrams relayed, per published port and direction.", datagrams);
+    r.register("shoal_mesh_udp_dropped", "UDP datagrams dropped, per published port and reason.", dropped);
 }
 
 /// The resolver's counters: queries by type, answers by rcode, forwards,

@@ -21,6 +21,7 @@ use crate::endpoints::{self, Endpoints, Plumbing};
 use crate::error::Error;
 use crate::gossip_driver::{self, GossipSlot};
 use crate::keys;
+use crate::mesh::RoutingMesh;
 use crate::metrics::{Metrics, Snapshot};
 use crate::routes::Routes;
 use crate::settings::Settings;
@@ -53,6 +54,8 @@ pub struct Node {
     pub directory: Arc<ServiceDirectory>,
     /// The tasks' resolver.
     pub dns: Dns,
+    /// Its routing mesh: the published ports.
+    pub mesh: Arc<RoutingMesh>,
     routes: Arc<Routes>,
     announcer: Arc<Announcer>,
     runner: Mutex<Option<Arc<TaskRunner>>>,
@@ -82,7 +85,7 @@ impl Node {
         let routes = Arc::new(Routes::new(dataplane.clone()));
         let directory = Arc::new(ServiceDirectory::default());
         let announcer = Arc::new(Announcer::new(settings.advertise_addr, directory.clone(), gossip.clone()));
-        let vips = Arc::new(Vips::new(dataplane.clone(), directory.clone()));
+        let vips = Arc::new(Vips::new(settings.advertise_addr, dataplane.clone(), directory.clone()));
         tokio::spawn(Vips::follow(Arc::downgrade(&vips)));
         let dns = Dns::new(directory.clone(), settings.upstreams());
         let endpoints = Arc::new(Endpoints::new(Plumbing {
@@ -96,6 +99,13 @@ impl Node {
             mtu: settings.mtu,
             data_dir: settings.data_dir.clone(),
         }));
+        let mesh = RoutingMesh::new(
+            settings.clone(),
+            endpoints.clone(),
+            directory.clone(),
+            announcer.clone(),
+            gossip.clone(),
+        );
         let (events_tx, events) = mpsc::channel(4);
         let node = Arc::new(Node {
             me,
@@ -107,6 +117,7 @@ impl Node {
             metrics,
             directory,
             dns,
+            mesh,
             routes,
             announcer,
             runner: Mutex::new(None),
@@ -163,6 +174,7 @@ impl Node {
                         metrics: self.metrics.clone(),
                         announcer: self.announcer.clone(),
                     };
+                    tokio::spawn(self.mesh.clone().follow(assignments.clone()));
                     *self.runner.lock().unwrap_or_else(|e| e.into_inner()) =
                         Some(TaskRunner::start(ctx, assignments));
                 }
@@ -192,6 +204,7 @@ impl Node {
             dataplane: self.dataplane.counters(),
             dns: self.dns.stats(),
             backends: self.dataplane.lb_stats(),
+            mesh: self.mesh.stats(),
             ..Snapshot::default()
         };
         if let Ok(g) = self.gossip.get() {

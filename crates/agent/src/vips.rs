@@ -3,7 +3,9 @@
 //! the service's tasks that run and pass their healthcheck (new flows), and
 //! those stopping (their flows only). [`Vips::sync`] diffs what the
 //! directory says against what is programmed; it runs on every directory
-//! change and when a network gains its first local endpoint.
+//! change and when a network gains its first local endpoint. A service's
+//! local VIP (mesh ports with `traffic-policy=local`) is programmed on
+//! each node with that node's tasks only.
 //!
 //! Invariant: a VIP is programmed only on networks in the data plane, with
 //! exactly the backends the directory lists for it there.
@@ -27,26 +29,34 @@ struct Programmed {
     backends: Vec<(Ipv4Addr, bool)>,
 }
 
-/// The VIPs the directory wants on `networks`: (vni, vip) -> what to program.
-fn desired(index: &Index, networks: &[Vni]) -> HashMap<(Vni, Ipv4Addr), Programmed> {
+/// The VIPs the directory wants on `networks`: (vni, vip) -> what to
+/// program. A service's local VIP gets only the tasks of `node`.
+fn desired(index: &Index, networks: &[Vni], node: Ipv4Addr) -> HashMap<(Vni, Ipv4Addr), Programmed> {
     let mut out = HashMap::new();
     for vni in networks {
         let Some(net) = index.networks.get(&vni.get()) else { continue };
         for s in net.services.values() {
             let (EndpointMode::Vip, Some(vip)) = (s.endpoint.mode, s.vip) else { continue };
-            let backends = s
-                .tasks
-                .iter()
-                .filter_map(|t| match t.state {
-                    RowState::Running if t.healthy => Some((t.ip, true)),
-                    RowState::Stopping => Some((t.ip, false)),
-                    RowState::Running => None,
-                })
-                .collect();
-            out.insert(
-                (*vni, vip),
-                Programmed { policy: s.endpoint.lb, affinity_ms: s.endpoint.affinity_ms, backends },
-            );
+            let backends = |only: Option<Ipv4Addr>| {
+                s.tasks
+                    .iter()
+                    .filter(|t| only.is_none_or(|node| t.node == node))
+                    .filter_map(|t| match t.state {
+                        RowState::Running if t.healthy => Some((t.ip, true)),
+                        RowState::Stopping => Some((t.ip, false)),
+                        RowState::Running => None,
+                    })
+                    .collect()
+            };
+            let programmed = |backends| Programmed {
+                policy: s.endpoint.lb,
+                affinity_ms: s.endpoint.affinity_ms,
+                backends,
+            };
+            out.insert((*vni, vip), programmed(backends(None)));
+            if let Some(local) = s.local_vip {
+                out.insert((*vni, local), programmed(backends(Some(node))));
+            }
         }
     }
     out
@@ -55,15 +65,17 @@ fn desired(index: &Index, networks: &[Vni]) -> HashMap<(Vni, Ipv4Addr), Programm
 /// The VIPs programmed into this node's data plane.
 #[derive(Debug)]
 pub struct Vips {
+    /// This node's underlay address: local VIPs balance over its tasks.
+    node: Ipv4Addr,
     dataplane: Arc<Dataplane>,
     directory: Arc<ServiceDirectory>,
     programmed: Mutex<HashMap<(Vni, Ipv4Addr), Programmed>>,
 }
 
 impl Vips {
-    /// Programs `dataplane` from `directory`.
-    pub fn new(dataplane: Arc<Dataplane>, directory: Arc<ServiceDirectory>) -> Vips {
-        Vips { dataplane, directory, programmed: Mutex::new(HashMap::new()) }
+    /// Programs the data plane of the node at `node` from `directory`.
+    pub fn new(node: Ipv4Addr, dataplane: Arc<Dataplane>, directory: Arc<ServiceDirectory>) -> Vips {
+        Vips { node, dataplane, directory, programmed: Mutex::new(HashMap::new()) }
     }
 
     /// Makes the data plane's VIPs what the directory says, on the networks
@@ -74,7 +86,7 @@ impl Vips {
         let mut networks: Vec<Vni> =
             index.networks.keys().filter_map(|v| Vni::new(*v)).filter(|v| dp.subnet(*v).is_some()).collect();
         networks.sort();
-        let want = desired(&index, &networks);
+        let want = desired(&index, &networks, self.node);
         let mut programmed = self.programmed.lock().unwrap_or_else(|e| e.into_inner());
         // Gone, or their network is: forget them (a network removed from the
         // data plane took its VIPs with it).
@@ -152,6 +164,7 @@ mod tests {
             ip: ip.into(),
             node: [198, 18, 0, 1].into(),
             vip: (mode == EndpointMode::Vip).then(|| [10, 0, 1, 2].into()),
+            local_vip: None,
             state,
             healthy,
             endpoint: EndpointConfig { mode, lb: LbPolicy::Maglev, ..EndpointConfig::default() },
@@ -168,12 +181,16 @@ mod tests {
         ];
         let index = Index::build(rows.iter().map(|r| (4096, r)));
         let vni = Vni::new(4096).unwrap();
-        let want = desired(&index, &[vni]);
+        let want = desired(&index, &[vni], [198, 18, 0, 1].into());
         let p = &want[&(vni, [10, 0, 1, 2].into())];
         assert_eq!(p.policy, LbPolicy::Maglev);
         assert_eq!(p.backends, [([10, 0, 1, 10].into(), true), ([10, 0, 1, 12].into(), false)]);
-        assert!(desired(&index, &[Vni::new(4097).unwrap()]).is_empty(), "only networks asked for");
+        assert!(
+            desired(&index, &[Vni::new(4097).unwrap()], [198, 18, 0, 1].into()).is_empty(),
+            "only networks asked for"
+        );
         let rr = [row(1, [10, 0, 1, 10], RowState::Running, true, EndpointMode::Dnsrr)];
-        assert!(desired(&Index::build(rr.iter().map(|r| (4096, r))), &[vni]).is_empty(), "no VIP in dnsrr");
+        let rr = Index::build(rr.iter().map(|r| (4096, r)));
+        assert!(desired(&rr, &[vni], [198, 18, 0, 1].into()).is_empty(), "no VIP in dnsrr");
     }
 }

@@ -13,6 +13,13 @@ use shoal_wire::ip::Ipv4Cidr;
 /// The first VNI given to a network, as Swarm does.
 pub const FIRST_VNI: u32 = 4096;
 
+/// The VNI of the routing mesh's `ingress` network, below every other.
+pub const INGRESS_VNI: u32 = FIRST_VNI - 1;
+
+/// The subnet of the `ingress` network: room for a task of every service
+/// with a published port, a VIP each, and an address per node.
+pub const INGRESS_SUBNET: &str = "10.255.0.0/16";
+
 /// Why an allocation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -96,6 +103,24 @@ impl Ipam {
     /// Creates a network, with `subnet` or the first free one of the pool,
     /// and the lowest free VNI from [`FIRST_VNI`].
     pub fn create(&mut self, name: &str, subnet: Option<Ipv4Cidr>) -> Result<NetworkAlloc, IpamError> {
+        let vnis: BTreeSet<u32> = self.networks.values().map(|a| a.vni).collect();
+        let vni = (FIRST_VNI..).find(|v| !vnis.contains(v)).expect("fewer networks than VNIs");
+        self.create_with_vni(name, subnet, vni)
+    }
+
+    /// Creates the routing mesh's network: [`INGRESS_SUBNET`] and
+    /// [`INGRESS_VNI`].
+    pub fn create_ingress(&mut self, name: &str) -> Result<NetworkAlloc, IpamError> {
+        let subnet = INGRESS_SUBNET.parse().expect("a valid subnet");
+        self.create_with_vni(name, Some(subnet), INGRESS_VNI)
+    }
+
+    fn create_with_vni(
+        &mut self,
+        name: &str,
+        subnet: Option<Ipv4Cidr>,
+        vni: u32,
+    ) -> Result<NetworkAlloc, IpamError> {
         if self.networks.contains_key(name) {
             return Err(IpamError::NameInUse(name.to_owned()));
         }
@@ -115,8 +140,6 @@ impl Ipam {
             }
             None => self.free_subnet()?,
         };
-        let vnis: BTreeSet<u32> = self.networks.values().map(|a| a.vni).collect();
-        let vni = (FIRST_VNI..).find(|v| !vnis.contains(v)).expect("fewer networks than VNIs");
         let alloc = NetworkAlloc { vni, subnet: subnet.to_string(), used: BTreeSet::new() };
         self.networks.insert(name.to_owned(), alloc.clone());
         Ok(alloc)

@@ -186,6 +186,9 @@ pub enum Response {
         digest: u64,
         /// Every task assigned to the node.
         tasks: Vec<Task>,
+        /// The node's routing-mesh address on the `ingress` network.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mesh: Option<shoal_orch::Attachment>,
     },
     /// The request failed.
     Error {

@@ -136,6 +136,9 @@ pub struct NetworkRecord {
     pub vni: u32,
     /// Unix seconds.
     pub created_at: i64,
+    /// The routing mesh's network (`ingress`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ingress: bool,
 }
 
 /// The cluster state store.

@@ -10,7 +10,9 @@
 //! that ended; makes the slots (replicated) or nodes (global) match the
 //! service; rolls tasks whose spec is stale, batch by batch; places new
 //! tasks with `shoal-sched`; and drops removed tasks and history beyond the
-//! retention limit.
+//! retention limit. Published ports are checked and given out by
+//! [`World::publish`]; every node holds an address on the `ingress` network
+//! for its routing mesh ([`World::mesh`]).
 //!
 //! Invariants: no IO, no clock, no randomness (time and ids come in); a
 //! task's observed state only moves forward; a slot has at most one
@@ -21,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 mod model;
+mod publish;
 mod reconcile;
 
 pub use model::*;

@@ -330,7 +330,25 @@ pub struct PortConfig {
     pub protocol: String,
     /// `ingress` or `host`.
     pub mode: String,
+    /// Send a PROXY protocol v2 header to the task, so it sees the client's
+    /// address (Shoal's addition; Swarm loses it, moby#25526).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub proxy_protocol: bool,
+    /// Send connections only to tasks on the node that took them (Shoal's
+    /// addition; one hop, refused when the node has none).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub local_only: bool,
 }
+
+/// The overlay network of the routing mesh: every task of a service with
+/// an ingress-mode published port is attached to it, and every node's mesh
+/// reaches the service's VIP there.
+pub const INGRESS: &str = "ingress";
+
+/// The first port handed out when a published port is left out, as docker's.
+pub const FIRST_DYNAMIC_PORT: u16 = 30_000;
+/// The last one.
+pub const LAST_DYNAMIC_PORT: u16 = 32_767;
 
 /// What the user asked for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -353,6 +371,30 @@ pub struct ServiceSpec {
     /// How the service is found and balanced.
     #[serde(default)]
     pub endpoint: EndpointConfig,
+}
+
+impl ServiceSpec {
+    /// Whether a port is published through the routing mesh.
+    pub fn uses_ingress(&self) -> bool {
+        self.ports.iter().any(|p| p.mode == "ingress")
+    }
+
+    /// Whether a mesh port sends only to the receiving node's tasks (the
+    /// service then needs a local VIP).
+    pub fn uses_local_policy(&self) -> bool {
+        self.endpoint.mode == EndpointMode::Vip
+            && self.ports.iter().any(|p| p.mode == "ingress" && p.local_only)
+    }
+
+    /// The networks the service's tasks are attached to: its own, and
+    /// [`INGRESS`] when it publishes a port through the mesh.
+    pub fn attached_networks(&self) -> Vec<String> {
+        let mut networks = self.task.networks.clone();
+        if self.uses_ingress() && !networks.iter().any(|n| n == INGRESS) {
+            networks.push(INGRESS.to_owned());
+        }
+        networks
+    }
 }
 
 /// Where a rolling update stands, as `service inspect` shows it.
@@ -449,6 +491,19 @@ pub struct Attachment {
     /// `dnsrr` mode, and on the service's own VIP attachments).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vip: Option<std::net::Ipv4Addr>,
+    /// On a task's `ingress` attachment: the service's local VIP there
+    /// (see [`Service::local_vip`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_vip: Option<std::net::Ipv4Addr>,
+}
+
+/// What one node runs: its tasks, and its routing mesh's address.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Assignments {
+    /// Every task assigned to the node.
+    pub tasks: Vec<Task>,
+    /// The node's address on the `ingress` network, once it exists.
+    pub mesh: Option<Attachment>,
 }
 
 /// A service.
@@ -464,6 +519,10 @@ pub struct Service {
     pub previous: Option<ServiceSpec>,
     /// Virtual IPs, one per network.
     pub vips: Vec<Attachment>,
+    /// A second VIP on `ingress`, for ports with `traffic-policy=local`:
+    /// each node balances it over its own tasks only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_vip: Option<Attachment>,
     /// Rolling update state.
     pub update_status: Option<UpdateStatus>,
     /// ms.

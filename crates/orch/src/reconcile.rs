@@ -44,6 +44,9 @@ pub struct World {
     pub services: BTreeMap<String, Service>,
     /// By id.
     pub tasks: BTreeMap<String, Task>,
+    /// Each node's routing-mesh address on the [`INGRESS`] network, by node id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mesh: BTreeMap<String, Attachment>,
 }
 
 fn requirements(service: &Service) -> Requirements {
@@ -145,6 +148,7 @@ impl World {
     /// One reconciliation pass (see the crate documentation).
     pub fn reconcile(&mut self, env: &mut Env<'_>) {
         self.sync_endpoints();
+        self.sync_mesh(env);
         self.handle_lost_nodes(env);
         self.release_ended(env);
         self.restart_ended(env);
@@ -176,6 +180,10 @@ impl World {
                 let vip = service.vips.iter().find(|v| v.network == a.network).map(|v| v.ip);
                 if a.vip != vip {
                     a.vip = vip;
+                }
+                let local = service.local_vip.as_ref().filter(|v| v.network == a.network).map(|v| v.ip);
+                if a.local_vip != local {
+                    a.local_vip = local;
                 }
             }
         }
@@ -569,7 +577,7 @@ impl World {
                     shoal_sched::place(&mut nodes, &req, 1).remove(0).map_err(|p| p.reason)
                 }
             };
-            let networks = service.spec.task.networks.clone();
+            let networks = service.spec.attached_networks();
             let vips = service.vips.clone();
             let task = self.tasks.get_mut(&id).expect("listed");
             match placed {

@@ -11,14 +11,26 @@ use super::*;
 struct Addresses {
     next: u32,
     live: BTreeSet<std::net::Ipv4Addr>,
+    /// Whether the ingress network exists.
+    ingress: bool,
 }
 
 impl Allocator for Addresses {
     fn allocate(&mut self, network: &str) -> Result<Attachment, String> {
+        if network == INGRESS && !self.ingress {
+            return Err(format!("network {network} not found"));
+        }
         self.next += 1;
         let ip = std::net::Ipv4Addr::from(0x0a00_0000 + self.next);
         assert!(self.live.insert(ip), "address handed out twice");
-        Ok(Attachment { network: network.into(), vni: 4096, subnet: "10.0.0.0/8".into(), ip, vip: None })
+        Ok(Attachment {
+            network: network.into(),
+            vni: 4096,
+            subnet: "10.0.0.0/8".into(),
+            ip,
+            vip: None,
+            local_vip: None,
+        })
     }
     fn release(&mut self, a: &Attachment) {
         assert!(self.live.remove(&a.ip), "address {} released twice", a.ip);
@@ -94,6 +106,7 @@ impl Sim {
             spec,
             previous: None,
             vips: Vec::new(),
+            local_vip: None,
             update_status: None,
             created_ms: self.now,
             updated_ms: self.now,
@@ -580,4 +593,84 @@ fn scaling_down_during_an_update_is_not_a_failure_and_unplaced_tasks_shut_down()
             .all(|t| t.status.state >= TaskState::Assigned || t.desired <= TaskState::Running),
         "no task stays new or pending once it is not wanted"
     );
+}
+
+fn port(published: u16, target: u16, protocol: &str, mode: &str) -> PortConfig {
+    PortConfig {
+        name: None,
+        published,
+        target,
+        protocol: protocol.into(),
+        mode: mode.into(),
+        proxy_protocol: false,
+        local_only: false,
+    }
+}
+
+#[test]
+fn published_ports_are_unique_across_services_and_left_out_ones_get_a_dynamic_port() {
+    let mut sim = Sim::new(1);
+    let mut web = spec("web", 1);
+    web.ports = vec![port(8080, 80, "tcp", "ingress"), port(0, 443, "tcp", "ingress")];
+    sim.world.publish(&mut web, None).unwrap();
+    assert_eq!(web.ports[1].published, FIRST_DYNAMIC_PORT);
+    let web_id = sim.create(web.clone());
+
+    // Another service: the same port over TCP is taken, over UDP it is free.
+    let mut api = spec("api", 1);
+    api.ports = vec![port(8080, 80, "tcp", "ingress")];
+    let err = sim.world.publish(&mut api.clone(), None).unwrap_err();
+    assert_eq!(err, format!("port '8080' is already in use by service 'web' ({web_id}) as an ingress port"));
+    api.ports = vec![port(8080, 53, "udp", "ingress"), port(0, 80, "tcp", "ingress")];
+    sim.world.publish(&mut api, None).unwrap();
+    assert_eq!(api.ports[1].published, FIRST_DYNAMIC_PORT + 1, "the next free one");
+    // A host-mode port may not take a mesh port, nor the reverse.
+    let mut host = spec("host", 1);
+    host.ports = vec![port(8080, 80, "tcp", "host")];
+    assert!(sim.world.publish(&mut host, None).unwrap_err().contains("as an ingress port"));
+    host.ports = vec![port(9000, 80, "tcp", "host")];
+    sim.world.publish(&mut host, None).unwrap();
+    sim.create(host);
+    let mut mesh = spec("mesh", 1);
+    mesh.ports = vec![port(9000, 80, "tcp", "ingress")];
+    assert!(sim.world.publish(&mut mesh, None).unwrap_err().contains("as a host port"));
+    // A service's own ports do not conflict with themselves on update.
+    sim.world.publish(&mut web, Some(&web_id)).unwrap();
+    // Bad specs.
+    let mut bad = spec("bad", 1);
+    bad.ports = vec![port(1, 1, "tcp", "ingress"), port(1, 2, "tcp", "ingress")];
+    assert!(sim.world.publish(&mut bad, None).unwrap_err().contains("duplicate published ports"));
+    bad.ports = vec![port(1, 1, "sctp", "ingress")];
+    assert!(sim.world.publish(&mut bad, None).unwrap_err().contains("use tcp or udp"));
+    bad.ports = vec![port(0, 80, "tcp", "host")];
+    assert!(sim.world.publish(&mut bad, None).unwrap_err().contains("needs a published port"));
+    bad.ports = vec![port(2, 80, "tcp", "ingress")];
+    bad.endpoint.mode = EndpointMode::Dnsrr;
+    assert_eq!(
+        sim.world.publish(&mut bad, None).unwrap_err(),
+        "port published with ingress mode can't be used with dnsrr mode"
+    );
+}
+
+#[test]
+fn every_node_gets_a_mesh_address_once_ingress_exists_and_mesh_services_join_it() {
+    let mut sim = Sim::new(3);
+    sim.run(1);
+    assert!(sim.world.mesh.is_empty(), "no ingress network, no mesh");
+    sim.addrs.ingress = true;
+    let mut s = spec("web", 2);
+    s.ports = vec![port(8080, 80, "tcp", "ingress")];
+    let web = sim.create(s);
+    sim.run(1);
+    assert_eq!(sim.world.mesh.len(), 3);
+    assert!(sim.world.mesh.values().all(|a| a.network == INGRESS));
+    for t in sim.running(&web) {
+        let networks: Vec<&str> = t.attachments.iter().map(|a| a.network.as_str()).collect();
+        assert_eq!(networks, [INGRESS], "a task of a service with a mesh port is on ingress");
+    }
+    // A node that leaves the swarm frees its address.
+    sim.nodes.pop();
+    sim.run(1);
+    assert_eq!(sim.world.mesh.len(), 2);
+    assert_eq!(sim.addrs.live.len(), 2 + 2, "two nodes and two tasks");
 }

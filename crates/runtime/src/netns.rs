@@ -147,6 +147,26 @@ impl NetNs {
         })
     }
 
+    /// Starts a thread named `thread` that enters this namespace and runs
+    /// `f` there, for work that lives in the namespace (a socket factory).
+    pub fn spawn<F>(&self, thread: &str, f: F) -> Result<std::thread::JoinHandle<()>, NetnsError>
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        let file = self.file.try_clone().map_err(io_err(format!("open network namespace {}", self.name)))?;
+        let name = self.name.clone();
+        std::thread::Builder::new()
+            .name(thread.to_owned())
+            .spawn(move || match setns(&file, CloneFlags::CLONE_NEWNET) {
+                Ok(()) => {
+                    drop(file);
+                    f();
+                }
+                Err(e) => tracing::warn!(netns = %name, error = %e, "cannot enter the network namespace"),
+            })
+            .map_err(io_err(format!("start a thread in network namespace {}", self.name)))
+    }
+
     /// Unmounts and removes the namespace's name. The namespace itself goes
     /// away once no process or open descriptor holds it.
     pub fn delete(self) -> Result<(), NetnsError> {

@@ -26,6 +26,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/endpoints/{sandbox}", delete(remove_endpoint))
         .route("/v1/dataplane", get(dataplane))
         .route("/v1/directory", get(directory))
+        .route("/v1/mesh", get(mesh))
         .route("/v1/swarm", get(swarm_info))
         .route("/v1/swarm/init", post(swarm_init))
         .route("/v1/swarm/join", post(swarm_join))

@@ -243,6 +243,11 @@ pub async fn network_inspect(
     Ok(Json(network))
 }
 
+/// This node's routing mesh: its listeners and the backends they reach.
+pub async fn mesh(State(node): Shared) -> Json<Value> {
+    to_json(&node.mesh.view(node.dataplane.lb_stats()).await)
+}
+
 /// This node's service directory, network by network.
 pub async fn directory(State(node): Shared) -> Json<Value> {
     to_json(&*node.directory.index())
@@ -256,13 +261,41 @@ pub async fn network_remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn service_view(m: &Manager, service: &shoal_orch::Service) -> views::Service {
-    views::Service::new(service, &m.orchestration().service_tasks(&service.id))
+fn service_view(node: &Node, m: &Manager, service: &shoal_orch::Service) -> views::Service {
+    let mut view = views::Service::new(service, &m.orchestration().service_tasks(&service.id));
+    view.endpoint.port_errors = port_errors(node, m, service);
+    view
+}
+
+/// The published ports of `service` that nodes could not open, as the
+/// directory knows them from gossip.
+fn port_errors(node: &Node, m: &Manager, service: &shoal_orch::Service) -> Vec<views::PortErrorView> {
+    let problems = node.directory.port_problems();
+    if problems.is_empty() {
+        return Vec::new();
+    }
+    let nodes = m.nodes().unwrap_or_default();
+    let mut out = Vec::new();
+    for (addr, list) in problems {
+        let record = nodes.iter().find(|n| n.addr == addr.to_string());
+        for p in list {
+            if service.spec.ports.iter().any(|q| q.published == p.port && q.protocol == p.protocol) {
+                out.push(views::PortErrorView {
+                    node_id: record.map(|n| n.id.clone()).unwrap_or_default(),
+                    hostname: record.map_or_else(|| addr.to_string(), |n| n.hostname.clone()),
+                    published_port: p.port,
+                    protocol: p.protocol.clone(),
+                    error: crate::mesh::describe(&p),
+                });
+            }
+        }
+    }
+    out
 }
 
 pub async fn services(State(node): Shared) -> Answer<Vec<views::Service>> {
     let m = manager(&node).await?;
-    Ok(Json(m.orchestration().services().iter().map(|s| service_view(&m, s)).collect()))
+    Ok(Json(m.orchestration().services().iter().map(|s| service_view(&node, &m, s)).collect()))
 }
 
 pub async fn service_create(
@@ -280,7 +313,7 @@ pub async fn service_inspect(
 ) -> Answer<views::Service> {
     let m = manager(&node).await?;
     let service = m.orchestration().find_service(&id)?;
-    Ok(Json(service_view(&m, &service)))
+    Ok(Json(service_view(&node, &m, &service)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -301,7 +334,7 @@ pub async fn service_update(
     let orch = m.orchestration();
     let service = orch.find_service(&id)?;
     let updated = orch.update_service(&service.id, Some(q.version), spec, false)?;
-    Ok(Json(service_view(&m, &updated)))
+    Ok(Json(service_view(&node, &m, &updated)))
 }
 
 pub async fn service_rollback(
@@ -315,7 +348,7 @@ pub async fn service_rollback(
         Error::Invalid(format!("service {} does not have a previous spec to roll back to", service.spec.name))
     })?;
     let updated = orch.update_service(&service.id, None, previous, true)?;
-    Ok(Json(service_view(&m, &updated)))
+    Ok(Json(service_view(&node, &m, &updated)))
 }
 
 pub async fn service_remove(State(node): Shared, Checked(Path(id)): Checked<Path<String>>) -> Answer {
@@ -334,10 +367,26 @@ pub async fn service_tasks(
     let orch = m.orchestration();
     let service = orch.find_service(&id)?;
     let tasks = orch.service_tasks(&service.id);
-    Ok(Json(views::ServiceTasks {
-        service: views::Service::new(&service, &tasks),
-        tasks: tasks.iter().map(views::Task::from).collect(),
-    }))
+    let errors = port_errors(&node, &m, &service);
+    let mut views: Vec<views::Task> = tasks.iter().map(views::Task::from).collect();
+    // A running task on a node that could not open one of the service's
+    // ports shows why in `service ps`'s ERROR column.
+    for t in views
+        .iter_mut()
+        .filter(|t| t.status.state == shoal_orch::TaskState::Running && t.status.err.is_none())
+    {
+        let here: Vec<String> = errors
+            .iter()
+            .filter(|e| Some(&e.node_id) == t.node_id.as_ref())
+            .map(|e| format!("port {}/{}: {}", e.published_port, e.protocol, e.error))
+            .collect();
+        if !here.is_empty() {
+            t.status.err = Some(here.join("; "));
+        }
+    }
+    let mut service = views::Service::new(&service, &tasks);
+    service.endpoint.port_errors = errors;
+    Ok(Json(views::ServiceTasks { service, tasks: views }))
 }
 
 #[derive(Debug, Deserialize)]

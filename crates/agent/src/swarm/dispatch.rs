@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use shoal_control::transport;
 use shoal_control::{Report, Request, Response};
-use shoal_orch::Task;
+use shoal_orch::Assignments;
 use tokio::sync::{Mutex, mpsc, watch};
 
 use super::orchestration::Orchestration;
@@ -23,25 +23,25 @@ pub const LONG_POLL: Duration = Duration::from_secs(5);
 /// Reports sent at most in one request.
 const REPORT_BATCH: usize = 512;
 
-/// The tasks assigned to `node` once they differ from the digest `known`,
+/// What `node` runs once it differs from the digest `known`,
 /// or after `limit` (a long poll).
 pub async fn assignments_after(
     orch: &Orchestration,
     node: &str,
     known: u64,
     limit: Duration,
-) -> (u64, Vec<Task>) {
+) -> (u64, Assignments) {
     // Subscribe before looking, so a change in between is not missed.
     let mut changes = orch.subscribe();
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        let (digest, tasks) = orch.assignments(node);
+        let (digest, assigned) = orch.assignments(node);
         if digest != known {
-            return (digest, tasks);
+            return (digest, assigned);
         }
         match tokio::time::timeout_at(deadline, changes.changed()).await {
             Ok(Ok(())) => continue,
-            _ => return (digest, tasks),
+            _ => return (digest, assigned),
         }
     }
 }
@@ -51,7 +51,7 @@ pub async fn assignments_after(
 pub async fn feed_local(
     orch: Weak<Orchestration>,
     node: String,
-    assignments: watch::Sender<Vec<Task>>,
+    assignments: watch::Sender<Assignments>,
     mut reports: mpsc::UnboundedReceiver<Report>,
 ) {
     let mut changes = match orch.upgrade() {
@@ -61,10 +61,10 @@ pub async fn feed_local(
     let mut last = None;
     loop {
         let Some(o) = orch.upgrade() else { return };
-        let (digest, tasks) = o.assignments(&node);
+        let (digest, assigned) = o.assignments(&node);
         if last != Some(digest) {
             last = Some(digest);
-            if assignments.send(tasks).is_err() {
+            if assignments.send(assigned).is_err() {
                 return;
             }
         }
@@ -106,17 +106,17 @@ impl Outbox {
 /// assignments and pushes reports, until the connection fails.
 pub async fn exchange(
     conn: quinn::Connection,
-    assignments: Arc<watch::Sender<Vec<Task>>>,
+    assignments: Arc<watch::Sender<Assignments>>,
     outbox: Arc<Mutex<Outbox>>,
 ) {
     let poll = async {
         let mut known = 0u64;
         loop {
             match transport::call::<_, Response>(&conn, &Request::Assignments { known }).await {
-                Ok(Response::Assignments { digest, tasks }) => {
+                Ok(Response::Assignments { digest, tasks, mesh }) => {
                     if digest != known {
                         known = digest;
-                        if assignments.send(tasks).is_err() {
+                        if assignments.send(Assignments { tasks, mesh }).is_err() {
                             return;
                         }
                     }

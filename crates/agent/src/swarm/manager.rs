@@ -15,12 +15,13 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use shoal_control::ca::{self, Role, Subject};
+use shoal_control::ipam::{Ipam, IpamError, NetworkAlloc};
 use shoal_control::token::JoinToken;
 use shoal_control::transport;
 use shoal_control::{
     Availability, NetworkRecord, NodeInfo, NodeRecord, NodeState, Report, Request, Response,
 };
-use shoal_orch::Task;
+use shoal_orch::{Assignments, INGRESS};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -82,7 +83,7 @@ impl Refused {
 #[derive(Debug)]
 pub struct LocalRunner {
     /// Its assignments.
-    pub assignments: watch::Receiver<Vec<Task>>,
+    pub assignments: watch::Receiver<Assignments>,
     /// Where it reports.
     pub reports: mpsc::UnboundedSender<Report>,
 }
@@ -146,7 +147,7 @@ impl Manager {
         let endpoint = quinn::Endpoint::server(server, listen)
             .map_err(Error::io(format!("listen on the control port {listen}")))?;
         let orch = Arc::new(Orchestration::load(records.clone(), metrics.clone())?);
-        let (assign_tx, assign_rx) = watch::channel(Vec::new());
+        let (assign_tx, assign_rx) = watch::channel(Assignments::default());
         let (report_tx, report_rx) = mpsc::unbounded_channel();
         let node_id = config.node_id.clone();
         let manager = Arc::new(Manager {
@@ -160,6 +161,9 @@ impl Manager {
             endpoint: endpoint.clone(),
             loops: Mutex::new(Vec::new()),
         });
+        if let Err(e) = manager.ensure_ingress() {
+            tracing::warn!(error = %e, "manager: no ingress network: published ports will not answer");
+        }
         let weak = Arc::downgrade(&manager);
         *manager.loops.lock().unwrap_or_else(|e| e.into_inner()) = vec![
             tokio::spawn(accept_loop(endpoint, weak.clone())),
@@ -219,9 +223,9 @@ impl Manager {
             Request::Join { secret, csr, info } => self.join(secret, &csr, &info),
             Request::Assignments { known } => match self.member(peer) {
                 Ok((node, _)) => {
-                    let (digest, tasks) =
+                    let (digest, assigned) =
                         dispatch::assignments_after(&self.orch, node, known, LONG_POLL).await;
-                    Response::Assignments { digest, tasks }
+                    Response::Assignments { digest, tasks: assigned.tasks, mesh: assigned.mesh }
                 }
                 Err(refused) => refused.answer("dispatching needs the node's certificate"),
             },
@@ -447,11 +451,34 @@ impl Manager {
             .map(|s| s.parse::<shoal_wire::ip::Ipv4Cidr>().map_err(|e| Error::Invalid(e.to_string())))
             .transpose()?;
         let _writer = self.records.write();
+        self.create_network_locked(name, attachable, |ipam| ipam.create(name, subnet))
+    }
+
+    /// Creates the routing mesh's network if there is none (at every start:
+    /// a swarm made before the mesh gets it too).
+    fn ensure_ingress(&self) -> Result<(), Error> {
+        let _writer = self.records.write();
+        if self.records.store.networks()?.iter().any(|n| n.ingress || n.name == INGRESS) {
+            return Ok(());
+        }
+        let record = self.create_network_locked(INGRESS, false, |ipam| ipam.create_ingress(INGRESS))?;
+        tracing::info!(subnet = %record.subnet, vni = record.vni, "manager: created the ingress network");
+        Ok(())
+    }
+
+    /// Records a network whose subnet and VNI `allocate` takes from the
+    /// IPAM. Call with the writer lock held.
+    fn create_network_locked(
+        &self,
+        name: &str,
+        attachable: bool,
+        allocate: impl FnOnce(&mut Ipam) -> Result<NetworkAlloc, IpamError>,
+    ) -> Result<NetworkRecord, Error> {
         if self.records.store.networks()?.iter().any(|n| n.name == name) {
             return Err(Error::Conflict(format!("network with name {name} already exists")));
         }
         let mut ipam = self.records.ipam()?;
-        let alloc = ipam.create(name, subnet).map_err(|e| Error::Invalid(e.to_string()))?;
+        let alloc = allocate(&mut ipam).map_err(|e| Error::Invalid(e.to_string()))?;
         let record = NetworkRecord {
             id: new_id()?,
             name: name.to_owned(),
@@ -461,6 +488,7 @@ impl Manager {
             gateway: alloc.gateway().to_string(),
             vni: alloc.vni,
             created_at: (now_ms() / 1000) as i64,
+            ingress: name == INGRESS,
         };
         self.records.store.put_ipam(&ipam)?;
         self.records.store.put_network(&record)?;
@@ -482,6 +510,12 @@ impl Manager {
     pub fn remove_network(&self, name: &str) -> Result<NetworkRecord, Error> {
         let _writer = self.records.write();
         let network = self.records.find_network(name)?;
+        if network.ingress {
+            return Err(Error::Invalid(format!(
+                "{} is the routing mesh's network and cannot be removed",
+                network.name
+            )));
+        }
         let users = self.orch.network_users(&network.name);
         if !users.is_empty() {
             return Err(Error::Conflict(format!(

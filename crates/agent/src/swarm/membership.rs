@@ -16,7 +16,7 @@ use shoal_control::token::JoinToken;
 use shoal_control::transport;
 use shoal_control::{ClusterState, NodeInfo, Report, Request, Response, Store};
 use shoal_gossip::KeyRing;
-use shoal_orch::Task;
+use shoal_orch::Assignments;
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -47,7 +47,7 @@ pub enum RoleEvent {
         /// Gossip addresses to join through.
         seeds: Vec<SocketAddrV4>,
         /// This node's tasks.
-        assignments: watch::Receiver<Vec<Task>>,
+        assignments: watch::Receiver<Assignments>,
         /// Where the task runner reports.
         reports: mpsc::UnboundedSender<Report>,
         /// Whether the node could.
@@ -197,7 +197,7 @@ impl Swarm {
     }
 
     async fn start_worker(&self, config: SwarmConfig) -> Result<Part, Error> {
-        let (assign_tx, assign_rx) = watch::channel(Vec::new());
+        let (assign_tx, assign_rx) = watch::channel(Assignments::default());
         let (report_tx, report_rx) = mpsc::unbounded_channel();
         let outbox = Arc::new(Mutex::new(Outbox::new(report_rx)));
         let dir = config::swarm_dir(&self.settings.data_dir);

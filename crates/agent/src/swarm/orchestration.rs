@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use shoal_control::ipam::Ipam;
 use shoal_control::{LogLine, NetworkRecord, NodeRecord, NodeState, Report};
-use shoal_orch::{Allocator, Attachment, EndpointMode, Env, Mode, Service, ServiceSpec, Task, World};
+use shoal_orch::{
+    Allocator, Assignments, Attachment, EndpointMode, Env, INGRESS, Mode, Service, ServiceSpec, Task, World,
+};
 use tokio::sync::watch;
 
 use super::records::{Records, new_id, pick};
@@ -57,6 +59,7 @@ impl Allocator for Addresses<'_> {
             subnet: record.subnet.clone(),
             ip,
             vip: None,
+            local_vip: None,
         })
     }
 
@@ -203,6 +206,11 @@ impl Orchestration {
         let networks = self.records.networks()?;
         for n in &mut spec.task.networks {
             *n = pick(networks.clone(), n, "network", |r| (&r.id, &r.name))?.name;
+            if n == INGRESS {
+                return Err(Error::Invalid(format!(
+                    "service cannot be explicitly attached to the ingress network \"{INGRESS}\""
+                )));
+            }
         }
         let mut seen = HashSet::new();
         spec.task.networks.retain(|n| seen.insert(n.clone()));
@@ -225,10 +233,8 @@ impl Orchestration {
             if world.services.values().any(|s| s.spec.name == spec.name) {
                 return Err(Error::Conflict(format!("service {} already exists", spec.name)));
             }
-            let vips = match spec.endpoint.mode {
-                EndpointMode::Vip => self.allocate_vips(&spec.task.networks)?,
-                EndpointMode::Dnsrr => Vec::new(),
-            };
+            world.publish(&mut spec, None).map_err(Error::Invalid)?;
+            let (vips, local_vip) = self.sync_vips(&[], None, &spec)?;
             let now = now_ms();
             let service = Service {
                 id,
@@ -236,6 +242,7 @@ impl Orchestration {
                 spec,
                 previous: None,
                 vips,
+                local_vip,
                 update_status: None,
                 created_ms: now,
                 updated_ms: now,
@@ -276,20 +283,19 @@ impl Orchestration {
             if current.spec.name != spec.name {
                 return Err(Error::Invalid("a service cannot be renamed".into()));
             }
-            // A change of endpoint mode gives or takes the VIPs.
-            let vips = match (current.spec.endpoint.mode, spec.endpoint.mode) {
-                (EndpointMode::Dnsrr, EndpointMode::Vip) => Some(self.allocate_vips(&spec.task.networks)?),
-                (EndpointMode::Vip, EndpointMode::Dnsrr) => {
-                    self.release_vips(&current.vips)?;
-                    Some(Vec::new())
-                }
-                _ => None,
-            };
+            world.publish(&mut spec, Some(id)).map_err(Error::Invalid)?;
+            // Tasks join or leave the ingress network with the service's
+            // first or last mesh port: they are replaced.
+            let current = &world.services[id];
+            if current.spec.uses_ingress() != spec.uses_ingress() {
+                spec.task.force_update = spec.task.force_update.max(current.spec.task.force_update) + 1;
+            }
+            // A change of endpoint mode or of ingress gives or takes VIPs.
+            let (vips, local_vip) = self.sync_vips(&current.vips, current.local_vip.as_ref(), &spec)?;
             world.update_service(id, spec, now_ms(), rollback);
             let service = world.services.get_mut(id).expect("updated");
-            if let Some(vips) = vips {
-                service.vips = vips;
-            }
+            service.vips = vips;
+            service.local_vip = local_vip;
             Ok(service.clone())
         })
     }
@@ -300,37 +306,67 @@ impl Orchestration {
         self.reconcile_locked(true, |world| {
             let service =
                 world.remove_service(id).ok_or_else(|| Error::NotFound(format!("service {id} not found")))?;
-            self.release_vips(&service.vips)?;
+            self.release_vips(service.vips.iter().chain(&service.local_vip))?;
             Ok(service)
         })
     }
 
-    /// A VIP on each of `networks`, stored in the IPAM. Call with the
-    /// writer lock held.
-    fn allocate_vips(&self, networks: &[String]) -> Result<Vec<Attachment>, Error> {
+    /// The VIPs `spec` needs: one per attached network in `vip` mode, and
+    /// a local VIP on `ingress` for `traffic-policy=local` ports. Those of
+    /// `current` still needed are kept, the others freed in the IPAM. Call
+    /// with the writer lock held.
+    fn sync_vips(
+        &self,
+        current: &[Attachment],
+        current_local: Option<&Attachment>,
+        spec: &ServiceSpec,
+    ) -> Result<(Vec<Attachment>, Option<Attachment>), Error> {
+        let wanted = match spec.endpoint.mode {
+            EndpointMode::Vip => spec.attached_networks(),
+            EndpointMode::Dnsrr => Vec::new(),
+        };
         let mut ipam = self.records.ipam()?;
         let records = self.records.store.networks()?;
-        let mut vips = Vec::new();
-        for name in networks {
-            let network = records
-                .iter()
-                .find(|n| &n.name == name)
-                .ok_or_else(|| Error::NotFound(format!("network {name} not found")))?;
+        let mut allocate = |name: &str| -> Result<Attachment, Error> {
+            let network = records.iter().find(|n| n.name == name).ok_or_else(|| {
+                Error::NotFound(if name == INGRESS {
+                    "service needs ingress network, but no ingress network is present".into()
+                } else {
+                    format!("network {name} not found")
+                })
+            })?;
             let ip = ipam.allocate(name, None).map_err(|e| Error::Conflict(e.to_string()))?;
-            vips.push(Attachment {
-                network: name.clone(),
+            Ok(Attachment {
+                network: name.to_owned(),
                 vni: network.vni,
                 subnet: network.subnet.clone(),
                 ip,
                 vip: None,
-            });
+                local_vip: None,
+            })
+        };
+        let mut vips = Vec::new();
+        for name in &wanted {
+            match current.iter().find(|v| &v.network == name) {
+                Some(kept) => vips.push(kept.clone()),
+                None => vips.push(allocate(name)?),
+            }
+        }
+        let local = match (current_local, spec.uses_local_policy()) {
+            (Some(kept), true) => Some(kept.clone()),
+            (None, true) => Some(allocate(INGRESS)?),
+            (_, false) => None,
+        };
+        let gone = current.iter().filter(|v| !wanted.contains(&v.network));
+        for vip in gone.chain(current_local.filter(|_| local.is_none())) {
+            ipam.release(&vip.network, vip.ip);
         }
         self.records.store.put_ipam(&ipam)?;
-        Ok(vips)
+        Ok((vips, local))
     }
 
     /// Frees VIPs in the IPAM. Call with the writer lock held.
-    fn release_vips(&self, vips: &[Attachment]) -> Result<(), Error> {
+    fn release_vips<'a>(&self, vips: impl IntoIterator<Item = &'a Attachment>) -> Result<(), Error> {
         let mut ipam = self.records.ipam()?;
         for vip in vips {
             ipam.release(&vip.network, vip.ip);
@@ -344,7 +380,7 @@ impl Orchestration {
         self.read(|w| {
             w.services
                 .values()
-                .filter(|s| s.spec.task.networks.iter().any(|n| n == network))
+                .filter(|s| s.spec.attached_networks().iter().any(|n| n == network))
                 .map(|s| s.spec.name.clone())
                 .collect()
         })
@@ -372,15 +408,19 @@ impl Orchestration {
         pick(tasks, id, "task", |t| (&t.id, &t.id))
     }
 
-    /// The tasks assigned to `node`, and a digest of them for long polls.
-    pub fn assignments(&self, node: &str) -> (u64, Vec<Task>) {
-        let tasks: Vec<Task> = self.read(|w| w.assigned_to(node).cloned().collect());
+    /// What `node` runs, and a digest of it for long polls.
+    pub fn assignments(&self, node: &str) -> (u64, Assignments) {
+        let assigned = self.read(|w| Assignments {
+            tasks: w.assigned_to(node).cloned().collect(),
+            mesh: w.mesh.get(node).cloned(),
+        });
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        for t in &tasks {
+        for t in &assigned.tasks {
             (&t.id, t.desired, t.status.state, &t.endpoint, &t.attachments).hash(&mut h);
         }
-        (h.finish(), tasks)
+        assigned.mesh.hash(&mut h);
+        (h.finish(), assigned)
     }
 
     /// Applies reports from `node`'s task runner: output into the logs,

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use shoal_control::ca;
 use shoal_control::transport::{self, SERVER_NAME};
 use shoal_control::{Request, Response};
-use shoal_orch::Task;
+use shoal_orch::Assignments;
 use tokio::sync::{Mutex, watch};
 
 use super::config;
@@ -69,7 +69,7 @@ fn session_client(dir: &Path) -> Result<(quinn::ClientConfig, SystemTime), Error
 pub async fn session(
     dir: PathBuf,
     manager: SocketAddr,
-    assignments: Arc<watch::Sender<Vec<Task>>>,
+    assignments: Arc<watch::Sender<Assignments>>,
     outbox: Arc<Mutex<Outbox>>,
 ) {
     loop {

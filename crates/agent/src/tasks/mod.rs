@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use shoal_control::Report;
-use shoal_orch::{Task, TaskState, TaskStatus};
+use shoal_orch::{Assignments, Task, TaskState, TaskStatus};
 use shoal_runtime::exec::EnterSpec;
 use tokio::sync::{mpsc, watch};
 
@@ -123,7 +123,7 @@ pub struct TaskRunner {
 impl TaskRunner {
     /// Starts the runner: it follows `assignments` until the sender is
     /// dropped, then stops every task.
-    pub fn start(ctx: Context, mut assignments: watch::Receiver<Vec<Task>>) -> Arc<TaskRunner> {
+    pub fn start(ctx: Context, mut assignments: watch::Receiver<Assignments>) -> Arc<TaskRunner> {
         let runner = Arc::new(TaskRunner {
             ctx,
             running: Mutex::new(HashMap::new()),
@@ -132,7 +132,7 @@ impl TaskRunner {
         let me = runner.clone();
         tokio::spawn(async move {
             loop {
-                let tasks = assignments.borrow_and_update().clone();
+                let tasks = assignments.borrow_and_update().tasks.clone();
                 me.reconcile(&tasks);
                 tokio::select! {
                     changed = assignments.changed() => if changed.is_err() { break },

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use shoal_gossip::RowKey;
 use shoal_orch::{EndpointMode, Task};
+use tokio::sync::watch;
 
 use crate::directory::{RowState, SERVICES, ServiceDirectory, TaskRow};
 use crate::gossip_driver::GossipSlot;
@@ -43,6 +44,7 @@ pub fn rows(task: &Task, node: Ipv4Addr, state: RowState, healthy: bool) -> Vec<
                 ip: a.ip,
                 node,
                 vip: a.vip.filter(|_| task.endpoint.config.mode == EndpointMode::Vip),
+                local_vip: a.local_vip,
                 state,
                 healthy,
                 endpoint: task.endpoint.config,
@@ -67,13 +69,33 @@ pub struct Announcer {
     directory: Arc<ServiceDirectory>,
     gossip: GossipSlot,
     announced: Mutex<HashMap<String, Announced>>,
+    /// Bumped whenever `announced` changes.
+    changed: watch::Sender<u64>,
 }
 
 impl Announcer {
     /// Announces the tasks of the node at `node` into `directory` and
     /// through `gossip`.
     pub fn new(node: Ipv4Addr, directory: Arc<ServiceDirectory>, gossip: GossipSlot) -> Announcer {
-        Announcer { node, directory, gossip, announced: Mutex::new(HashMap::new()) }
+        Announcer {
+            node,
+            directory,
+            gossip,
+            announced: Mutex::new(HashMap::new()),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    /// The tasks announced, and whether each takes new connections (the
+    /// routing mesh's `mode: host` ports).
+    pub fn local(&self) -> Vec<(Task, bool)> {
+        let announced = self.announced.lock().unwrap_or_else(|e| e.into_inner());
+        announced.values().map(|a| (a.task.clone(), a.state == RowState::Running && a.healthy)).collect()
+    }
+
+    /// Wakes when a task is announced, changes or is withdrawn.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     async fn publish(&self, rows: Vec<(u32, TaskRow)>) {
@@ -101,6 +123,7 @@ impl Announcer {
             }
             rows(&a.task, self.node, a.state, a.healthy)
         };
+        self.changed.send_modify(|v| *v += 1);
         self.publish(rows).await;
     }
 
@@ -109,6 +132,7 @@ impl Announcer {
         let rows = rows(task, self.node, RowState::Running, healthy);
         let a = Announced { task: task.clone(), state: RowState::Running, healthy };
         self.announced.lock().unwrap_or_else(|e| e.into_inner()).insert(task.id.clone(), a);
+        self.changed.send_modify(|v| *v += 1);
         self.publish(rows).await;
     }
 
@@ -136,6 +160,7 @@ impl Announcer {
     /// The task's process is gone: its rows go.
     pub async fn ended(&self, id: &str) {
         let Some(a) = self.announced.lock().unwrap_or_else(|e| e.into_inner()).remove(id) else { return };
+        self.changed.send_modify(|v| *v += 1);
         let gossip = self.gossip.get().ok();
         for attachment in &a.task.attachments {
             if let Some(gossip) = &gossip {
@@ -171,6 +196,7 @@ mod tests {
                     subnet: "10.0.1.0/24".into(),
                     ip: [10, 0, 1, 5].into(),
                     vip: Some([10, 0, 1, 2].into()),
+                    local_vip: None,
                 },
                 Attachment {
                     network: "back".into(),
@@ -178,6 +204,7 @@ mod tests {
                     subnet: "10.0.2.0/24".into(),
                     ip: [10, 0, 2, 5].into(),
                     vip: Some([10, 0, 2, 2].into()),
+                    local_vip: None,
                 },
             ],
             start_at_ms: 0,

@@ -29,6 +29,8 @@ pub enum DebugCommand {
     Metrics,
     /// Print this node's service directory: names, VIPs and tasks per network
     Directory,
+    /// Print this node's routing mesh: published ports, where each goes, and the backends' flows
+    Mesh,
     /// Create or remove endpoints on this node
     #[command(subcommand)]
     Endpoint(EndpointCommand),
@@ -99,6 +101,7 @@ pub fn debug(client: &Client, command: DebugCommand) -> anyhow::Result<()> {
         DebugCommand::Members => print_json(&client.call("GET", "/v1/members", None)?),
         DebugCommand::Tables => print_json(&client.call("GET", "/v1/tables", None)?),
         DebugCommand::Directory => print_json(&client.call("GET", "/v1/directory", None)?),
+        DebugCommand::Mesh => print_json(&client.call("GET", "/v1/mesh", None)?),
         DebugCommand::Metrics => {
             write!(out(), "{}", client.call_text("GET", "/metrics", None)?)?;
             Ok(())

@@ -161,6 +161,9 @@ pub struct Network {
     pub driver: String,
     /// Whether standalone tasks may attach.
     pub attachable: bool,
+    /// Whether it is the routing mesh's network.
+    #[serde(default)]
+    pub ingress: bool,
     /// Address management.
     #[serde(rename = "IPAM")]
     pub ipam: NetworkIpam,
@@ -253,6 +256,7 @@ impl From<&NetworkRecord> for Network {
             scope: "swarm".into(),
             driver: n.driver.clone(),
             attachable: n.attachable,
+            ingress: n.ingress,
             ipam: NetworkIpam {
                 driver: "default".into(),
                 config: vec![IpamConfig { subnet: n.subnet.clone(), gateway: n.gateway.clone() }],

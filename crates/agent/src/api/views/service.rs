@@ -44,6 +44,29 @@ pub struct Endpoint {
     /// One per network.
     #[serde(rename = "VirtualIPs")]
     pub virtual_ips: Vec<VirtualIp>,
+    /// The published ports, with the ports the manager picked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<super::PortView>,
+    /// Published ports some node could not open (Shoal's addition).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_errors: Vec<PortErrorView>,
+}
+
+/// `Endpoint.PortErrors[]`: a published port a node could not open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PortErrorView {
+    /// The node's id (empty if the manager does not know its address).
+    #[serde(rename = "NodeID")]
+    pub node_id: String,
+    /// Its hostname.
+    pub hostname: String,
+    /// The port.
+    pub published_port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// What failed, and who holds the port when known.
+    pub error: String,
 }
 
 /// `Endpoint.VirtualIPs[]`.
@@ -110,6 +133,8 @@ impl Service {
                     .iter()
                     .map(|v| VirtualIp { network: v.network.clone(), addr: with_prefix(v) })
                     .collect(),
+                ports: service.spec.ports.iter().map(super::PortView::from).collect(),
+                port_errors: Vec::new(),
             },
             spec,
             previous_spec: service.previous.as_ref().map(ServiceSpec::from),

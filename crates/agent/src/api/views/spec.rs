@@ -254,6 +254,13 @@ pub struct PortView {
     pub published_port: u16,
     /// `ingress` or `host`.
     pub publish_mode: String,
+    /// `v2`: a PROXY protocol v2 header goes first (Shoal's addition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<String>,
+    /// `local`: only tasks of the node that took the connection (Shoal's
+    /// addition; `cluster` otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_policy: Option<String>,
 }
 
 impl From<&PortConfig> for PortView {
@@ -264,6 +271,8 @@ impl From<&PortConfig> for PortView {
             target_port: p.target,
             published_port: p.published,
             publish_mode: p.mode.clone(),
+            proxy_protocol: p.proxy_protocol.then(|| "v2".to_owned()),
+            traffic_policy: p.local_only.then(|| "local".to_owned()),
         }
     }
 }
@@ -276,6 +285,8 @@ impl From<&PortView> for PortConfig {
             target: p.target_port,
             protocol: p.protocol.clone(),
             mode: p.publish_mode.clone(),
+            proxy_protocol: p.proxy_protocol.as_deref() == Some("v2"),
+            local_only: p.traffic_policy.as_deref() == Some("local"),
         }
     }
 }

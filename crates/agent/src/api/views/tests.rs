@@ -67,6 +67,8 @@ fn full_spec() -> shoal_orch::ServiceSpec {
             target: 80,
             protocol: "tcp".into(),
             mode: "ingress".into(),
+            proxy_protocol: true,
+            local_only: true,
         }],
         endpoint: shoal_orch::EndpointConfig {
             mode: shoal_orch::EndpointMode::Dnsrr,
@@ -160,8 +162,10 @@ fn nodes_and_networks_have_docker_field_names() {
         gateway: "10.0.1.1".into(),
         vni: 4096,
         created_at: 0,
+        ingress: true,
     };
     let v = serde_json::to_value(Network::from(&network)).unwrap();
     assert_eq!(v["IPAM"]["Config"][0]["Subnet"], "10.0.1.0/24");
     assert_eq!(v["Options"][VXLAN_ID_OPTION], "4096");
+    assert_eq!(v["Ingress"], true);
 }

@@ -225,10 +225,19 @@ fn invalid(value: &str, flag: &str, hint: &str) -> String {
 /// `-p 8080:80[/udp]` or `published=8080,target=80[,protocol=udp][,mode=host]`.
 pub fn parse_publish(text: &str) -> anyhow::Result<PortConfig> {
     let bad = || {
-        anyhow::anyhow!("{}", invalid(text, "publish", "use PUBLISHED:TARGET[/PROTOCOL], such as 8080:80"))
+        let hint = "use [PUBLISHED:]TARGET[/PROTOCOL], such as 8080:80, or published=8080,target=80\
+                    [,protocol=udp][,mode=host][,proxy-protocol=v2][,traffic-policy=local]";
+        anyhow::anyhow!("{}", invalid(text, "publish", hint))
     };
-    let mut port =
-        PortConfig { name: None, published: 0, target: 0, protocol: "tcp".into(), mode: "ingress".into() };
+    let mut port = PortConfig {
+        name: None,
+        published: 0,
+        target: 0,
+        protocol: "tcp".into(),
+        mode: "ingress".into(),
+        proxy_protocol: false,
+        local_only: false,
+    };
     if text.contains('=') {
         for field in text.split(',') {
             let (k, v) = field.split_once('=').ok_or_else(bad)?;
@@ -238,12 +247,17 @@ pub fn parse_publish(text: &str) -> anyhow::Result<PortConfig> {
                 "protocol" => port.protocol = v.to_owned(),
                 "mode" => port.mode = v.to_owned(),
                 "name" => port.name = Some(v.to_owned()),
+                "proxy-protocol" if v == "v2" => port.proxy_protocol = true,
+                "proxy-protocol" if v == "none" => port.proxy_protocol = false,
+                "traffic-policy" if v == "local" => port.local_only = true,
+                "traffic-policy" if v == "cluster" => port.local_only = false,
                 _ => return Err(bad()),
             }
         }
     } else {
+        // `TARGET` alone: the manager picks the published port.
         let (ports, proto) = text.split_once('/').unwrap_or((text, "tcp"));
-        let (published, target) = ports.split_once(':').ok_or_else(bad)?;
+        let (published, target) = ports.split_once(':').unwrap_or(("0", ports));
         port.published = published.parse().map_err(|_| bad())?;
         port.target = target.parse().map_err(|_| bad())?;
         port.protocol = proto.to_owned();
@@ -524,7 +538,9 @@ pub fn update_spec(spec: &mut ServiceSpec, o: &UpdateOptions) -> anyhow::Result<
             p.split('/').next().unwrap_or(p).split(':').next_back().unwrap_or(p).parse().map_err(|_| {
                 anyhow::anyhow!("{}", invalid(p, "publish-rm", "use the target port, such as 80 or 80/tcp"))
             })?;
-        spec.ports.retain(|port| port.target != target);
+        let protocol = p.split_once('/').map(|(_, proto)| proto);
+        spec.ports
+            .retain(|port| port.target != target || protocol.is_some_and(|proto| port.protocol != proto));
     }
     for p in &o.publish_add {
         let port = parse_publish(p)?;
@@ -636,7 +652,12 @@ mod tests {
         );
         let p = parse_publish("published=53,target=5353,protocol=udp,mode=host").unwrap();
         assert_eq!((p.published, p.target, p.protocol.as_str(), p.mode.as_str()), (53, 5353, "udp", "host"));
-        assert!(parse_publish("8080").is_err());
+        let p = parse_publish("8080").unwrap();
+        assert_eq!((p.published, p.target), (0, 8080), "the manager picks the published port");
+        assert!(parse_publish("8080:http").unwrap_err().to_string().contains("use [PUBLISHED:]TARGET"));
+        let p = parse_publish("published=8000,target=80,proxy-protocol=v2,traffic-policy=local").unwrap();
+        assert!(p.proxy_protocol && p.local_only);
+        assert!(parse_publish("published=1,target=2,proxy-protocol=v1").is_err());
         assert!(parse_publish("8080:80/sctp").is_err());
         assert_eq!(parse_pref("spread=node.labels.zone").unwrap(), "zone");
         assert!(parse_pref("spread=node.role").is_err());

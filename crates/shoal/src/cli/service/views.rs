@@ -323,7 +323,16 @@ pub fn pretty(services: &[Service]) -> anyhow::Result<()> {
                     " PublishedPort = {}\n  Protocol = {}\n  TargetPort = {}\n  PublishMode = {}",
                     p.published, p.protocol, p.target, p.mode
                 )?;
+                if p.proxy_protocol {
+                    writeln!(o, "  ProxyProtocol = v2")?;
+                }
+                if p.local_only {
+                    writeln!(o, "  TrafficPolicy = local")?;
+                }
             }
+        }
+        for e in &s.endpoint.port_errors {
+            writeln!(o, "Port Error:\t{}/{} on {}: {}", e.published_port, e.protocol, e.hostname, e.error)?;
         }
     }
     Ok(())
