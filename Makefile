@@ -8,16 +8,22 @@ FUZZ_SECONDS ?= 30
 TOOLS := ip:iproute2 bridge:iproute2 nsenter:util-linux ping:iputils-ping \
          iperf3:iperf3 sockperf:sockperf ethtool:ethtool nft:nftables python3:python3 \
          dig:dnsutils dnsmasq:dnsmasq-base redis-server:redis-server redis-cli:redis-tools \
-         curl:curl dnsperf:dnsperf wrk:wrk
+         curl:curl dnsperf:dnsperf wrk:wrk nginx:nginx haproxy:haproxy
 
-.PHONY: deps demo test lint bench-overlay bench-gossip bench-services bench-discovery bench-forward bench fuzz clean
+.PHONY: deps demo test lint bench-overlay bench-gossip bench-services bench-discovery bench-mesh bench-forward bench fuzz clean
 
+# nginx and haproxy ship system services: while they install, a policy-rc.d
+# that refuses every start (made only if none exists, then removed) keeps
+# Debian's scripts from starting them on the machine.
 deps:
 	@missing=""; for t in $(TOOLS); do \
 	  command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
+	  policy=""; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; policy=ours; fi; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  status=$$?; [ "$$policy" = ours ] && rm -f /usr/sbin/policy-rc.d; [ $$status = 0 ] || exit $$status; \
 	fi
 	@[ "$$(id -u)" = 0 ] || { echo "make: the labs need root (network namespaces, TUN devices): run as root"; exit 1; }
 
@@ -49,10 +55,14 @@ bench-discovery: deps
 	$(CARGO) build --release -p shoal -p benches --bins
 	./target/release/bench-discovery
 
+bench-mesh: deps
+	$(CARGO) build --release -p shoal -p benches --bins
+	./target/release/bench-mesh
+
 bench-forward:
 	$(CARGO) bench -p benches --bench forward
 
-bench: bench-forward bench-overlay bench-gossip bench-services bench-discovery
+bench: bench-forward bench-overlay bench-gossip bench-services bench-discovery bench-mesh
 
 # Coverage-guided fuzzing of every parser for FUZZ_SECONDS each. cargo-fuzz
 # needs nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain accept them.

@@ -32,13 +32,13 @@ impl Cluster {
     /// Builds a lab of `hosts` hosts and starts a daemon on each; host 1
     /// (index 0) is the seed the others join through.
     pub fn start(hosts: usize) -> Cluster {
-        Cluster::start_with(hosts, true, &[])
+        Cluster::start_with(hosts, 0, true, &[])
     }
 
     /// Builds a lab of `hosts` hosts whose daemons are in no swarm and do not
     /// gossip until `shoal swarm init` or `join` (hostnames node1, node2...).
     pub fn start_bare(hosts: usize) -> Cluster {
-        Cluster::start_with(hosts, false, &[])
+        Cluster::start_with(hosts, 0, false, &[])
     }
 
     /// A swarm: host 1 inits it (heartbeats every second) and the other
@@ -49,7 +49,14 @@ impl Cluster {
 
     /// A swarm whose daemons also get `daemon_args`.
     pub fn start_swarm_with(hosts: usize, daemon_args: &[&str]) -> Cluster {
-        let c = Cluster::start_with(hosts, false, daemon_args);
+        Cluster::start_swarm_with_clients(hosts, 0, daemon_args)
+    }
+
+    /// A swarm of `hosts` nodes whose daemons get `daemon_args`, and
+    /// `clients` more lab hosts on the same underlay that run no daemon
+    /// (hosts `hosts..hosts + clients`): machines outside the swarm.
+    pub fn start_swarm_with_clients(hosts: usize, clients: usize, daemon_args: &[&str]) -> Cluster {
+        let c = Cluster::start_with(hosts, clients, false, daemon_args);
         c.cli(0, &["swarm", "init", "--dispatcher-heartbeat", "1s"]);
         let token = c.cli(0, &["swarm", "join-token", "-q", "worker"]).trim().to_owned();
         let manager = format!("{}:2377", c.lab.host(0).underlay);
@@ -59,9 +66,9 @@ impl Cluster {
         c
     }
 
-    fn start_with(hosts: usize, gossip: bool, daemon_args: &[&str]) -> Cluster {
+    fn start_with(hosts: usize, clients: usize, gossip: bool, daemon_args: &[&str]) -> Cluster {
         crate::require_root();
-        let lab = Lab::new(hosts).expect("build lab");
+        let lab = Lab::new(hosts + clients).expect("build lab");
         let dir = std::env::temp_dir().join(lab.name());
         std::fs::create_dir_all(&dir).expect("temp dir");
         let key = gossip.then(|| {
@@ -74,7 +81,8 @@ impl Cluster {
             key
         });
         let daemon_args = daemon_args.iter().map(|a| (*a).to_owned()).collect();
-        let mut cluster = Cluster { lab, dir, key, daemon_args, daemons: (0..hosts).map(|_| None).collect() };
+        let mut cluster =
+            Cluster { lab, dir, key, daemon_args, daemons: (0..hosts + clients).map(|_| None).collect() };
         for i in 0..hosts {
             cluster.start_daemon(i);
         }

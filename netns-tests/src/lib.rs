@@ -244,6 +244,25 @@ pub fn ping_from(netns: &str, to: Ipv4Addr, count: u32) -> bool {
     out.status.success()
 }
 
+/// An nginx configuration (Debian's nginx) for a task: in the foreground,
+/// logging errors to stderr, its files under the prefix it runs with
+/// (`nginx -p`), with `servers` (`server { ... }` blocks) in `http`.
+pub fn nginx_conf(servers: &str) -> String {
+    format!(
+        "daemon off;\nworker_processes 1;\npid nginx.pid;\nerror_log stderr;\n\
+         events {{ worker_connections 8192; }}\nhttp {{\n    access_log off;\n\
+         \x20   client_body_temp_path tmp/body;\n    proxy_temp_path tmp/proxy;\n\
+         \x20   fastcgi_temp_path tmp/fastcgi;\n    uwsgi_temp_path tmp/uwsgi;\n\
+         \x20   scgi_temp_path tmp/scgi;\n    keepalive_requests 1000000;\n{servers}}}\n"
+    )
+}
+
+/// The command that runs nginx in a task with the configuration at `conf`,
+/// its files in the task's own `/tmp`.
+pub fn nginx_command(conf: &std::path::Path) -> String {
+    format!("mkdir -p /tmp/nginx/tmp && exec nginx -p /tmp/nginx/ -c {} -e stderr", conf.display())
+}
+
 /// Deterministic bytes for transfers: a xorshift stream from `seed`.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;

@@ -56,6 +56,10 @@ use crate::tasks::rows::Announcer;
 /// be opened is tried again then).
 const RETRY: Duration = Duration::from_secs(5);
 
+/// Connects tried per client connection while a backend refuses (a task
+/// that died a moment ago), each to the balancer's next pick.
+const CONNECT_ATTEMPTS: u32 = 5;
+
 /// Sockets a [`Dialer`] keeps made ahead.
 const SPARE_SOCKETS: usize = 32;
 
@@ -99,10 +103,26 @@ impl Backends {
 impl Upstream for Backends {
     async fn connect(&self, port: &PortKey, _client: SocketAddr) -> io::Result<tokio::net::TcpStream> {
         let (dialer, to) = self.route(port)?;
-        let socket = dialer.tcp().await?;
-        let stream = tokio::net::TcpSocket::from_std_stream(socket.into()).connect(to).await?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
+        let mut attempt = 1;
+        loop {
+            let socket = dialer.tcp().await?;
+            match tokio::net::TcpSocket::from_std_stream(socket.into()).connect(to).await {
+                Ok(stream) => {
+                    stream.set_nodelay(true)?;
+                    return Ok(stream);
+                }
+                // A task that died before the directory knew: each new flow
+                // to a VIP gets the balancer's next pick, so try again.
+                Err(e)
+                    if e.kind() == io::ErrorKind::ConnectionRefused
+                        && !to.ip().is_loopback()
+                        && attempt < CONNECT_ATTEMPTS =>
+                {
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     async fn udp(&self, port: &PortKey, _client: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
@@ -292,7 +312,12 @@ impl RoutingMesh {
         gossip: GossipSlot,
     ) -> Arc<RoutingMesh> {
         let backends = Arc::new(Backends::default());
-        let mesh = Mesh::new(backends.clone(), IpAddr::V4(Ipv4Addr::UNSPECIFIED), Limits::default());
+        let limits = Limits {
+            max_connections_per_port: settings.mesh_connection_limit,
+            max_udp_flows_per_port: settings.mesh_connection_limit,
+            ..Limits::default()
+        };
+        let mesh = Mesh::new(backends.clone(), IpAddr::V4(Ipv4Addr::UNSPECIFIED), limits);
         Arc::new(RoutingMesh {
             settings,
             endpoints,

@@ -36,6 +36,9 @@ pub struct Settings {
     /// Upstream resolvers for names the service directory does not know
     /// (`--dns`); empty: the node's resolv.conf.
     pub dns: Vec<Ipv4Addr>,
+    /// TCP connections and UDP flows each published port relays at once
+    /// (`--mesh-connection-limit`).
+    pub mesh_connection_limit: usize,
 }
 
 impl Settings {

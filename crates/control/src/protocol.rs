@@ -16,7 +16,7 @@ use shoal_orch::{Task, TaskStatus};
 use crate::ca::Role;
 
 /// The version of the messages below.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// This build, as peers are told it.
 pub const BUILD: &str = env!("CARGO_PKG_VERSION");

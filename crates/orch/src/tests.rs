@@ -364,7 +364,9 @@ fn drain_moves_tasks_and_pending_explains() {
     assert_eq!(t.status.state, TaskState::Pending);
     assert_eq!(
         t.status.err.as_deref(),
-        Some("no suitable node (scheduling constraints not satisfied on 2 nodes)")
+        Some(
+            "no suitable node (scheduling constraints not satisfied on 2 nodes; 1 node not available for new tasks)"
+        )
     );
     sim.nodes[2].labels.insert("disk".into(), "ssd".into());
     sim.run(1);

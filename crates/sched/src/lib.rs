@@ -9,7 +9,8 @@
 //! free. Among the nodes left, the strategy spreads: first across the values
 //! of each `spread` placement preference, then to the node with the fewest
 //! tasks of the service, then the fewest tasks in all. A task no node passes
-//! stays pending with the reason of the filter that stopped most nodes.
+//! stays pending with the reason of every filter that stopped nodes, most
+//! nodes first (swarmkit's wording).
 //!
 //! Invariants: no IO, no clock, no randomness (ties break by node order);
 //! placing N tasks costs O(N log M + M) for M nodes.
@@ -98,7 +99,7 @@ pub struct Requirements {
     pub host_ports: Vec<(String, u16)>,
 }
 
-/// Why a task could not be placed: the filter that stopped the most nodes.
+/// Why a task could not be placed: each filter that stopped nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
     /// The message Swarm users know, such as `no suitable node (scheduling
@@ -118,14 +119,13 @@ enum Filter {
 impl Filter {
     fn explain(self, n: usize) -> String {
         let nodes = if n == 1 { "1 node".to_owned() } else { format!("{n} nodes") };
-        let what = match self {
+        match self {
             Filter::Unavailable => format!("{nodes} not available for new tasks"),
             Filter::Resources => format!("insufficient resources on {nodes}"),
             Filter::Constraints => format!("scheduling constraints not satisfied on {nodes}"),
             Filter::MaxReplicas => format!("max replicas per node limit exceed on {nodes}"),
             Filter::HostPorts => format!("host-mode port already in use on {nodes}"),
-        };
-        format!("no suitable node ({what})")
+        }
     }
 }
 
@@ -165,11 +165,15 @@ fn pending(nodes: &[Node], req: &Requirements) -> Pending {
             *counts.entry(f).or_default() += 1;
         }
     }
-    let reason = match counts.into_iter().max_by_key(|(f, n)| (*n, Reverse(*f))) {
-        Some((f, n)) => f.explain(n),
-        None => "no suitable node (no nodes in the swarm)".to_owned(),
+    // As swarmkit: every filter that stopped a node, most nodes first.
+    let mut failed: Vec<(Filter, usize)> = counts.into_iter().collect();
+    failed.sort_by_key(|(f, n)| (Reverse(*n), *f));
+    let reason = if failed.is_empty() {
+        "no nodes in the swarm".to_owned()
+    } else {
+        failed.iter().map(|(f, n)| f.explain(*n)).collect::<Vec<_>>().join("; ")
     };
-    Pending { reason }
+    Pending { reason: format!("no suitable node ({reason})") }
 }
 
 /// A node as a spread candidate: (tasks of the service, tasks in all, index);

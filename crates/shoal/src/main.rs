@@ -102,6 +102,11 @@ struct DaemonOptions {
     /// default: the nameservers of /etc/resolv.conf)
     #[arg(long = "dns", env = "SHOAL_DNS", value_delimiter = ',')]
     dns: Vec<Ipv4Addr>,
+    /// TCP connections (and UDP flows) each published port relays at once on this node;
+    /// beyond, new ones are closed (dropped) and counted
+    #[arg(long, env = "SHOAL_MESH_CONNECTION_LIMIT", default_value_t = 16384,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    mesh_connection_limit: u32,
 }
 
 impl From<DaemonOptions> for shoal_agent::Settings {
@@ -120,6 +125,7 @@ impl From<DaemonOptions> for shoal_agent::Settings {
             hostname: o.hostname.unwrap_or_else(shoal_agent::Settings::kernel_hostname),
             task_prefix: o.task_prefix,
             dns: o.dns,
+            mesh_connection_limit: o.mesh_connection_limit as usize,
         }
     }
 }

@@ -142,9 +142,17 @@ impl Announcer {
     }
 
     /// The task is being stopped: it keeps its connections, takes no new
-    /// ones.
-    pub async fn stopping(&self, id: &str) {
+    /// ones. True if it was a backend until now (running, healthy, on a
+    /// network), so peers are yet to hear that it drains.
+    pub async fn stopping(&self, id: &str) -> bool {
+        let served = self
+            .announced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .is_some_and(|a| a.state == RowState::Running && a.healthy && !a.task.attachments.is_empty());
         self.update(id, |a| a.state = RowState::Stopping).await;
+        served
     }
 
     /// The manager's newer view of a running task (its service's endpoint

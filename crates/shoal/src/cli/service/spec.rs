@@ -538,9 +538,9 @@ pub fn update_spec(spec: &mut ServiceSpec, o: &UpdateOptions) -> anyhow::Result<
             p.split('/').next().unwrap_or(p).split(':').next_back().unwrap_or(p).parse().map_err(|_| {
                 anyhow::anyhow!("{}", invalid(p, "publish-rm", "use the target port, such as 80 or 80/tcp"))
             })?;
-        let protocol = p.split_once('/').map(|(_, proto)| proto);
-        spec.ports
-            .retain(|port| port.target != target || protocol.is_some_and(|proto| port.protocol != proto));
+        // As docker: by target port and protocol (tcp unless given).
+        let protocol = p.split_once('/').map_or("tcp", |(_, proto)| proto);
+        spec.ports.retain(|port| port.target != target || port.protocol != protocol);
     }
     for p in &o.publish_add {
         let port = parse_publish(p)?;
