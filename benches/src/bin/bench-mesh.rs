@@ -8,11 +8,12 @@
 //!   tasks (on any node).
 //! - **HAProxy**: in node1's namespace, listening on node1's address,
 //!   `mode tcp`, round robin over the same 5 tasks' `ingress` addresses,
-//!   its server sockets made in node1's mesh sandbox (`namespace`), so its
-//!   packets take the same overlay path; splice on (`option splice-auto`),
-//!   as the mesh's relay.
-//! - **direct**: the client runs in node1's mesh sandbox and connects to
-//!   one task's `ingress` address: the overlay alone, no proxy.
+//!   its server sockets made in a sandbox of its own on `ingress` on node1
+//!   (`namespace`), so its packets take the same overlay path as the
+//!   mesh's; splice on (`option splice-auto`), as the mesh's relay.
+//! - **direct**: the client runs in node2's mesh sandbox and connects to
+//!   one task's `ingress` address on another node: the overlay alone, no
+//!   proxy.
 //!
 //! Figures: wrk requests/s and p99 with kept connections, and with a new
 //! connection per request; one iperf3 TCP stream for 10 s.
@@ -23,6 +24,7 @@
 #![allow(clippy::print_stdout)]
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -30,6 +32,7 @@ use std::time::Duration;
 use benches::median;
 use netns_tests::cluster::Cluster;
 use netns_tests::wait_until;
+use shoal_control::ipam::{INGRESS_SUBNET, INGRESS_VNI};
 use shoal_lab::Lab;
 
 const CLIENT: usize = 3;
@@ -45,8 +48,9 @@ fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// Running tasks of `service`: their addresses on `ingress`.
-fn ingress_addresses(c: &Cluster, service: &str) -> Vec<String> {
+/// Running tasks of `service`: their node's index and their address on
+/// `ingress`.
+fn ingress_addresses(c: &Cluster, service: &str) -> Vec<(usize, String)> {
     let rows = c.cli(0, &["service", "ps", "--no-trunc", "--format", "json", service]);
     rows.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -61,7 +65,8 @@ fn ingress_addresses(c: &Cluster, service: &str) -> Vec<String> {
                 .find(|a| a["Network"]["Spec"]["Name"] == "ingress")
                 .unwrap_or_else(|| panic!("a task of {service} on ingress: {t}"))
                 .clone();
-            on_ingress["Addresses"][0].as_str().unwrap().split('/').next().unwrap().to_owned()
+            let node = r["Node"].as_str().unwrap().trim_start_matches("node").parse::<usize>().unwrap() - 1;
+            (node, on_ingress["Addresses"][0].as_str().unwrap().split('/').next().unwrap().to_owned())
         })
         .collect()
 }
@@ -159,44 +164,61 @@ fn main() {
         &nginx,
     ]);
     create(&["--name", "iperf", "-p", "5201:5201", "iperf3", "-s"]);
-    let web = ingress_addresses(&c, "web");
-    let iperf_task = ingress_addresses(&c, "iperf").remove(0);
+    let web: Vec<String> = ingress_addresses(&c, "web").into_iter().map(|(_, ip)| ip).collect();
+    // The direct client runs in node2's mesh sandbox, to a task on another
+    // node. Not node1's: its connections would reuse the ports of the
+    // mesh's, to the same tasks, with TCP timestamps of another base (a
+    // client's timestamps count per destination, the VIP or the task), and
+    // a task's TIME_WAIT would refuse the mesh's next SYN on those ports.
+    let direct_ns = format!("{}-mesh", c.lab.host(1).netns);
+    let direct_web = ingress_addresses(&c, "web")
+        .into_iter()
+        .find(|(node, _)| *node != 1)
+        .map(|(_, ip)| ip)
+        .expect("a web task off node2");
+    let (iperf_node, iperf_task) = ingress_addresses(&c, "iperf").remove(0);
+    let iperf_direct_ns = format!("{}-mesh", c.lab.host(if iperf_node == 1 { 2 } else { 1 }).netns);
     let mesh = c.json(0, &["debug", "mesh"]);
-    let mesh_ns = format!("{}-mesh", c.lab.host(0).netns);
     assert!(mesh["address"].is_string(), "node1 has a mesh sandbox: {mesh}");
 
-    // HAProxy beside the mesh, in node1's namespace.
+    // HAProxy beside the mesh, in node1's namespace, its server sockets in a
+    // sandbox of its own on `ingress` (as the mesh's, another address).
+    let haproxy_ns =
+        c.add_endpoint(0, "haproxy", INGRESS_VNI, INGRESS_SUBNET, Ipv4Addr::new(10, 255, 255, 200));
     let mut haproxy = format!(
-        "global\n    maxconn 50000\n    nbthread 2\ndefaults\n    mode tcp\n    option splice-auto\n    \
-         timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n    maxconn 50000\n\
+        "global\n    maxconn 4096\n    nbthread 2\ndefaults\n    mode tcp\n    option splice-auto\n    \
+         timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n    maxconn 4096\n\
          listen web\n    bind {node1}:9080\n    balance roundrobin\n"
     );
     for (i, ip) in web.iter().enumerate() {
-        haproxy.push_str(&format!("    server t{i} {ip}:80 namespace {mesh_ns}\n"));
+        haproxy.push_str(&format!("    server t{i} {ip}:80 namespace {haproxy_ns}\n"));
     }
     haproxy.push_str(&format!(
-        "listen iperf\n    bind {node1}:9201\n    server t0 {iperf_task}:5201 namespace {mesh_ns}\n"
+        "listen iperf\n    bind {node1}:9201\n    server t0 {iperf_task}:5201 namespace {haproxy_ns}\n"
     ));
     let haproxy_cfg = dir.join("haproxy.cfg");
     std::fs::write(&haproxy_cfg, haproxy).unwrap();
     let mut cmd = Lab::command_in(&c.lab.host(0).netns, "haproxy");
-    cmd.args(["-db", "-f", haproxy_cfg.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null());
+    let haproxy_log = dir.join("haproxy.log");
+    cmd.args(["-db", "-f", haproxy_cfg.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&haproxy_log).unwrap());
     let haproxy_pid = c.lab.spawn(&mut cmd).expect("run haproxy (install haproxy)");
 
     let paths: [(&str, &str, String); 3] = [
         ("mesh", client.as_str(), format!("http://{node1}:8080/")),
         ("HAProxy", client.as_str(), format!("http://{node1}:9080/")),
-        ("direct", mesh_ns.as_str(), format!("http://{}:80/", web[0])),
+        ("direct", direct_ns.as_str(), format!("http://{direct_web}:80/")),
     ];
     for (name, ns, url) in &paths {
         let up = wait_until(Duration::from_secs(20), || {
             Lab::run_in(ns, "curl", &["-sf", "--max-time", "2", url]).is_ok_and(|o| o.status.success())
         });
-        assert!(up, "{name} ({url}) answers");
+        assert!(up, "{name} ({url}) answers\n{}", std::fs::read_to_string(&haproxy_log).unwrap_or_default());
     }
     // New connections leave TIME_WAIT sockets behind: let each client
     // reuse their ports, in its own namespace only.
-    for ns in [client.as_str(), mesh_ns.as_str()] {
+    for ns in [client.as_str(), direct_ns.as_str(), iperf_direct_ns.as_str()] {
         let reuse = Lab::run_in(ns, "sysctl", &["-qw", "net.ipv4.tcp_tw_reuse=1"]).expect("sysctl");
         assert!(reuse.status.success(), "sysctl: {}", String::from_utf8_lossy(&reuse.stderr));
     }
@@ -217,7 +239,7 @@ fn main() {
         for (name, ns, host, port) in [
             ("mesh", client.as_str(), node1.to_string(), 5201),
             ("HAProxy", client.as_str(), node1.to_string(), 9201),
-            ("direct", mesh_ns.as_str(), iperf_task.clone(), 5201),
+            ("direct", iperf_direct_ns.as_str(), iperf_task.clone(), 5201),
         ] {
             let g = iperf(ns, &host, port, 10);
             println!("round {round}: one TCP stream, 10 s: {name}: {g:.2} Gbit/s");

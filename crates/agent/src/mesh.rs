@@ -38,7 +38,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::Serialize;
 use shoal_control::ipam::INGRESS_VNI;
 use shoal_gossip::RowKey;
-use shoal_mesh::{Limits, Mesh, PortKey, PortSpec, PortStats, Protocol, Upstream};
+use shoal_mesh::{Limits, Mesh, PortKey, PortSpec, PortStats, Protocol, Relay, Upstream};
 use shoal_orch::{Assignments, Attachment};
 use shoal_runtime::NetNs;
 use socket2::{Domain, Socket, Type};
@@ -59,6 +59,10 @@ const RETRY: Duration = Duration::from_secs(5);
 /// Connects tried per client connection while a backend refuses (a task
 /// that died a moment ago), each to the balancer's next pick.
 const CONNECT_ATTEMPTS: u32 = 5;
+
+/// Threads the mesh's connections are spread over: one per core, up to
+/// this many.
+const MAX_MESH_THREADS: usize = 4;
 
 /// Sockets a [`Dialer`] keeps made ahead.
 const SPARE_SOCKETS: usize = 32;
@@ -284,6 +288,37 @@ struct Wanted {
     views: BTreeMap<PortKey, ListenerView>,
 }
 
+/// A thread of the mesh: a current-thread tokio runtime of its own. Each
+/// TCP connection lives on one such thread, so its two sides wake the
+/// thread that moves their bytes, with none of a work-stealing runtime's
+/// cross-thread wake-ups, and the agent's other work does not delay them.
+#[derive(Debug)]
+struct MeshThread {
+    handle: tokio::runtime::Handle,
+    /// Dropped with the mesh: the thread's runtime ends.
+    _stop: oneshot::Sender<()>,
+}
+
+impl MeshThread {
+    fn start(index: usize) -> MeshThread {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime for the routing mesh");
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(format!("shoal-mesh-{index}"))
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            })
+            .expect("a thread for the routing mesh");
+        MeshThread { handle, _stop: stop }
+    }
+}
+
 /// The routing mesh of this node.
 #[derive(Debug)]
 pub struct RoutingMesh {
@@ -294,6 +329,9 @@ pub struct RoutingMesh {
     gossip: GossipSlot,
     backends: Arc<Backends>,
     mesh: Mesh<Backends>,
+    /// The threads the mesh's listeners and relays run on (the first has
+    /// the listeners and UDP flows; TCP connections go to each in turn).
+    _threads: Vec<MeshThread>,
     sandbox: tokio::sync::Mutex<Option<Sandbox>>,
     /// Dialers of local tasks with host ports, by sandbox name.
     host_dialers: Mutex<HashMap<String, Arc<Dialer>>>,
@@ -317,7 +355,14 @@ impl RoutingMesh {
             max_udp_flows_per_port: settings.mesh_connection_limit,
             ..Limits::default()
         };
-        let mesh = Mesh::new(backends.clone(), IpAddr::V4(Ipv4Addr::UNSPECIFIED), limits);
+        let cores = std::thread::available_parallelism().map_or(1, usize::from).min(MAX_MESH_THREADS);
+        let threads: Vec<MeshThread> = (0..cores).map(MeshThread::start).collect();
+        let mesh = {
+            let _runtime = threads[0].handle.enter();
+            let workers = threads.iter().map(|t| t.handle.clone()).collect();
+            let listen = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+            Mesh::with_workers(backends.clone(), listen, limits, Relay::default(), workers)
+        };
         Arc::new(RoutingMesh {
             settings,
             endpoints,
@@ -326,6 +371,7 @@ impl RoutingMesh {
             gossip,
             backends,
             mesh,
+            _threads: threads,
             sandbox: tokio::sync::Mutex::new(None),
             host_dialers: Mutex::new(HashMap::new()),
             view: Mutex::new((Vec::new(), Vec::new())),
@@ -420,6 +466,14 @@ impl RoutingMesh {
             let iface = Interface::parse(a.vni, &a.subnet, a.ip)?;
             self.endpoints.create(&name, &[iface]).await?;
             let netns = NetNs::open(&name).map_err(Error::internal)?;
+            // TCP timestamps without a per-destination offset: a connection
+            // to a VIP and an earlier one straight to its task, from the same
+            // port, then count from one base, so the task's TIME_WAIT of the
+            // first does not refuse the second's SYN (a 1 s retransmit).
+            netns
+                .run(|| std::fs::write("/proc/sys/net/ipv4/tcp_timestamps", "2"))
+                .map_err(Error::internal)?
+                .map_err(Error::internal)?;
             Dialer::start(&netns)
         };
         match made.await {

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use socket2::{Domain, SockRef, Socket, Type};
@@ -53,6 +53,21 @@ pub(crate) struct Context<U> {
     pub(crate) upstream: Arc<U>,
     pub(crate) limits: Limits,
     pub(crate) relay: Relay,
+    /// Runtimes that TCP connections are dealt to, in turn; none: they run
+    /// where their port's loop runs.
+    workers: Vec<Handle>,
+    next_worker: AtomicUsize,
+}
+
+impl<U> Context<U> {
+    /// The runtime the next TCP connection runs on, if not the loop's.
+    pub(crate) fn next_worker(&self) -> Option<&Handle> {
+        if self.workers.is_empty() {
+            return None;
+        }
+        let turn = self.next_worker.fetch_add(1, Ordering::Relaxed);
+        self.workers.get(turn % self.workers.len())
+    }
 }
 
 /// One port's state, shared by its loop and its relays.
@@ -119,12 +134,28 @@ impl<U: Upstream> Mesh<U> {
     ///
     /// Outside a tokio runtime.
     pub fn with_relay(upstream: Arc<U>, listen: IpAddr, limits: Limits, relay: Relay) -> Self {
-        let inner = Inner {
-            context: Arc::new(Context { upstream, limits, relay }),
-            listen,
-            runtime: Handle::current(),
-            ports: Mutex::default(),
-        };
+        Mesh::with_workers(upstream, listen, limits, relay, Vec::new())
+    }
+
+    /// [`Mesh::with_relay`] whose TCP connections are dealt in turn to the
+    /// runtimes of `workers` (each connection then lives on one of them),
+    /// while the ports' loops and UDP flows stay on the current runtime.
+    /// With a current-thread runtime per core, connections spread over the
+    /// cores with no cross-thread wake-ups.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn with_workers(
+        upstream: Arc<U>,
+        listen: IpAddr,
+        limits: Limits,
+        relay: Relay,
+        workers: Vec<Handle>,
+    ) -> Self {
+        let context = Context { upstream, limits, relay, workers, next_worker: AtomicUsize::new(0) };
+        let inner =
+            Inner { context: Arc::new(context), listen, runtime: Handle::current(), ports: Mutex::default() };
         Mesh { inner: Arc::new(inner) }
     }
 

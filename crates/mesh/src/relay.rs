@@ -5,15 +5,20 @@
 //! still comes back. The relay ends when both directions have, or at once
 //! on the first error of either (both sockets are then closed).
 //!
-//! [`Relay::Splice`], the default, moves bytes with `splice(2)` from the
-//! source socket into a pipe and from the pipe into the destination socket:
-//! the kernel hands page references along and the bytes never enter user
-//! space. [`Relay::Copy`] is tokio's `copy_bidirectional` with a 64 KiB
-//! buffer per direction; the splice relay falls back to it when it cannot
-//! have its pipes (out of file descriptors). On loopback the splice relay
-//! moved 1.6 to 2x the bytes per second of the copy relay at a fraction of
-//! its CPU (`examples/relay_throughput.rs`, numbers in ARCHITECTURE.md).
+//! [`Relay::Splice`], the default, starts each direction by copying through
+//! a small buffer ([`SMALL`]): requests and replies of a few KiB cost one
+//! read and one write, and a short read tells tokio the socket is empty, so
+//! no call is spent learning it. The first read that fills the buffer shows
+//! a bulk transfer: that direction moves on to `splice(2)`, from the source
+//! socket into a pipe and from the pipe into the destination socket, so the
+//! kernel hands page references along and the bytes never enter user space
+//! (as HAProxy's `splice-auto`). [`Relay::Copy`] is tokio's
+//! `copy_bidirectional` with a 64 KiB buffer per direction, for
+//! comparison; a direction that cannot have a pipe (out of file
+//! descriptors) goes on copying. `examples/relay_throughput.rs` measures
+//! them on loopback.
 
+use std::cell::RefCell;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
@@ -23,8 +28,9 @@ use std::task::{Context, Poll};
 use nix::fcntl::{OFlag, SpliceFFlags, splice};
 use nix::unistd::pipe2;
 use socket2::SockRef;
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tracing::debug;
 
 use crate::stats::{Counters, add};
@@ -43,6 +49,10 @@ pub enum Relay {
 /// Buffer per direction of [`Relay::Copy`].
 const COPY_BUFFER: usize = 64 * 1024;
 
+/// Buffer per direction of [`Relay::Splice`] before it splices: a read
+/// that fills it moves the direction on to splicing.
+pub(crate) const SMALL: usize = 4 * 1024;
+
 /// Most bytes one `splice` moves from a socket into an empty pipe: Linux's
 /// default pipe capacity (16 pages). A pipe shrunk by the per-user pipe
 /// quota (`fs.pipe-user-pages-soft`, which root is exempt from) still works,
@@ -51,29 +61,60 @@ const SPLICE_CHUNK: usize = 64 * 1024;
 
 /// Relays until both sides have closed; `Err` if it ended on an error.
 pub(crate) async fn relay(
-    client: TcpStream,
-    backend: TcpStream,
+    mut client: TcpStream,
+    mut backend: TcpStream,
     mode: Relay,
     counters: &Counters,
 ) -> io::Result<()> {
-    if mode == Relay::Splice {
-        match (Pipe::new(), Pipe::new()) {
-            (Ok(upstream), Ok(downstream)) => {
-                tokio::try_join!(
-                    pump(&client, &backend, &upstream, &counters.bytes_to_backend),
-                    pump(&backend, &client, &downstream, &counters.bytes_to_client),
-                )?;
-                return Ok(());
-            }
-            (Err(error), _) | (_, Err(error)) => {
-                debug!(%error, "no pipe for splice, copying instead");
+    if mode == Relay::Copy {
+        return copy(client, backend, counters).await;
+    }
+    let (mut client_read, mut client_write) = client.split();
+    let (mut backend_read, mut backend_write) = backend.split();
+    tokio::try_join!(
+        pump(&mut client_read, &mut backend_write, &counters.bytes_to_backend),
+        pump(&mut backend_read, &mut client_write, &counters.bytes_to_client),
+    )?;
+    Ok(())
+}
+
+/// Moves `from`'s bytes to `to` until `from` ends, then shuts down writing
+/// on `to`: copying while reads are short, splicing once one fills the
+/// buffer.
+async fn pump(from: &mut ReadHalf<'_>, to: &mut WriteHalf<'_>, moved: &AtomicU64) -> io::Result<()> {
+    let mut buffer = [0; SMALL];
+    loop {
+        let n = from.read(&mut buffer).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        to.write_all(&buffer[..n]).await?;
+        add(moved, n);
+        if n == SMALL {
+            match Pipe::take() {
+                Ok(pipe) => {
+                    splice_pump(from.as_ref(), to.as_ref(), &pipe, moved).await?;
+                    // Empty after a direction that ended well.
+                    pipe.give_back();
+                    return Ok(());
+                }
+                Err(error) => debug!(%error, "no pipe for splice, copying on"),
             }
         }
     }
-    copy(client, backend, counters).await
 }
 
 // === splice ===
+
+// Empty pipes of relays that ended, for the next ones to use (making a
+// pipe and closing it again costs four system calls per direction): at
+// most `SPARE_PIPES`, per thread.
+thread_local! {
+    static SPARE: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Empty pipes kept per thread.
+const SPARE_PIPES: usize = 256;
 
 /// One direction's pipe; both ends non-blocking.
 struct Pipe {
@@ -82,20 +123,31 @@ struct Pipe {
 }
 
 impl Pipe {
-    fn new() -> io::Result<Pipe> {
+    /// A spare empty pipe, or a new one.
+    fn take() -> io::Result<Pipe> {
+        if let Some(pipe) = SPARE.with_borrow_mut(Vec::pop) {
+            return Ok(pipe);
+        }
         let (read, write) = pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
         Ok(Pipe { read, write })
     }
+
+    /// Keeps an empty pipe for the next relay on this thread.
+    fn give_back(self) {
+        SPARE.with_borrow_mut(|spare| {
+            if spare.len() < SPARE_PIPES {
+                spare.push(self);
+            }
+        });
+    }
 }
 
-/// Moves `from`'s bytes to `to` until `from` ends, then shuts down writing
-/// on `to`.
+/// Splices `from`'s bytes to `to` until `from` ends, then shuts down
+/// writing on `to`.
 ///
 /// The pipe is filled only when it is empty, so a `splice` into it that
-/// would block can only mean that `from` has nothing to read: that is what
-/// lets the readiness of `from` be cleared on `EAGAIN` without ever waiting
-/// for data that is already there.
-async fn pump(from: &TcpStream, to: &TcpStream, pipe: &Pipe, moved: &AtomicU64) -> io::Result<()> {
+/// would block can only mean that `from` has nothing to read.
+async fn splice_pump(from: &TcpStream, to: &TcpStream, pipe: &Pipe, moved: &AtomicU64) -> io::Result<()> {
     loop {
         let mut in_pipe = fill(from, pipe).await?;
         if in_pipe == 0 {

@@ -62,7 +62,30 @@ pub(crate) async fn accept_loop<U: Upstream>(
         bump(&port.counters.accepted);
         let peer = canonical(peer);
         let span = debug_span!("connection", client = %peer);
-        tokio::spawn(serve(client, peer, slot, context.clone()).instrument(span));
+        let Some(worker) = context.next_worker() else {
+            tokio::spawn(serve(client, peer, slot, context.clone()).instrument(span));
+            continue;
+        };
+        // A tokio socket belongs to the runtime that registered it: the
+        // connection moves to its worker's whole.
+        let client = match client.into_std() {
+            Ok(client) => client,
+            Err(error) => {
+                bump(&port.counters.accept_errors);
+                debug!(%error, "cannot hand a connection to a worker");
+                continue;
+            }
+        };
+        let context = context.clone();
+        worker.spawn(
+            async move {
+                match TcpStream::from_std(client) {
+                    Ok(client) => serve(client, peer, slot, context).await,
+                    Err(error) => debug!(%error, "a worker cannot take a connection"),
+                }
+            }
+            .instrument(span),
+        );
     }
 }
 

@@ -244,3 +244,54 @@ async fn a_reset_client_ends_the_relay_and_counts_an_error() {
         eventually("the relay to end", || stats_of(&mesh, key).filter(|stats| stats.active == 0)).await;
     assert_eq!(stats.relay_errors, 1);
 }
+
+/// A current-thread runtime on a thread of its own, as the agent gives the
+/// mesh per core; it ends when the sender drops.
+fn worker_runtime() -> (tokio::runtime::Handle, tokio::sync::oneshot::Sender<()>) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let handle = runtime.handle().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || runtime.block_on(async { drop(stopped.await) }));
+    (handle, stop)
+}
+
+#[tokio::test]
+async fn connections_dealt_to_worker_runtimes_relay_intact() {
+    let (one, _stop_one) = worker_runtime();
+    let (two, _stop_two) = worker_runtime();
+    let key = PortKey::tcp(free_port(Protocol::Tcp));
+    let upstream = TestUpstream::new(Backend::At(tcp_echo().await), Backend::Fail);
+    let mesh = Mesh::with_workers(upstream, LOOPBACK, test_limits(), Relay::Splice, vec![one, two]);
+    assert!(mesh.set(vec![spec(key)]).is_empty());
+
+    // Small messages first (copied), then a megabyte (spliced), on 4
+    // connections at once, dealt to both workers.
+    let clients = (0..4u64).map(|seed| {
+        tokio::spawn(async move {
+            let mut stream = TcpStream::connect(address(key)).await.unwrap();
+            round_trip(&mut stream, b"hello").await;
+            let (mut read, mut write) = stream.into_split();
+            let sent = pattern(1 << 20, seed);
+            let writer = tokio::spawn({
+                let sent = sent.clone();
+                async move {
+                    write.write_all(&sent).await.unwrap();
+                    write.shutdown().await.unwrap();
+                }
+            });
+            let mut received = Vec::new();
+            timeout(PATIENCE, read.read_to_end(&mut received)).await.expect("the echo in time").unwrap();
+            writer.await.unwrap();
+            assert!(received == sent, "connection {seed}: {} bytes came back", received.len());
+        })
+    });
+    for client in clients.collect::<Vec<_>>() {
+        client.await.unwrap();
+    }
+    let stats = eventually("every relay's end counted", || {
+        stats_of(&mesh, key).filter(|stats| stats.active == 0 && stats.accepted == 4)
+    })
+    .await;
+    assert_eq!(stats.relay_errors, 0);
+    assert_eq!(stats.bytes_to_backend, 4 * ((1 << 20) + 5));
+}
