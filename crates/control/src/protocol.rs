@@ -206,17 +206,20 @@ mod tests {
         let request = Request::Assignments { known: 42 };
         assert_eq!(decode::<Request>(&encode(&request)), Ok(request));
         let text = String::from_utf8(encode(&Response::Ok { heartbeat_secs: 5 })).unwrap();
-        assert!(text.starts_with(r#"{"protocol":1,"build":""#), "{text}");
+        assert!(text.starts_with(&format!(r#"{{"protocol":{VERSION},"build":""#)), "{text}");
     }
 
     #[test]
     fn another_version_is_named_not_misdecoded() {
-        let future = br#"{"protocol":2,"build":"9.9.9","body":{"Heartbeat2":{"extra":1}}}"#;
-        let err = decode::<Request>(future).unwrap_err();
-        assert_eq!(err, ProtocolError::Version { peer: 2, peer_build: "9.9.9".into() });
+        let next = VERSION + 1;
+        let future =
+            format!(r#"{{"protocol":{next},"build":"9.9.9","body":{{"Heartbeat2":{{"extra":1}}}}}}"#);
+        let err = decode::<Request>(future.as_bytes()).unwrap_err();
+        assert_eq!(err, ProtocolError::Version { peer: next, peer_build: "9.9.9".into() });
         let text = err.to_string();
         assert!(
-            text.contains("shoal 9.9.9 (protocol 2)") && text.contains("run the same Shoal version"),
+            text.contains(&format!("shoal 9.9.9 (protocol {next})"))
+                && text.contains("run the same Shoal version"),
             "{text}"
         );
         // A build from before envelopes sent bare messages.
