@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: a 3-node lab cluster with `shoal lab up`, the Swarm verbs on
-# it, a 5-replica service of real HTTP servers placed across the nodes,
-# traffic between tasks on different nodes over the overlay, a scale, a
+# it, a 5-replica service of real HTTP servers placed across the nodes and
+# published on 8080 (the routing mesh answers on every node), traffic
+# between tasks on different nodes over the overlay, a scale, a
 # rolling update and a removal, then `shoal lab down`. Everything stays
 # inside the lab's own network namespaces.
 set -euo pipefail
@@ -33,9 +34,17 @@ node node1 shoal node inspect --pretty node2
 # An overlay network and a service of five real HTTP servers on it.
 node node1 shoal network create -d overlay front
 node node1 shoal service create --name web --replicas 5 --network front --update-monitor 1s \
-  python3 -m http.server 8000
+  -p 8080:8000 python3 -m http.server 8000
 node node1 shoal service ls
 node node1 shoal service ps web
+
+# The routing mesh: 8080 answers on every node, each time from one of web's
+# tasks on any node (the listener opens once the node's directory has web).
+for n in node1 node2 node3; do
+  node "$n" curl -s -o /dev/null --retry 10 --retry-connrefused --retry-delay 1 \
+    -w "$n:8080 -> HTTP %{http_code}\n" http://127.0.0.1:8080/
+done
+node node2 shoal debug mesh
 
 # From a task on node1 to a task on node3, by overlay address.
 FROM=$(task_on web node1)
