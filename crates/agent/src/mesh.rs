@@ -466,14 +466,6 @@ impl RoutingMesh {
             let iface = Interface::parse(a.vni, &a.subnet, a.ip)?;
             self.endpoints.create(&name, &[iface]).await?;
             let netns = NetNs::open(&name).map_err(Error::internal)?;
-            // TCP timestamps without a per-destination offset: a connection
-            // to a VIP and an earlier one straight to its task, from the same
-            // port, then count from one base, so the task's TIME_WAIT of the
-            // first does not refuse the second's SYN (a 1 s retransmit).
-            netns
-                .run(|| std::fs::write("/proc/sys/net/ipv4/tcp_timestamps", "2"))
-                .map_err(Error::internal)?
-                .map_err(Error::internal)?;
             Dialer::start(&netns)
         };
         match made.await {

@@ -1,5 +1,6 @@
-//! A task sandbox: a network namespace with `lo` up and one TUN interface per
-//! overlay network the task joins.
+//! A task sandbox: a network namespace with `lo` up, IPv6 off, TCP
+//! timestamps counted from one base for every destination, and one TUN
+//! interface per overlay network the task joins.
 //!
 //! The TUNs are created from a thread inside the namespace, so they live
 //! there; their file descriptors go to the data plane, which reads and writes
@@ -114,6 +115,14 @@ fn setup_inside(sandbox: &str, interfaces: &[InterfaceSpec]) -> Result<Vec<SyncD
             std::fs::write(&path, "1").map_err(fail(format!("write {path}")))?;
         }
     }
+    // TCP timestamps without a per-destination offset. A client that
+    // connects to a service's VIP and, earlier, straight to the same task
+    // from the same port (the routing mesh does, and so can any task) sends
+    // timestamps from one base both times; with Linux's offset per
+    // destination address the task's TIME_WAIT of the first connection
+    // would refuse the second's SYN, a 1 s retransmit.
+    let timestamps = "/proc/sys/net/ipv4/tcp_timestamps";
+    std::fs::write(timestamps, "2").map_err(fail(format!("write {timestamps}")))?;
     interfaces
         .iter()
         .map(|iface| {

@@ -1,5 +1,5 @@
 //! Sandboxes on the real kernel: namespaces, `lo`, TUN address, MTU, route,
-//! and teardown. Needs root.
+//! TCP timestamps, and teardown. Needs root.
 
 use std::net::Ipv4Addr;
 use std::process::Command;
@@ -24,6 +24,8 @@ fn sandbox_has_tun_with_address_mtu_and_route_then_vanishes() {
     require_root();
     let name = format!("shoal-rt-{}-a", std::process::id());
     let spec = InterfaceSpec { name: "eth0".into(), ip: Ipv4Addr::new(10, 0, 1, 2), prefix: 24, mtu: 1450 };
+    let timestamps = || std::fs::read_to_string("/proc/sys/net/ipv4/tcp_timestamps").unwrap();
+    let own_timestamps = timestamps();
     let (sandbox, devices) = Sandbox::create(&name, &[spec]).unwrap();
     assert_eq!(devices.len(), 1);
 
@@ -34,6 +36,10 @@ fn sandbox_has_tun_with_address_mtu_and_route_then_vanishes() {
     assert!(ip(&name, &["-4", "addr", "show", "eth0"]).contains("inet 10.0.1.2/24"));
     assert!(ip(&name, &["route"]).contains("10.0.1.0/24 dev eth0"));
     assert!(NetNs::list().contains(&name));
+    // Timestamps from one base for every destination; the node's own
+    // setting is untouched.
+    assert_eq!(sandbox.netns().run(timestamps).unwrap().trim(), "2");
+    assert_eq!(timestamps(), own_timestamps, "the test's own namespace changed");
 
     assert!(matches!(Sandbox::create(&name, &[]), Err(shoal_runtime::SandboxError::Netns(_))));
 
