@@ -12,6 +12,7 @@ pub mod dotenv;
 pub mod interpolate;
 pub mod model;
 pub mod resolve;
+pub mod units;
 
 pub use dotenv::{DotenvError, parse_dotenv};
 pub use interpolate::{Interpolated, InterpolationError, interpolate};
