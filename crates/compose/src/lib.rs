@@ -1,10 +1,13 @@
 //! Compose files as plain data, for `shoal stack deploy`: the file as
 //! written (`model`: structure checked, scalars kept as text with where
 //! they were written), the variable interpolation compose files use
-//! (`interpolate`) and the `.env` files that feed it (`dotenv`), and the
-//! building blocks that turn written values into typed ones (`resolve`).
-//! Mapping a whole file onto service specs comes next. Pure functions over strings: no IO, no
-//! orchestrator or control-plane types (DESIGN.md's arrows).
+//! (`interpolate`) and the `.env` files that feed it (`dotenv`), the
+//! building blocks that turn written values into typed ones (`resolve`),
+//! and the values docker writes the same way in flags and files (`units`).
+//! Mapping a whole file onto service specs comes next.
+//!
+//! Pure functions over strings: no IO, no orchestrator or control-plane
+//! types (DESIGN.md's arrows).
 
 #![forbid(unsafe_code)]
 
@@ -16,3 +19,5 @@ pub mod units;
 
 pub use dotenv::{DotenvError, parse_dotenv};
 pub use interpolate::{Interpolated, InterpolationError, interpolate};
+pub use model::{ComposeFile, ParseError, parse};
+pub use resolve::{Resolver, Vars, split_words};

@@ -329,43 +329,10 @@ pub fn set_env(env: &mut Vec<String>, kv: &str) {
     env.push(kv.to_owned());
 }
 
-/// Splits a shell-like string into words (quotes group, backslash escapes).
+/// Splits a shell-like string into words (quotes group, backslash escapes),
+/// as a compose file's `command:` string is split.
 pub fn split_args(text: &str) -> anyhow::Result<Vec<String>> {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let mut in_word = false;
-    let mut quote = None;
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        match (quote, c) {
-            (None, '\'' | '"') => {
-                quote = Some(c);
-                in_word = true;
-            }
-            (Some(q), c) if c == q => quote = None,
-            (None | Some('"'), '\\') => {
-                word.extend(chars.next());
-                in_word = true;
-            }
-            (None, c) if c.is_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut word));
-                    in_word = false;
-                }
-            }
-            (_, c) => {
-                word.push(c);
-                in_word = true;
-            }
-        }
-    }
-    if quote.is_some() {
-        bail!("{}", invalid(text, "args", "unterminated quote"));
-    }
-    if in_word {
-        words.push(word);
-    }
-    Ok(words)
+    shoal_compose::split_words(text).map_err(|problem| anyhow::anyhow!("{}", invalid(text, "args", &problem)))
 }
 
 /// A random name as docker gives unnamed services (adjective_noun).
