@@ -3,7 +3,8 @@
 //! they were written), the variable interpolation compose files use
 //! (`interpolate`) and the `.env` files that feed it (`dotenv`), the
 //! building blocks that turn written values into typed ones (`resolve`),
-//! and the values docker writes the same way in flags and files (`units`).
+//! and the values docker writes the same way in flags and files (`units`,
+//! `ports`).
 //! Mapping a whole file onto service specs comes next.
 //!
 //! Pure functions over strings: no IO, no orchestrator or control-plane
@@ -14,10 +15,12 @@
 pub mod dotenv;
 pub mod interpolate;
 pub mod model;
+pub mod ports;
 pub mod resolve;
 pub mod units;
 
 pub use dotenv::{DotenvError, parse_dotenv};
 pub use interpolate::{Interpolated, InterpolationError, interpolate};
 pub use model::{ComposeFile, ParseError, parse};
+pub use ports::Publish;
 pub use resolve::{Resolver, Vars, split_words};

@@ -222,53 +222,34 @@ fn invalid(value: &str, flag: &str, hint: &str) -> String {
     format!("invalid argument {value:?} for \"--{flag}\" flag: {hint}")
 }
 
-/// `-p 8080:80[/udp]` or `published=8080,target=80[,protocol=udp][,mode=host]`.
-pub fn parse_publish(text: &str) -> anyhow::Result<PortConfig> {
-    let bad = || {
-        let hint = "use [PUBLISHED:]TARGET[/PROTOCOL], such as 8080:80, or published=8080,target=80\
-                    [,protocol=udp][,mode=host][,proxy-protocol=v2][,traffic-policy=local]";
-        anyhow::anyhow!("{}", invalid(text, "publish", hint))
-    };
-    let mut port = PortConfig {
-        name: None,
-        published: 0,
-        target: 0,
-        protocol: "tcp".into(),
-        mode: "ingress".into(),
-        proxy_protocol: false,
-        local_only: false,
-    };
-    if text.contains('=') {
-        for field in text.split(',') {
-            let (k, v) = field.split_once('=').ok_or_else(bad)?;
-            match k {
-                "published" => port.published = v.parse().map_err(|_| bad())?,
-                "target" => port.target = v.parse().map_err(|_| bad())?,
-                "protocol" => port.protocol = v.to_owned(),
-                "mode" => port.mode = v.to_owned(),
-                "name" => port.name = Some(v.to_owned()),
-                "proxy-protocol" if v == "v2" => port.proxy_protocol = true,
-                "proxy-protocol" if v == "none" => port.proxy_protocol = false,
-                "traffic-policy" if v == "local" => port.local_only = true,
-                "traffic-policy" if v == "cluster" => port.local_only = false,
-                _ => return Err(bad()),
-            }
-        }
+/// `-p [PUBLISHED:]TARGET[/udp]` (ranges too: `8000-8001:80-81`) or
+/// `published=8080,target=80[,protocol=udp][,mode=host]`, parsed as
+/// compose files' ports are.
+pub fn parse_publish(text: &str) -> anyhow::Result<Vec<PortConfig>> {
+    let parsed = if text.contains('=') {
+        shoal_compose::ports::parse_long(text).map(|p| vec![p])
     } else {
-        // `TARGET` alone: the manager picks the published port.
-        let (ports, proto) = text.split_once('/').unwrap_or((text, "tcp"));
-        let (published, target) = ports.split_once(':').unwrap_or(("0", ports));
-        port.published = published.parse().map_err(|_| bad())?;
-        port.target = target.parse().map_err(|_| bad())?;
-        port.protocol = proto.to_owned();
-    }
-    if port.target == 0
-        || !["tcp", "udp"].contains(&port.protocol.as_str())
-        || !["ingress", "host"].contains(&port.mode.as_str())
-    {
-        return Err(bad());
-    }
-    Ok(port)
+        shoal_compose::ports::parse_short(text)
+    };
+    let ports = parsed.map_err(|problem| {
+        let hint = format!(
+            "{problem}; use [PUBLISHED:]TARGET[/PROTOCOL], such as 8080:80, or published=8080,target=80\
+             [,protocol=udp][,mode=host][,proxy-protocol=v2][,traffic-policy=local]"
+        );
+        anyhow::anyhow!("{}", invalid(text, "publish", &hint))
+    })?;
+    Ok(ports
+        .into_iter()
+        .map(|p| PortConfig {
+            name: p.name,
+            published: p.published,
+            target: p.target,
+            protocol: p.protocol,
+            mode: p.mode,
+            proxy_protocol: p.proxy_protocol,
+            local_only: p.local_only,
+        })
+        .collect())
 }
 
 /// `--network NAME` or docker's long form `name=NAME[,alias=ALIAS...]`:
@@ -459,7 +440,7 @@ pub fn create_spec(o: &CreateOptions) -> anyhow::Result<ServiceSpec> {
     }
     spec.task.placement.constraints = o.constraints.clone();
     spec.task.placement.spread = o.placement_prefs.iter().map(|p| parse_pref(p)).collect::<Result<_, _>>()?;
-    spec.ports = o.publish.iter().map(|p| parse_publish(p)).collect::<Result<_, _>>()?;
+    spec.ports = o.publish.iter().map(|p| parse_publish(p)).collect::<Result<Vec<_>, _>>()?.concat();
     for l in &o.labels {
         let (k, v) = l.split_once('=').unwrap_or((l, ""));
         spec.labels.insert(k.to_owned(), v.to_owned());
@@ -510,9 +491,10 @@ pub fn update_spec(spec: &mut ServiceSpec, o: &UpdateOptions) -> anyhow::Result<
         spec.ports.retain(|port| port.target != target || port.protocol != protocol);
     }
     for p in &o.publish_add {
-        let port = parse_publish(p)?;
-        spec.ports.retain(|q| q.published != port.published || q.protocol != port.protocol);
-        spec.ports.push(port);
+        for port in parse_publish(p)? {
+            spec.ports.retain(|q| q.published != port.published || q.protocol != port.protocol);
+            spec.ports.push(port);
+        }
     }
     apply(spec, &o.spec)
 }
@@ -612,17 +594,20 @@ mod tests {
 
     #[test]
     fn publish_and_prefs() {
-        let p = parse_publish("8080:80").unwrap();
+        let p = parse_publish("8080:80").unwrap().remove(0);
         assert_eq!(
             (p.published, p.target, p.protocol.as_str(), p.mode.as_str()),
             (8080, 80, "tcp", "ingress")
         );
-        let p = parse_publish("published=53,target=5353,protocol=udp,mode=host").unwrap();
+        let p = parse_publish("published=53,target=5353,protocol=udp,mode=host").unwrap().remove(0);
         assert_eq!((p.published, p.target, p.protocol.as_str(), p.mode.as_str()), (53, 5353, "udp", "host"));
-        let p = parse_publish("8080").unwrap();
+        let p = parse_publish("8080").unwrap().remove(0);
         assert_eq!((p.published, p.target), (0, 8080), "the manager picks the published port");
         assert!(parse_publish("8080:http").unwrap_err().to_string().contains("use [PUBLISHED:]TARGET"));
-        let p = parse_publish("published=8000,target=80,proxy-protocol=v2,traffic-policy=local").unwrap();
+        let p = parse_publish("published=8000,target=80,proxy-protocol=v2,traffic-policy=local")
+            .unwrap()
+            .remove(0);
+        assert_eq!(parse_publish("8000-8001:80-81").unwrap().len(), 2);
         assert!(p.proxy_protocol && p.local_only);
         assert!(parse_publish("published=1,target=2,proxy-protocol=v1").is_err());
         assert!(parse_publish("8080:80/sctp").is_err());
