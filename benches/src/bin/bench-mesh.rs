@@ -44,6 +44,16 @@ const NGINX_SERVERS: &str = r#"
     }
 "#;
 
+/// The benchmark's files (outside `/tmp`, which tasks see privately),
+/// removed when the run ends, on a panic too.
+struct ScratchDir(PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -138,8 +148,9 @@ fn main() {
     let client = c.lab.host(CLIENT).netns.clone();
     let node1 = c.lab.host(0).underlay;
     // Not under /tmp: tasks have a private /tmp.
-    let dir = PathBuf::from(format!("/var/tmp/shoal-bench-mesh-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = ScratchDir(PathBuf::from(format!("/var/tmp/shoal-bench-mesh-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let dir = &dir.0;
     let conf = dir.join("nginx.conf");
     std::fs::write(&conf, netns_tests::nginx_conf(NGINX_SERVERS)).unwrap();
 
@@ -247,7 +258,6 @@ fn main() {
         }
     }
     let _ = c.lab.stop(haproxy_pid, Duration::from_secs(2));
-    let _ = std::fs::remove_dir_all(&dir);
     let mesh_stats: String = c
         .cli(0, &["debug", "metrics"])
         .lines()
