@@ -425,7 +425,7 @@ impl RoutingMesh {
                 port: e.key.port,
                 protocol: e.key.protocol.as_str().to_owned(),
                 error: e.error.clone(),
-                holder: e.holder.as_ref().map(|h| format!("{} (pid {})", h.command, h.pid)),
+                holder: e.holder.as_ref().map(ToString::to_string),
             })
             .collect();
         for (e, p) in errors.iter().zip(&problems) {

@@ -19,6 +19,13 @@ pub struct Holder {
     pub command: String,
 }
 
+/// `nginx (pid 1234)`.
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (pid {})", self.command, self.pid)
+    }
+}
+
 /// The state `/proc/net/tcp` gives a listening socket (`TCP_LISTEN`).
 const TCP_LISTEN: &str = "0A";
 

@@ -372,12 +372,12 @@ impl PortError {
     }
 }
 
-/// `port 8080/tcp: address in use (held by nginx, pid 1234)`.
+/// `port 8080/tcp: address in use (held by nginx (pid 1234))`.
 impl fmt::Display for PortError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "port {}: {}", self.key, self.error)?;
         if let Some(holder) = &self.holder {
-            write!(f, " (held by {}, pid {})", holder.command, holder.pid)?;
+            write!(f, " (held by {holder})")?;
         }
         Ok(())
     }

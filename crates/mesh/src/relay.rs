@@ -51,7 +51,7 @@ const COPY_BUFFER: usize = 64 * 1024;
 
 /// Buffer per direction of [`Relay::Splice`] before it splices: a read
 /// that fills it moves the direction on to splicing.
-pub(crate) const SMALL: usize = 4 * 1024;
+const SMALL: usize = 4 * 1024;
 
 /// Most bytes one `splice` moves from a socket into an empty pipe: Linux's
 /// default pipe capacity (16 pages). A pipe shrunk by the per-user pipe
