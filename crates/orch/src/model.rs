@@ -192,6 +192,34 @@ pub struct Placement {
     pub max_replicas: u64,
 }
 
+/// What a mount brings into a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountKind {
+    /// A named volume: a directory the node keeps under its data directory,
+    /// made at first use, kept across task restarts and removals.
+    Volume,
+    /// A path of the node.
+    Bind,
+    /// A fresh, empty tmpfs of the task's own.
+    Tmpfs,
+}
+
+/// A filesystem mounted into each task (`--mount`, a compose file's
+/// `volumes:`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Mount {
+    /// Volume, bind or tmpfs.
+    pub kind: MountKind,
+    /// The volume's name or the node's path; empty for a tmpfs (and for an
+    /// anonymous volume, which gets a name of its own per task).
+    pub source: String,
+    /// Where it appears inside the task (absolute).
+    pub target: String,
+    /// Mounted read-only.
+    pub readonly: bool,
+}
+
 /// What each task of a service runs: a change here rolls the tasks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {
@@ -226,6 +254,9 @@ pub struct TaskSpec {
     pub stop_grace_ms: u64,
     /// Bumped by `service update --force`.
     pub force_update: u64,
+    /// Volumes, binds and tmpfs mounts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
 }
 
 impl Default for TaskSpec {
@@ -246,6 +277,7 @@ impl Default for TaskSpec {
             stop_signal: "SIGTERM".into(),
             stop_grace_ms: 10_000,
             force_update: 0,
+            mounts: Vec::new(),
         }
     }
 }
@@ -371,6 +403,11 @@ pub struct ServiceSpec {
     /// How the service is found and balanced.
     #[serde(default)]
     pub endpoint: EndpointConfig,
+    /// Services (by name) whose tasks must run, and be healthy when they
+    /// have a healthcheck, before this one's tasks are placed: a compose
+    /// file's `depends_on`, which Swarm ignores and Shoal honours.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
 }
 
 impl ServiceSpec {

@@ -552,6 +552,14 @@ impl World {
         for id in ready {
             let task = &self.tasks[&id];
             let Some(service) = self.services.get(&task.service_id) else { continue };
+            if let Err(waiting) = self.dependencies_ready(service) {
+                let task = self.tasks.get_mut(&id).expect("listed");
+                if task.status.err.as_deref() != Some(waiting.as_str()) {
+                    task.status = TaskStatus::new(TaskState::Pending, env.now, "waiting for dependencies")
+                        .with_err(waiting);
+                }
+                continue;
+            }
             let mut req = requirements(service);
             let placed = match &task.node_id {
                 // Global tasks come with their node: it only has to be usable.
@@ -619,6 +627,33 @@ impl World {
                 }
             }
         }
+    }
+
+    /// Whether every service `service` depends on is up: it has a running
+    /// task (healthy, when it has a healthcheck), and none of its placed
+    /// tasks is still starting. Tasks it cannot place do not hold the
+    /// dependents back, nor does a dependency that does not exist (any
+    /// more). `Err` says which one is awaited.
+    fn dependencies_ready(&self, service: &Service) -> Result<(), String> {
+        for name in &service.spec.depends_on {
+            let Some(dep) = self.services.values().find(|s| s.spec.name == *name) else { continue };
+            let up = |t: &Task| {
+                t.status.state == TaskState::Running
+                    && (t.spec.health.is_none() || t.status.health.as_deref() == Some("healthy"))
+            };
+            let placed: Vec<&Task> = self
+                .tasks
+                .values()
+                .filter(|t| {
+                    t.service_id == dep.id && t.is_runnable() && t.status.state >= TaskState::Assigned
+                })
+                .collect();
+            if placed.is_empty() || !placed.iter().all(|t| up(t)) {
+                let how = if dep.spec.task.health.is_some() { "running and healthy" } else { "running" };
+                return Err(format!("waiting for service {name} to be {how} (depends_on)"));
+            }
+        }
+        Ok(())
     }
 
     /// Drops removed tasks once stopped, and history beyond [`TASK_HISTORY`].

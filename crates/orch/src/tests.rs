@@ -81,6 +81,7 @@ fn spec(name: &str, replicas: u64) -> ServiceSpec {
         rollback: UpdateConfig { monitor_ms: 2_000, ..UpdateConfig::default() },
         ports: Vec::new(),
         endpoint: EndpointConfig::default(),
+        depends_on: Vec::new(),
     }
 }
 
@@ -675,4 +676,46 @@ fn every_node_gets_a_mesh_address_once_ingress_exists_and_mesh_services_join_it(
     sim.run(1);
     assert_eq!(sim.world.mesh.len(), 2);
     assert_eq!(sim.addrs.live.len(), 2 + 2, "two nodes and two tasks");
+}
+
+#[test]
+fn depends_on_holds_tasks_until_dependencies_run_and_are_healthy() {
+    let mut sim = Sim::new(3);
+    let mut web = spec("web", 2);
+    web.depends_on = vec!["redis".into(), "gone".into()];
+    let web = sim.create(web);
+    let mut redis = spec("redis", 1);
+    redis.task.health = Some(HealthCheck {
+        cmd: "redis-cli ping".into(),
+        interval_ms: 1_000,
+        timeout_ms: 1_000,
+        retries: 3,
+        start_period_ms: 0,
+    });
+    let redis = sim.create(redis);
+    sim.run(2);
+    assert_eq!(sim.running(&redis).len(), 1, "the dependency starts");
+    let waiting: Vec<&Task> = sim.world.tasks.values().filter(|t| t.service_id == web).collect();
+    assert_eq!(waiting.len(), 2);
+    for t in &waiting {
+        assert_eq!(t.status.state, TaskState::Pending, "running is not enough with a healthcheck");
+        assert_eq!(
+            t.status.err.as_deref(),
+            Some("waiting for service redis to be running and healthy (depends_on)")
+        );
+    }
+    // The node reports the dependency healthy: the dependents are placed.
+    let task = sim.running(&redis)[0].clone();
+    let mut healthy = task.status.clone();
+    healthy.health = Some("healthy".into());
+    assert!(sim.world.report(&task.id, task.node_id.as_deref().unwrap(), healthy));
+    sim.run(1);
+    assert_eq!(sim.running(&web).len(), 2);
+    // A dependency without a healthcheck only has to run.
+    let mut db = spec("db", 1);
+    db.depends_on = vec!["cache".into()];
+    let db = sim.create(db);
+    let cache = sim.create(spec("cache", 1));
+    sim.run(2);
+    assert_eq!((sim.running(&cache).len(), sim.running(&db).len()), (1, 1));
 }

@@ -32,6 +32,9 @@ pub struct ServiceSpec {
     pub rollback_config: UpdateConfig,
     /// Published ports.
     pub endpoint_spec: EndpointSpec,
+    /// Services started first (Shoal's addition: compose's `depends_on`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
 }
 
 /// `Spec.TaskTemplate`, and a task's `Spec`.
@@ -78,6 +81,26 @@ pub struct ContainerSpec {
     /// The healthcheck.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<HealthConfig>,
+    /// Volumes, binds and tmpfs mounts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountView>,
+}
+
+/// `ContainerSpec.Mounts[]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct MountView {
+    /// `volume`, `bind` or `tmpfs`.
+    #[serde(rename = "Type")]
+    pub kind: shoal_orch::MountKind,
+    /// The volume's name or the node's path.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source: String,
+    /// The path inside the task.
+    pub target: String,
+    /// Read-only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
 }
 
 /// `ContainerSpec.Healthcheck`.
@@ -340,6 +363,16 @@ impl From<&shoal_orch::TaskSpec> for TaskTemplate {
                     retries: h.retries,
                     start_period: ns(h.start_period_ms),
                 }),
+                mounts: t
+                    .mounts
+                    .iter()
+                    .map(|m| MountView {
+                        kind: m.kind,
+                        source: m.source.clone(),
+                        target: m.target.clone(),
+                        read_only: m.readonly,
+                    })
+                    .collect(),
             },
             resources: ResourceRequirements {
                 limits: Limits {
@@ -458,6 +491,16 @@ impl TryFrom<&TaskTemplate> for shoal_orch::TaskSpec {
             stop_signal: c.stop_signal.clone(),
             stop_grace_ms: ms(c.stop_grace_period),
             force_update: t.force_update,
+            mounts: c
+                .mounts
+                .iter()
+                .map(|m| shoal_orch::Mount {
+                    kind: m.kind,
+                    source: m.source.clone(),
+                    target: m.target.clone(),
+                    readonly: m.read_only,
+                })
+                .collect(),
         })
     }
 }
@@ -481,6 +524,7 @@ impl From<&shoal_orch::ServiceSpec> for ServiceSpec {
                 lb_policy: s.endpoint.lb,
                 client_ip_affinity: s.endpoint.affinity_ms.map(ns),
             },
+            depends_on: s.depends_on.clone(),
         }
     }
 }
@@ -507,6 +551,7 @@ impl TryFrom<&ServiceSpec> for shoal_orch::ServiceSpec {
                 lb: e.lb_policy,
                 affinity_ms: e.client_ip_affinity.map(ms),
             },
+            depends_on: s.depends_on.clone(),
         })
     }
 }

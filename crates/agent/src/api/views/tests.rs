@@ -51,6 +51,20 @@ fn full_spec() -> shoal_orch::ServiceSpec {
             stop_signal: "SIGQUIT".into(),
             stop_grace_ms: 2000,
             force_update: 4,
+            mounts: vec![
+                shoal_orch::Mount {
+                    kind: shoal_orch::MountKind::Volume,
+                    source: "data".into(),
+                    target: "/var/lib/redis".into(),
+                    readonly: false,
+                },
+                shoal_orch::Mount {
+                    kind: shoal_orch::MountKind::Tmpfs,
+                    source: String::new(),
+                    target: "/scratch".into(),
+                    readonly: true,
+                },
+            ],
         },
         update: OrchUpdate {
             parallelism: 2,
@@ -76,6 +90,7 @@ fn full_spec() -> shoal_orch::ServiceSpec {
             lb: shoal_orch::LbPolicy::Maglev,
             affinity_ms: Some(60_000),
         },
+        depends_on: vec!["redis".into()],
     }
 }
 

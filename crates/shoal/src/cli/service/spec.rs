@@ -415,6 +415,7 @@ pub fn create_spec(o: &CreateOptions) -> anyhow::Result<ServiceSpec> {
         rollback: UpdateConfig::default(),
         ports: Vec::new(),
         endpoint: Default::default(),
+        depends_on: Vec::new(),
     };
     if o.mode == ServiceMode::Global {
         if o.spec.replicas.is_some() {
