@@ -9,6 +9,9 @@ TOOLS := ip:iproute2 bridge:iproute2 nsenter:util-linux ping:iputils-ping \
          iperf3:iperf3 sockperf:sockperf ethtool:ethtool nft:nftables python3:python3 \
          dig:dnsutils dnsmasq:dnsmasq-base redis-server:redis-server redis-cli:redis-tools \
          curl:curl dnsperf:dnsperf wrk:wrk nginx:nginx haproxy:haproxy
+# Python modules the stack demo's Flask app imports (Debian's python3, the
+# one on the tasks' PATH), with their packages.
+PYMODULES := flask:python3-flask redis:python3-redis
 
 .PHONY: deps demo test lint bench-overlay bench-gossip bench-services bench-discovery bench-mesh bench-forward bench fuzz clean
 
@@ -18,6 +21,8 @@ TOOLS := ip:iproute2 bridge:iproute2 nsenter:util-linux ping:iputils-ping \
 deps:
 	@missing=""; for t in $(TOOLS); do \
 	  command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t##*:}"; done; \
+	for m in $(PYMODULES); do \
+	  /usr/bin/python3 -c "import $${m%%:*}" >/dev/null 2>&1 || missing="$$missing $${m##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  policy=""; if [ ! -e /usr/sbin/policy-rc.d ]; then \

@@ -2,8 +2,8 @@
 //! together, with the local API the CLI talks to.
 //!
 //! Arrows only go down, from the top:
-//! `daemon` -> `api` -> `node` -> (`swarm`, `mesh`, `tasks`) -> `endpoints` ->
-//! (`routes`, `directory`, `gossip_driver`) -> (`metrics`, `settings`,
+//! `daemon` -> `api` -> `node` -> (`swarm`, `mesh`, `tasks`) -> (`endpoints`,
+//! `volumes`) -> (`routes`, `directory`, `gossip_driver`) -> (`metrics`, `settings`,
 //! `keys`, `names`, `clock`, `error`). `standalone` is the static-file data plane beside
 //! them. See ARCHITECTURE.md for each module's invariants.
 
@@ -29,6 +29,7 @@ pub mod standalone;
 pub mod swarm;
 pub mod tasks;
 pub mod vips;
+pub mod volumes;
 
 pub use error::{Error, Result};
 pub use node::Node;

@@ -29,6 +29,7 @@ use crate::swarm::{RoleEvent, Swarm};
 use crate::tasks::rows::Announcer;
 use crate::tasks::{self, TaskRunner};
 use crate::vips::Vips;
+use crate::volumes::Volumes;
 
 /// How long stopping tasks may take when the node leaves a swarm or stops.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
@@ -56,6 +57,8 @@ pub struct Node {
     pub dns: Dns,
     /// Its routing mesh: the published ports.
     pub mesh: Arc<RoutingMesh>,
+    /// Its named volumes.
+    pub volumes: Arc<Volumes>,
     routes: Arc<Routes>,
     announcer: Arc<Announcer>,
     runner: Mutex<Option<Arc<TaskRunner>>>,
@@ -107,6 +110,7 @@ impl Node {
             gossip.clone(),
         );
         let (events_tx, events) = mpsc::channel(4);
+        let volumes = Arc::new(Volumes::new(&settings.data_dir));
         let node = Arc::new(Node {
             me,
             swarm: Swarm::new(settings.clone(), metrics.clone(), events_tx),
@@ -118,6 +122,7 @@ impl Node {
             directory,
             dns,
             mesh,
+            volumes,
             routes,
             announcer,
             runner: Mutex::new(None),
@@ -173,6 +178,7 @@ impl Node {
                         reports,
                         metrics: self.metrics.clone(),
                         announcer: self.announcer.clone(),
+                        volumes: self.volumes.clone(),
                     };
                     tokio::spawn(self.mesh.clone().follow(assignments.clone()));
                     *self.runner.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -195,6 +201,12 @@ impl Node {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or_else(|| Error::Unavailable("this node is not part of a swarm: it runs no tasks".into()))
+    }
+
+    /// The volumes that tasks running on this node mount, each with those
+    /// tasks' ids; none outside a swarm (no task runs).
+    pub fn volumes_in_use(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        self.task_runner().map(|r| r.volumes_in_use()).unwrap_or_default()
     }
 
     /// The counters of the data plane and gossip, now.

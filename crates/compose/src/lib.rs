@@ -4,8 +4,10 @@
 //! (`interpolate`) and the `.env` files that feed it (`dotenv`), the
 //! building blocks that turn written values into typed ones (`resolve`),
 //! and the values docker writes the same way in flags and files (`units`,
-//! `ports`).
-//! Mapping a whole file onto service specs comes next.
+//! `ports`, `mounts`).
+//! `stack` resolves whole files into a stack's services, networks and
+//! volumes, and merges several files as docker does; the binary maps
+//! those onto service specs.
 //!
 //! Pure functions over strings: no IO, no orchestrator or control-plane
 //! types (DESIGN.md's arrows).
@@ -15,8 +17,10 @@
 pub mod dotenv;
 pub mod interpolate;
 pub mod model;
+pub mod mounts;
 pub mod ports;
 pub mod resolve;
+pub mod stack;
 pub mod units;
 
 pub use dotenv::{DotenvError, parse_dotenv};

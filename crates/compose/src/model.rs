@@ -81,7 +81,7 @@ pub struct ComposeFile {
     pub version: Option<Scalar>,
     pub name: Option<Scalar>,
     #[serde(default)]
-    pub services: BTreeMap<String, Service>,
+    pub services: BTreeMap<String, Spanned<Service>>,
     #[serde(default)]
     pub networks: BTreeMap<String, Option<Network>>,
     #[serde(default)]
@@ -417,7 +417,7 @@ networks:
     fn the_seed_shape_reads() {
         let file = parse("docker-compose.yml", SEED).unwrap();
         assert_eq!(file.version.as_ref().unwrap().value.0, "3.8");
-        let web = &file.services["web"];
+        let web = &file.services["web"].value;
         assert_eq!(web.image.as_ref().unwrap().value.0, "python3");
         let Port::Short(port) = &web.ports[0].value else { panic!("{:?}", web.ports) };
         assert_eq!(port.0, "8000:8000");
@@ -425,7 +425,7 @@ networks:
         assert_eq!(web.deploy.as_ref().unwrap().replicas.as_ref().unwrap().value.0, "2");
         assert_eq!(web.unsupported(), ["build"]);
         // Interpolation comes later: the text is kept as written.
-        let redis = &file.services["redis"];
+        let redis = &file.services["redis"].value;
         let replicas = redis.deploy.as_ref().unwrap().replicas.as_ref().unwrap();
         assert_eq!(replicas.value.0, "${REDIS_REPLICAS:-1}");
         assert_eq!((replicas.defined.line(), replicas.defined.column()), (21, 17));
@@ -465,7 +465,7 @@ services:
 secrets: {}
 "#;
         let file = parse("stack.yml", text).unwrap();
-        let edge = &file.services["edge"];
+        let edge = &file.services["edge"].value;
         let Port::Long(port) = &edge.ports[0].value else { panic!() };
         assert_eq!(port.published.as_ref().unwrap().0, "8080");
         assert_eq!(port.proxy_protocol.as_ref().unwrap().0, "v2");

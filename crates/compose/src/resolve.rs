@@ -70,8 +70,9 @@ impl<'a> Resolver<'a> {
         }
     }
 
-    /// `text`, interpolated; errors point at `at`.
-    fn expand(&mut self, text: &Text, at: &Location) -> Result<String, ParseError> {
+    /// `text`, interpolated; errors point at `at` (for values inside
+    /// lists and maps, which keep no position of their own).
+    pub fn expand_at(&mut self, text: &Text, at: &Location) -> Result<String, ParseError> {
         let vars = self.vars;
         match interpolate(&text.0, &|name| vars.get(name)) {
             Ok(done) => {
@@ -90,7 +91,7 @@ impl<'a> Resolver<'a> {
 
     /// A scalar's text, interpolated.
     pub fn text(&mut self, value: &Scalar) -> Result<String, ParseError> {
-        self.expand(&value.value, &value.defined)
+        self.expand_at(&value.value, &value.defined)
     }
 
     /// A scalar as a `T` once interpolated; `what` names it in the error
@@ -117,11 +118,23 @@ impl<'a> Resolver<'a> {
     /// (quotes and backslashes, no expansion).
     pub fn arguments(&mut self, value: &Spanned<StringOrList>) -> Result<Vec<String>, ParseError> {
         match &value.value {
-            StringOrList::List(items) => items.iter().map(|item| self.expand(item, &value.defined)).collect(),
+            StringOrList::List(items) => {
+                items.iter().map(|item| self.expand_at(item, &value.defined)).collect()
+            }
             StringOrList::String(text) => {
-                let line = self.expand(text, &value.defined)?;
+                let line = self.expand_at(text, &value.defined)?;
                 split_words(&line).map_err(|problem| self.error(&value.defined, problem))
             }
+        }
+    }
+
+    /// A list of values, or one value as a list of one (`env_file:`).
+    pub fn list(&mut self, value: &Spanned<StringOrList>) -> Result<Vec<String>, ParseError> {
+        match &value.value {
+            StringOrList::List(items) => {
+                items.iter().map(|item| self.expand_at(item, &value.defined)).collect()
+            }
+            StringOrList::String(text) => Ok(vec![self.expand_at(text, &value.defined)?]),
         }
     }
 
@@ -132,12 +145,12 @@ impl<'a> Resolver<'a> {
         match &value.value {
             MapOrList::Map(map) => map
                 .iter()
-                .map(|(key, v)| Ok((key.clone(), v.as_ref().map(|v| self.expand(v, at)).transpose()?)))
+                .map(|(key, v)| Ok((key.clone(), v.as_ref().map(|v| self.expand_at(v, at)).transpose()?)))
                 .collect(),
             MapOrList::List(items) => items
                 .iter()
                 .map(|item| {
-                    let item = self.expand(item, at)?;
+                    let item = self.expand_at(item, at)?;
                     let (key, v) = match item.split_once('=') {
                         Some((key, v)) => (key.to_owned(), Some(v.to_owned())),
                         None => (item, None),
@@ -247,7 +260,7 @@ services:
     #[test]
     fn values_are_interpolated_and_typed() {
         let file = parse("stack.yml", FILE).unwrap();
-        let web = &file.services["web"];
+        let web = &file.services["web"].value;
         let vars = vars();
         let mut r = Resolver::new("stack.yml", &vars);
         assert_eq!(r.text(web.image.as_ref().unwrap()).unwrap(), "python3");
@@ -284,7 +297,7 @@ services:
     fn bad_values_point_at_where_they_were_written() {
         let text = "services:\n  web:\n    deploy:\n      replicas: ${REPLICAS:?say how many}\n";
         let file = parse("stack.yml", text).unwrap();
-        let replicas = file.services["web"].deploy.as_ref().unwrap().replicas.clone().unwrap();
+        let replicas = file.services["web"].value.deploy.as_ref().unwrap().replicas.clone().unwrap();
         let vars = Vars::default();
         let mut r = Resolver::new("stack.yml", &vars);
         let err = r.number::<u64>(&replicas, "replicas").unwrap_err();

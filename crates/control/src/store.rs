@@ -139,6 +139,9 @@ pub struct NetworkRecord {
     /// The routing mesh's network (`ingress`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ingress: bool,
+    /// Labels (a stack's networks carry `com.docker.stack.namespace`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// The cluster state store.

@@ -6,7 +6,9 @@
 //! unshares mount, UTS and PID namespaces, and forks the task's init, pid 1
 //! of the new PID namespace. Init makes the mounts private, mounts a fresh
 //! `/proc`, private `/tmp` and `/run`, binds the generated `/etc/hosts`,
-//! `/etc/hostname` and `/etc/resolv.conf`, sets the hostname, and forks the
+//! `/etc/hostname` and `/etc/resolv.conf`, mounts the task's volumes, binds
+//! and tmpfs mounts (all inside its own mount namespace: nothing is mounted
+//! on the node's), sets the hostname, and forks the
 //! program, which drops to the task's user, changes directory and execs.
 //! Signals sent to the shim are forwarded through init to the program; when
 //! the program exits, init exits with its status (128 + signal if killed),
@@ -50,10 +52,33 @@ pub struct ExecSpec {
     pub gid: u32,
     /// Files bound over paths inside: (source on the node, target).
     pub binds: Vec<(PathBuf, PathBuf)>,
+    /// Volumes, binds and tmpfs mounts, mounted in this order (a parent
+    /// before what is mounted inside it).
+    #[serde(default)]
+    pub mounts: Vec<MountSpec>,
     /// `cgroup.procs` files to join.
     pub cgroup_procs: Vec<PathBuf>,
     /// Where the shim writes init's pid.
     pub init_pid_file: PathBuf,
+}
+
+/// A directory or a fresh tmpfs mounted into a task, in the task's own
+/// mount namespace only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    /// The node's directory (or file) to bind; `None` for a fresh tmpfs.
+    pub source: Option<PathBuf>,
+    /// Where it appears inside: an existing directory of the node, or any
+    /// path under the task's own `/tmp` or `/run` (made if missing).
+    pub target: PathBuf,
+    /// Mounted read-only.
+    pub readonly: bool,
+}
+
+/// Whether `path` lies in the task's own tmpfs (`/tmp` or `/run`), where
+/// a missing mount target may be made without touching the node.
+pub fn in_task_tmpfs(path: &Path) -> bool {
+    path.starts_with("/tmp") || path.starts_with("/run")
 }
 
 /// What `__enter` runs.
@@ -270,6 +295,15 @@ fn init(spec: &ExecSpec) -> ! {
             std::fs::File::open(source).unwrap_or_else(|e| die(&format!("open {}", source.display()), e))
         })
         .collect();
+    let mount_sources: Vec<Option<std::fs::File>> = spec
+        .mounts
+        .iter()
+        .map(|m| {
+            m.source.as_ref().map(|source| {
+                std::fs::File::open(source).unwrap_or_else(|e| die(&format!("open {}", source.display()), e))
+            })
+        })
+        .collect();
     step("mount /tmp", mount(Some("tmpfs"), "/tmp", Some("tmpfs"), hardened, Some("mode=1777")));
     step("mount /run", mount(Some("tmpfs"), "/run", Some("tmpfs"), hardened, Some("mode=755")));
     for (file, (_, target)) in sources.iter().zip(&spec.binds) {
@@ -295,6 +329,10 @@ fn init(spec: &ExecSpec) -> ! {
         );
     }
     drop(sources);
+    for (mount, source) in spec.mounts.iter().zip(&mount_sources) {
+        mount_one(mount, source.as_ref());
+    }
+    drop(mount_sources);
     step("set hostname", nix::unistd::sethostname(&spec.hostname));
     let mut argv = cstrings([spec.program.to_string_lossy()]);
     argv.extend(cstrings(&spec.args));
@@ -308,6 +346,52 @@ fn init(spec: &ExecSpec) -> ! {
             exec_as(&spec.program, &argv, &env, spec.uid, spec.gid, &spec.workdir)
         }
         Ok(ForkResult::Parent { child }) => std::process::exit(forward_until_exit(child, &all)),
+    }
+}
+
+/// Mounts `source` (a directory or file opened before `/tmp` and `/run`
+/// were hidden; `None` for a fresh tmpfs) on the mount's target, read-only if
+/// asked; dies naming the target on failure.
+fn mount_one(spec: &MountSpec, source: Option<&std::fs::File>) {
+    let none: Option<&str> = None;
+    let target = spec.target.as_path();
+    let what = |verb: &str| format!("{verb} {}", target.display());
+    if !target.exists() {
+        // Only inside the task's own tmpfs: never create anything on the node.
+        if !in_task_tmpfs(target) {
+            die(&what("mount"), "the target does not exist on this node");
+        }
+        // A file bound onto a file, anything else onto a directory.
+        let file = source.and_then(|s| s.metadata().ok()).is_some_and(|m| !m.is_dir());
+        let made = match target.parent() {
+            Some(dir) if file => std::fs::create_dir_all(dir).and_then(|()| std::fs::write(target, b"")),
+            _ => std::fs::create_dir_all(target),
+        };
+        if let Err(e) = made {
+            die(&what("create mount target"), e);
+        }
+    }
+    let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    let (result, kept) = match source {
+        Some(dir) => {
+            let fd = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(dir));
+            (
+                mount(Some(fd.as_str()), target, none, MsFlags::MS_BIND | MsFlags::MS_REC, none),
+                MsFlags::empty(),
+            )
+        }
+        None => (mount(Some("tmpfs"), target, Some("tmpfs"), hardened, Some("mode=1777")), hardened),
+    };
+    if let Err(e) = result {
+        die(&what("mount"), e);
+    }
+    if spec.readonly {
+        // A bind remount changes only this mount's flags; those not named
+        // are cleared, so a tmpfs names the ones it keeps.
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC | kept;
+        if let Err(e) = mount(none, target, none, flags, none) {
+            die(&what("make read-only"), e);
+        }
     }
 }
 

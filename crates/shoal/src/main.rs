@@ -40,9 +40,15 @@ enum Command {
     /// Manage services: create, ls, ps, inspect, scale, update, rollback, logs, rm
     #[command(subcommand)]
     Service(cli::service::ServiceCommand),
+    /// Manage stacks (compose files): deploy, ls, ps, services, rm
+    #[command(subcommand)]
+    Stack(cli::stack::StackCommand),
     /// Run commands in tasks of this node: exec, inspect
     #[command(subcommand)]
     Task(cli::task::TaskCommand),
+    /// Manage this node's volumes: create, ls, inspect, rm
+    #[command(subcommand)]
+    Volume(cli::volume::VolumeCommand),
     /// A local multi-node cluster in network namespaces: up, ls, exec, down
     #[command(subcommand)]
     Lab(cli::lab::LabCommand),
@@ -138,7 +144,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(c) => cli::node::run(&client()?, c),
         Command::Network(c) => cli::network::run(&client()?, c),
         Command::Service(c) => cli::service::run(&client()?, c),
+        Command::Stack(c) => cli::stack::run(&client()?, c),
         Command::Task(c) => cli::task::run(&client()?, c),
+        Command::Volume(c) => cli::volume::run(&client()?, c),
         Command::Lab(c) => cli::lab::run(c),
         Command::Gossip(c) => cli::debug::gossip(c),
         Command::Debug(c) => cli::debug::debug(&client()?, c),

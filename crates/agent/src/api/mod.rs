@@ -46,6 +46,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/services/{id}/tasks", get(service_tasks))
         .route("/v1/services/{id}/logs", get(service_logs))
         .route("/v1/tasks/{id}", get(task_inspect))
+        .route("/v1/volumes", get(volumes).post(volume_create))
+        .route("/v1/volumes/{name}", get(volume_inspect).delete(volume_remove))
         .route("/v1/local/tasks/{id}/exec", get(task_exec_info))
         .route("/metrics", get(metrics))
         .fallback(|| async {

@@ -195,6 +195,8 @@ pub struct NetworkCreate {
     subnet: Option<String>,
     #[serde(default)]
     attachable: bool,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
 }
 
 fn overlay() -> String {
@@ -212,7 +214,7 @@ pub async fn network_create(
         )));
     }
     let m = manager(&node).await?;
-    let record = m.create_network(&req.name, req.subnet.as_deref(), req.attachable)?;
+    let record = m.create_network(&req.name, req.subnet.as_deref(), req.attachable, req.labels)?;
     Ok((StatusCode::CREATED, Json(views::Network::from(&record))))
 }
 
@@ -447,4 +449,58 @@ pub async fn task_exec_info(State(node): Shared, Checked(Path(id)): Checked<Path
         ))
     })?;
     Ok(to_json(info))
+}
+
+// === Volumes (this node's own, as docker's local volumes) ===
+
+pub async fn volumes(State(node): Shared) -> Answer<views::VolumeList> {
+    let volumes = node.volumes.list()?.iter().map(views::Volume::from).collect();
+    Ok(Json(views::VolumeList { volumes, warnings: Vec::new() }))
+}
+
+pub async fn volume_inspect(
+    State(node): Shared,
+    Checked(Path(name)): Checked<Path<String>>,
+) -> Answer<views::Volume> {
+    Ok(Json(views::Volume::from(&node.volumes.get(&name)?)))
+}
+
+pub async fn volume_create(
+    State(node): Shared,
+    Checked(Json(req)): Checked<Json<views::VolumeCreate>>,
+) -> Result<(StatusCode, Json<views::Volume>), Error> {
+    if !matches!(req.driver.as_str(), "" | "local") {
+        return Err(Error::Invalid(format!(
+            "create {}: driver {:?} is not supported: Shoal volumes use the local driver",
+            req.name, req.driver
+        )));
+    }
+    if !req.driver_opts.is_empty() {
+        return Err(Error::Invalid(format!(
+            "create {}: the local driver here takes no options (--opt): a volume is a directory of the node",
+            req.name
+        )));
+    }
+    // Docker names an unnamed volume with 64 random hex digits.
+    let name = if req.name.is_empty() {
+        shoal_control::ca::random::<32>()?.iter().map(|b| format!("{b:02x}")).collect()
+    } else {
+        req.name
+    };
+    let volume = node.volumes.create(&name, req.labels)?;
+    Ok((StatusCode::CREATED, Json(views::Volume::from(&volume))))
+}
+
+/// `force` is taken, as docker takes it, and changes nothing: a volume in
+/// use is never removed.
+pub async fn volume_remove(
+    State(node): Shared,
+    Checked(Path(name)): Checked<Path<String>>,
+    Checked(Query(_force)): Checked<Query<Force>>,
+) -> Result<StatusCode, Error> {
+    // A volume's files may be many: removed off the async threads.
+    tokio::task::spawn_blocking(move || node.volumes.remove(&name, || node.volumes_in_use()))
+        .await
+        .map_err(Error::internal)??;
+    Ok(StatusCode::NO_CONTENT)
 }

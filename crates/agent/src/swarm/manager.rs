@@ -445,13 +445,14 @@ impl Manager {
         name: &str,
         subnet: Option<&str>,
         attachable: bool,
+        labels: BTreeMap<String, String>,
     ) -> Result<NetworkRecord, Error> {
         names::check(Kind::Network, name)?;
         let subnet = subnet
             .map(|s| s.parse::<shoal_wire::ip::Ipv4Cidr>().map_err(|e| Error::Invalid(e.to_string())))
             .transpose()?;
         let _writer = self.records.write();
-        self.create_network_locked(name, attachable, |ipam| ipam.create(name, subnet))
+        self.create_network_locked(name, attachable, labels, |ipam| ipam.create(name, subnet))
     }
 
     /// Creates the routing mesh's network if there is none (at every start:
@@ -461,7 +462,8 @@ impl Manager {
         if self.records.store.networks()?.iter().any(|n| n.ingress || n.name == INGRESS) {
             return Ok(());
         }
-        let record = self.create_network_locked(INGRESS, false, |ipam| ipam.create_ingress(INGRESS))?;
+        let record =
+            self.create_network_locked(INGRESS, false, BTreeMap::new(), |ipam| ipam.create_ingress(INGRESS))?;
         tracing::info!(subnet = %record.subnet, vni = record.vni, "manager: created the ingress network");
         Ok(())
     }
@@ -472,6 +474,7 @@ impl Manager {
         &self,
         name: &str,
         attachable: bool,
+        labels: BTreeMap<String, String>,
         allocate: impl FnOnce(&mut Ipam) -> Result<NetworkAlloc, IpamError>,
     ) -> Result<NetworkRecord, Error> {
         if self.records.store.networks()?.iter().any(|n| n.name == name) {
@@ -489,6 +492,7 @@ impl Manager {
             vni: alloc.vni,
             created_at: (now_ms() / 1000) as i64,
             ingress: name == INGRESS,
+            labels,
         };
         self.records.store.put_ipam(&ipam)?;
         self.records.store.put_network(&record)?;

@@ -18,7 +18,7 @@ pub mod prepare;
 pub mod rows;
 pub mod supervisor;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,7 @@ use crate::clock::now_ms;
 use crate::endpoints::Endpoints;
 use crate::metrics::Metrics;
 use crate::settings::Settings;
+use crate::volumes::{self, Volumes};
 
 /// What `task exec` needs of a running task.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,6 +56,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// What this node announces about its running tasks.
     pub announcer: Arc<rows::Announcer>,
+    /// This node's volumes, which tasks make at first use.
+    pub volumes: Arc<Volumes>,
 }
 
 impl Context {
@@ -109,6 +112,8 @@ pub fn plan(assigned: &[Task], running: &HashSet<&str>, ended: &HashSet<String>,
 struct Running {
     stop: watch::Sender<bool>,
     exec: Arc<Mutex<Option<ExecInfo>>>,
+    /// The volumes it mounts, counted from before they are made.
+    volumes: Vec<String>,
 }
 
 /// The node's task runner.
@@ -172,7 +177,8 @@ impl TaskRunner {
         for task in plan.start {
             let (stop, stopped) = watch::channel(false);
             let exec = Arc::new(Mutex::new(None));
-            running.insert(task.id.clone(), Running { stop, exec: exec.clone() });
+            let volumes = volumes::task_volumes(&task);
+            running.insert(task.id.clone(), Running { stop, exec: exec.clone(), volumes });
             let me = self.clone();
             tokio::spawn(async move {
                 let id = task.id.clone();
@@ -197,6 +203,23 @@ impl TaskRunner {
         while !self.running.lock().unwrap_or_else(|e| e.into_inner()).is_empty() && start.elapsed() < limit {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The volumes that tasks running here (or starting) mount, each with
+    /// those tasks' ids, sorted.
+    pub fn volumes_in_use(&self) -> BTreeMap<String, Vec<String>> {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (id, r) in running.iter() {
+            for volume in &r.volumes {
+                users.entry(volume.clone()).or_default().push(id.clone());
+            }
+        }
+        for ids in users.values_mut() {
+            ids.sort();
+            ids.dedup();
+        }
+        users
     }
 
     /// How to enter the running task whose id starts with `id`.
@@ -250,6 +273,25 @@ mod tests {
         assert_eq!(p.stop, ["stopping", "unassigned"]);
         assert_eq!(p.start.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["new"]);
         assert!(p.reports.is_empty());
+    }
+
+    #[test]
+    fn a_tasks_volumes_are_named_or_take_its_id() {
+        use shoal_orch::{Mount, MountKind};
+        let mut t = task("t1", TaskState::Running, TaskState::Assigned);
+        let mount = |kind, source: &str, target: &str| Mount {
+            kind,
+            source: source.into(),
+            target: target.into(),
+            readonly: false,
+        };
+        t.spec.mounts = vec![
+            mount(MountKind::Volume, "data", "/data"),
+            mount(MountKind::Volume, "", "/cache"),
+            mount(MountKind::Bind, "/srv", "/srv"),
+            mount(MountKind::Tmpfs, "", "/tmp/x"),
+        ];
+        assert_eq!(volumes::task_volumes(&t), ["data", "t1"], "binds and tmpfs mounts are no volumes");
     }
 
     #[test]

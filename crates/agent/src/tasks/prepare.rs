@@ -1,15 +1,17 @@
-//! Preparing a task (program, user, cgroup, sandbox with one interface per
-//! network, generated `/etc` files, the shim's spec) and removing all of it.
+//! Preparing a task (program, user, mounts and their volumes, cgroup,
+//! sandbox with one interface per network, generated `/etc` files, the
+//! shim's spec) and removing all of it.
 //!
 //! Invariant: a task that failed to prepare, or ended, leaves no cgroup,
 //! namespace, TUN or directory; `tasks/<id>/leftovers.json` names what a
-//! crash would leave, and the next start removes it.
+//! crash would leave, and the next start removes it. Volumes are not the
+//! task's: they outlive it (see `crate::volumes`).
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use shoal_orch::Task;
-use shoal_runtime::exec::{self, ExecSpec};
+use shoal_orch::{Mount, MountKind, Task};
+use shoal_runtime::exec::{self, ExecSpec, MountSpec};
 use shoal_runtime::{Cgroup, Limits, NetNs};
 
 use super::Context;
@@ -17,7 +19,8 @@ use crate::endpoints::Interface;
 use crate::error::Error;
 use crate::metrics::Op;
 
-/// The PATH programs are looked up on and tasks start with.
+/// The PATH programs are looked up on and tasks start with, unless the
+/// task sets its own.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Why a task could not be prepared: the task's error, as the user reads it.
@@ -30,6 +33,9 @@ pub enum PrepareError {
     /// The user or group does not exist on the node.
     #[error("{0}")]
     User(String),
+    /// A mount is invalid or cannot be made on this node.
+    #[error("{0}")]
+    Mount(String),
     /// The cgroup could not be made.
     #[error("cgroup: {0}")]
     Cgroup(#[source] std::io::Error),
@@ -91,9 +97,13 @@ pub async fn prepare(ctx: &Context, task: &Task) -> Result<Prepared, PrepareErro
 }
 
 async fn try_prepare(ctx: &Context, task: &Task) -> Result<Prepared, PrepareError> {
-    let path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into());
-    let program = exec::lookup(&task.spec.image, &path).map_err(PrepareError::Program)?;
+    // The task's own PATH (its `PATH=`, else the default it runs with), as
+    // a container's image PATH is: not whatever PATH the daemon was
+    // started with (a shell's pyenv shims, say).
+    let path = task.spec.env.iter().rev().find_map(|e| e.strip_prefix("PATH=")).unwrap_or(DEFAULT_PATH);
+    let program = exec::lookup(&task.spec.image, path).map_err(PrepareError::Program)?;
     let (uid, gid) = exec::resolve_user(task.spec.user.as_deref()).map_err(PrepareError::User)?;
+    let mounts = task_mounts(ctx, task)?;
     let file = |what: &str| {
         let what = what.to_owned();
         move |source| PrepareError::File { what, source }
@@ -152,12 +162,88 @@ async fn try_prepare(ctx: &Context, task: &Task) -> Result<Prepared, PrepareErro
         uid,
         gid,
         binds: files.iter().map(|(name, _)| (dir.join(name), Path::new("/etc").join(name))).collect(),
+        mounts,
         cgroup_procs: cgroup.procs_files(),
         init_pid_file: dir.join("init.pid"),
     };
     std::fs::write(dir.join("spec.json"), serde_json::to_vec(&spec).expect("serialisable"))
         .map_err(file("task spec"))?;
     Ok(Prepared { dir, sandbox, cgroup, spec })
+}
+
+/// The task's mounts, checked, with their volumes made, in mount order (a
+/// parent before what is mounted inside it).
+fn task_mounts(ctx: &Context, task: &Task) -> Result<Vec<MountSpec>, PrepareError> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for mount in &task.spec.mounts {
+        check_mount(mount, &ctx.settings.hostname).map_err(PrepareError::Mount)?;
+        if !seen.insert(Path::new(&mount.target)) {
+            return Err(PrepareError::Mount(format!("duplicate mount point: {}", mount.target)));
+        }
+        let source = match crate::volumes::volume_name(task, mount) {
+            Some(name) => Some(ctx.volumes.ensure(&name).map_err(|e| PrepareError::Mount(e.to_string()))?),
+            None if mount.kind == MountKind::Bind => Some(PathBuf::from(&mount.source)),
+            None => None,
+        };
+        out.push(MountSpec { source, target: PathBuf::from(&mount.target), readonly: mount.readonly });
+    }
+    out.sort_by_key(|m| m.target.components().count());
+    Ok(out)
+}
+
+/// Checks a mount against this node (`hostname`), with docker's wording
+/// where docker has one: an absolute target that exists here (or lies in
+/// the task's own `/tmp` or `/run`), a valid volume name, an absolute bind
+/// source that exists, and no source for a tmpfs.
+pub fn check_mount(mount: &Mount, hostname: &str) -> Result<(), String> {
+    let target = Path::new(&mount.target);
+    if !target.is_absolute() {
+        return Err(format!("invalid mount target, must be an absolute path: {}", mount.target));
+    }
+    if target.parent().is_none() {
+        return Err("invalid mount target: the destination can't be '/'".into());
+    }
+    let source = Path::new(&mount.source);
+    match mount.kind {
+        MountKind::Volume if !mount.source.is_empty() => crate::volumes::check_name(&mount.source)?,
+        MountKind::Volume => {}
+        MountKind::Bind if !source.is_absolute() => {
+            return Err(format!(
+                "invalid mount config for type \"bind\": invalid mount path: '{}' mount path must be absolute",
+                mount.source
+            ));
+        }
+        MountKind::Bind if !source.exists() => {
+            return Err(format!(
+                "invalid mount config for type \"bind\": bind source path does not exist: {}",
+                mount.source
+            ));
+        }
+        MountKind::Bind => {}
+        MountKind::Tmpfs if !mount.source.is_empty() => {
+            return Err("invalid mount config for type \"tmpfs\": source must not be specified".into());
+        }
+        MountKind::Tmpfs => {}
+    }
+    if !target.exists() && !exec::in_task_tmpfs(target) {
+        return Err(format!(
+            "mount target {} does not exist on node {hostname}: tasks share the node's filesystem, so mount \
+             onto an existing directory (such as /srv or /mnt) or under /tmp or /run",
+            mount.target
+        ));
+    }
+    if mount.kind == MountKind::Bind && target.exists() && source.is_dir() != target.is_dir() {
+        let kind = |p: &Path| if p.is_dir() { "a directory" } else { "a file" };
+        return Err(format!(
+            "invalid mount config for type \"bind\": {} is {} but the target {} is {}",
+            mount.source,
+            kind(source),
+            mount.target,
+            kind(target)
+        ));
+    }
+    Ok(())
 }
 
 /// Kills what is left of a task and removes its cgroup, sandbox and
@@ -204,5 +290,64 @@ pub fn remove_leftovers(data_dir: &Path) {
             }
         }
         let _ = std::fs::remove_dir_all(entry.path());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount(kind: MountKind, source: &str, target: &str) -> Mount {
+        Mount { kind, source: source.into(), target: target.into(), readonly: false }
+    }
+
+    fn error(m: &Mount) -> String {
+        check_mount(m, "node1").unwrap_err()
+    }
+
+    #[test]
+    fn mounts_are_checked_against_the_node() {
+        let file = std::env::temp_dir().join(format!("shoal-mount-check-{}", std::process::id()));
+        std::fs::write(&file, b"").unwrap();
+        let file_source = file.display().to_string();
+        let ok = [
+            mount(MountKind::Volume, "data", "/usr"),
+            mount(MountKind::Volume, "", "/usr"),
+            mount(MountKind::Bind, "/usr", "/usr"),
+            mount(MountKind::Tmpfs, "", "/usr"),
+            // Missing targets are fine in the task's own /tmp and /run.
+            mount(MountKind::Volume, "data", "/run/shoal-no-such-dir/data"),
+            mount(MountKind::Bind, &file_source, "/tmp/shoal-no-such-dir/app.conf"),
+        ];
+        let bad = [
+            (
+                mount(MountKind::Volume, "data", "data"),
+                "invalid mount target, must be an absolute path: data",
+            ),
+            (mount(MountKind::Volume, "data", "/"), "the destination can't be '/'"),
+            (mount(MountKind::Volume, "./data", "/usr"), "\"./data\" includes invalid characters"),
+            (
+                mount(MountKind::Bind, "/shoal-no-such-dir", "/usr"),
+                "invalid mount config for type \"bind\": bind source path does not exist: /shoal-no-such-dir",
+            ),
+            (mount(MountKind::Bind, "srv", "/usr"), "'srv' mount path must be absolute"),
+            (mount(MountKind::Tmpfs, "x", "/usr"), "source must not be specified"),
+            (mount(MountKind::Bind, &file_source, "/usr"), "is a file but the target /usr is a directory"),
+        ];
+        let checked: Vec<_> = ok.iter().map(|m| (m, check_mount(m, "node1"))).collect();
+        let refused: Vec<_> = bad.iter().map(|(m, wanted)| (m, error(m), wanted)).collect();
+        let missing = error(&mount(MountKind::Volume, "data", "/shoal-no-such-dir"));
+        let _ = std::fs::remove_file(&file);
+        for (m, result) in checked {
+            assert_eq!(result, Ok(()), "{m:?}");
+        }
+        for (m, err, wanted) in refused {
+            assert!(err.contains(wanted), "{m:?}: {err}");
+        }
+        assert_eq!(
+            missing,
+            "mount target /shoal-no-such-dir does not exist on node node1: tasks share the node's filesystem, \
+             so mount onto an existing directory (such as /srv or /mnt) or under /tmp or /run"
+        );
     }
 }

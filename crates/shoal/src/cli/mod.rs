@@ -10,8 +10,10 @@ pub mod lab;
 pub mod network;
 pub mod node;
 pub mod service;
+pub mod stack;
 pub mod swarm;
 pub mod task;
+pub mod volume;
 
 use std::io::Write;
 

@@ -1,5 +1,6 @@
 //! `shoal network create|ls|inspect|rm`.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 
 use clap::Subcommand;
@@ -24,11 +25,17 @@ pub enum NetworkCommand {
         /// Let standalone tasks attach
         #[arg(long)]
         attachable: bool,
+        /// Set metadata on a network (KEY=VALUE)
+        #[arg(long = "label")]
+        labels: Vec<String>,
         /// Network name
         name: String,
     },
     /// List networks
     Ls {
+        /// Filter output (name=NAME, label=KEY[=VALUE])
+        #[arg(short, long)]
+        filter: Vec<String>,
         /// Only display IDs
         #[arg(short, long)]
         quiet: bool,
@@ -72,16 +79,55 @@ struct Row {
     created_at: String,
 }
 
+/// `network ls` filters: `name=` (a part of the name, as docker's) and
+/// `label=KEY[=VALUE]`.
+#[derive(Debug, Default)]
+struct Filter {
+    name: Vec<String>,
+    label: Vec<(String, Option<String>)>,
+}
+
+impl Filter {
+    fn parse(filters: &[String]) -> anyhow::Result<Filter> {
+        let mut f = Filter::default();
+        for text in filters {
+            match text.split_once('=') {
+                Some(("name", v)) => f.name.push(v.to_owned()),
+                Some(("label", v)) if !v.is_empty() => f.label.push(match v.split_once('=') {
+                    Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
+                    None => (v.to_owned(), None),
+                }),
+                _ => anyhow::bail!("invalid filter {text:?}: use name=NAME or label=KEY[=VALUE]"),
+            }
+        }
+        Ok(f)
+    }
+
+    fn admits(&self, n: &Network) -> bool {
+        (self.name.is_empty() || self.name.iter().any(|p| n.name.contains(p.as_str())))
+            && self
+                .label
+                .iter()
+                .all(|(k, v)| n.labels.get(k).is_some_and(|have| v.as_ref().is_none_or(|v| v == have)))
+    }
+}
+
 /// Runs a `network` verb.
 pub fn run(client: &Client, command: NetworkCommand) -> anyhow::Result<()> {
     match command {
-        NetworkCommand::Create { driver, subnet, attachable, name } => {
-            let body = json!({ "name": name, "driver": driver, "subnet": subnet, "attachable": attachable });
+        NetworkCommand::Create { driver, subnet, attachable, labels, name } => {
+            let labels: BTreeMap<&str, &str> =
+                labels.iter().map(|l| l.split_once('=').unwrap_or((l.as_str(), ""))).collect();
+            let body = json!({
+                "name": name, "driver": driver, "subnet": subnet, "attachable": attachable, "labels": labels,
+            });
             let network: Network = client.post("/v1/networks", &body)?;
             writeln!(out(), "{}", network.id)?;
         }
-        NetworkCommand::Ls { quiet, no_trunc, format } => {
-            let list: Vec<Network> = client.get("/v1/networks")?;
+        NetworkCommand::Ls { filter, quiet, no_trunc, format } => {
+            let filter = Filter::parse(&filter)?;
+            let mut list: Vec<Network> = client.get("/v1/networks")?;
+            list.retain(|n| filter.admits(n));
             let id = |n: &Network| if no_trunc { n.id.clone() } else { short(&n.id).to_owned() };
             if quiet {
                 for n in &list {
@@ -98,7 +144,7 @@ pub fn run(client: &Client, command: NetworkCommand) -> anyhow::Result<()> {
                     scope: n.scope.clone(),
                     ipv6: "false".into(),
                     internal: "false".into(),
-                    labels: String::new(),
+                    labels: n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
                     created_at: n.created.clone(),
                 })
                 .collect();

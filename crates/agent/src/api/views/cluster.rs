@@ -169,6 +169,9 @@ pub struct Network {
     pub ipam: NetworkIpam,
     /// Driver options: the VNI.
     pub options: BTreeMap<String, String>,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     /// With `--verbose`: its services, their VIPs and tasks, as this node's
     /// directory knows them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -262,6 +265,7 @@ impl From<&NetworkRecord> for Network {
                 config: vec![IpamConfig { subnet: n.subnet.clone(), gateway: n.gateway.clone() }],
             },
             options: BTreeMap::from([(VXLAN_ID_OPTION.to_owned(), n.vni.to_string())]),
+            labels: n.labels.clone(),
             services: None,
         }
     }

@@ -1,5 +1,5 @@
 //! Every docker-shaped object the API serves, made here and only here: the
-//! node, network, service and task objects of docker's Engine API (field
+//! node, network, service, task and volume objects of docker's Engine API (field
 //! names, nesting, durations in nanoseconds, times in RFC 3339), typed in
 //! both directions so the CLI reads them as types and a service spec comes
 //! back in the shape it went out. Shoal's additions (`Self`, a task's
@@ -12,10 +12,12 @@
 mod cluster;
 mod service;
 mod spec;
+mod volume;
 
 pub use cluster::*;
 pub use service::*;
 pub use spec::*;
+pub use volume::*;
 
 use serde::{Deserialize, Serialize};
 

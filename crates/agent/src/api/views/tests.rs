@@ -178,9 +178,11 @@ fn nodes_and_networks_have_docker_field_names() {
         vni: 4096,
         created_at: 0,
         ingress: true,
+        labels: BTreeMap::from([("com.docker.stack.namespace".into(), "demo".into())]),
     };
     let v = serde_json::to_value(Network::from(&network)).unwrap();
     assert_eq!(v["IPAM"]["Config"][0]["Subnet"], "10.0.1.0/24");
     assert_eq!(v["Options"][VXLAN_ID_OPTION], "4096");
     assert_eq!(v["Ingress"], true);
+    assert_eq!(v["Labels"]["com.docker.stack.namespace"], "demo");
 }

@@ -11,7 +11,8 @@ use clap::Subcommand;
 use shoal_agent::api::views as api;
 use shoal_orch::{Mode, ServiceSpec};
 
-pub use spec::{CreateOptions, UpdateOptions, check_env, set_env};
+pub use spec::{CreateOptions, UpdateOptions, check_env, read_env_file, set_env};
+pub use views::{LsFilter, PsFilter, ls, ps};
 
 use super::client::Client;
 use super::{Format, out, print_json};
@@ -23,6 +24,9 @@ pub enum ServiceCommand {
     Create(Box<CreateOptions>),
     /// List services
     Ls {
+        /// Filter output (id=ID, name=NAME, label=KEY[=VALUE], mode=replicated|global)
+        #[arg(short, long)]
+        filter: Vec<String>,
         /// Only display IDs
         #[arg(short, long)]
         quiet: bool,
@@ -121,16 +125,11 @@ pub fn run(client: &Client, command: ServiceCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        ServiceCommand::Ls { quiet, format } => views::ls(client, quiet, &format),
+        ServiceCommand::Ls { filter, quiet, format } => {
+            views::ls(client, &views::LsFilter::parse(&filter)?, quiet, &format)
+        }
         ServiceCommand::Ps { no_trunc, filter, quiet, format, services } => {
-            let filter = views::PsFilter::parse(&filter)?;
-            for (i, s) in services.iter().enumerate() {
-                if i > 0 && !quiet && format == Format::Table {
-                    writeln!(out())?;
-                }
-                views::ps(client, s, no_trunc, &filter, quiet, &format)?;
-            }
-            Ok(())
+            views::ps(client, &services, no_trunc, &views::PsFilter::parse(&filter)?, quiet, &format)
         }
         ServiceCommand::Inspect { pretty, services } => {
             let all: Vec<api::Service> = services

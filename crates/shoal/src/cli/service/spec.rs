@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use shoal_orch::{FailureAction, HealthCheck, Mode, PortConfig, ServiceSpec, TaskSpec, UpdateConfig};
+use shoal_orch::{
+    FailureAction, HealthCheck, Mode, Mount, MountKind, PortConfig, ServiceSpec, TaskSpec, UpdateConfig,
+};
 
 use crate::cli::flags::{self, Action, Condition, Order, RollbackAction, ServiceMode};
 
@@ -165,6 +167,9 @@ pub struct CreateOptions {
     /// Service labels
     #[arg(short = 'l', long = "label")]
     pub labels: Vec<String>,
+    /// Attach a filesystem mount to the service (type=volume|bind|tmpfs,source=SRC,target=DST[,readonly])
+    #[arg(long = "mount")]
+    pub mounts: Vec<String>,
     #[command(flatten)]
     pub spec: SpecOptions,
     /// The program to run (looked up on each node's PATH) and its arguments; everything after
@@ -200,6 +205,12 @@ pub struct UpdateOptions {
     /// Remove a published port by its target port
     #[arg(long)]
     publish_rm: Vec<String>,
+    /// Add or update a mount on a service
+    #[arg(long)]
+    mount_add: Vec<String>,
+    /// Remove a mount by its target path
+    #[arg(long)]
+    mount_rm: Vec<String>,
     /// Service command args (a shell-like string)
     #[arg(long)]
     args: Option<String>,
@@ -269,6 +280,33 @@ pub fn parse_network(text: &str) -> anyhow::Result<(String, Vec<String>)> {
         }
     }
     Ok((name.ok_or_else(|| bad("name=NAME is missing"))?, aliases))
+}
+
+/// `--mount type=volume|bind|tmpfs,source=SRC,target=DST[,readonly]`, as
+/// docker takes it; a relative bind source (`./conf`) is made absolute
+/// against the working directory, as docker's CLI does.
+pub fn parse_mount(text: &str) -> anyhow::Result<Mount> {
+    let m = shoal_compose::mounts::parse_mount_flag(text)
+        .map_err(|problem| anyhow::anyhow!("{}", invalid(text, "mount", &problem)))?;
+    let kind = match m.kind {
+        shoal_compose::mounts::MountKind::Volume => MountKind::Volume,
+        shoal_compose::mounts::MountKind::Bind => MountKind::Bind,
+        shoal_compose::mounts::MountKind::Tmpfs => MountKind::Tmpfs,
+    };
+    let mut source = m.source;
+    if kind == MountKind::Bind && source.starts_with('.') {
+        let cwd =
+            std::env::current_dir().context("find the working directory for a relative --mount source")?;
+        source = cwd.join(&source).display().to_string();
+    }
+    Ok(Mount { kind, source, target: m.target, readonly: m.readonly })
+}
+
+/// Adds `mount`, replacing one with the same target, as docker's
+/// `--mount-add` does.
+fn set_mount(mounts: &mut Vec<Mount>, mount: Mount) {
+    mounts.retain(|m| m.target != mount.target);
+    mounts.push(mount);
 }
 
 /// `spread=node.labels.KEY`: the label key.
@@ -446,6 +484,9 @@ pub fn create_spec(o: &CreateOptions) -> anyhow::Result<ServiceSpec> {
         let (k, v) = l.split_once('=').unwrap_or((l, ""));
         spec.labels.insert(k.to_owned(), v.to_owned());
     }
+    for text in &o.mounts {
+        set_mount(&mut spec.task.mounts, parse_mount(text)?);
+    }
     apply(&mut spec, &o.spec)?;
     Ok(spec)
 }
@@ -472,6 +513,12 @@ pub fn update_spec(spec: &mut ServiceSpec, o: &UpdateOptions) -> anyhow::Result<
     }
     for p in &o.placement_pref_add {
         t.placement.spread.push(parse_pref(p)?);
+    }
+    for target in &o.mount_rm {
+        t.mounts.retain(|m| m.target != *target);
+    }
+    for text in &o.mount_add {
+        set_mount(&mut t.mounts, parse_mount(text)?);
     }
     if let Some(args) = &o.args {
         t.args = split_args(args)?;
@@ -614,6 +661,61 @@ mod tests {
         assert!(parse_publish("8080:80/sctp").is_err());
         assert_eq!(parse_pref("spread=node.labels.zone").unwrap(), "zone");
         assert!(parse_pref("spread=node.role").is_err());
+    }
+
+    #[test]
+    fn mounts_are_created_updated_and_removed_by_target() {
+        let c = Create::try_parse_from([
+            "create",
+            "--mount",
+            "type=volume,source=data,target=/data",
+            "--mount",
+            "type=tmpfs,dst=/scratch,ro",
+            "--mount",
+            "type=bind,src=./conf,dst=/etc/app",
+            "redis-server",
+        ])
+        .unwrap();
+        let mut spec = create_spec(&c.o).unwrap();
+        let m = &spec.task.mounts;
+        assert_eq!(m.len(), 3);
+        assert_eq!(
+            (m[0].kind, m[0].source.as_str(), m[0].target.as_str()),
+            (MountKind::Volume, "data", "/data")
+        );
+        assert!(m[1].kind == MountKind::Tmpfs && m[1].readonly);
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            m[2].source,
+            cwd.join("./conf").display().to_string(),
+            "relative to the working directory"
+        );
+        let err = parse_mount("type=volume,source=data").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid argument \"type=volume,source=data\" for \"--mount\" flag: target is required"
+        );
+
+        #[derive(Debug, Parser)]
+        struct Update {
+            #[command(flatten)]
+            o: UpdateOptions,
+        }
+        let u = Update::try_parse_from([
+            "update",
+            "--mount-rm",
+            "/scratch",
+            "--mount-add",
+            "type=volume,source=other,target=/data,readonly",
+            "web",
+        ])
+        .unwrap();
+        update_spec(&mut spec, &u.o).unwrap();
+        let targets: Vec<(&str, &str, bool)> =
+            spec.task.mounts.iter().map(|m| (m.target.as_str(), m.source.as_str(), m.readonly)).collect();
+        assert_eq!(targets[0].0, "/etc/app");
+        assert_eq!(targets[1], ("/data", "other", true), "the same target is replaced");
+        assert_eq!(targets.len(), 2);
     }
 
     #[test]

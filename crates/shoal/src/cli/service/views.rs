@@ -32,9 +32,61 @@ struct LsRow {
     ports: String,
 }
 
-/// `service ls`.
-pub fn ls(client: &Client, quiet: bool, format: &Format) -> anyhow::Result<()> {
-    let services: Vec<Service> = client.get("/v1/services")?;
+/// `service ls` filters, as docker's: `id=` and `name=` prefixes,
+/// `label=KEY` or `label=KEY=VALUE`, `mode=replicated|global`; filters of
+/// one kind are alternatives, of different kinds all apply.
+#[derive(Debug, Default, Clone)]
+pub struct LsFilter {
+    id: Vec<String>,
+    name: Vec<String>,
+    label: Vec<(String, Option<String>)>,
+    mode: Vec<String>,
+}
+
+impl LsFilter {
+    /// Parses `--filter` values.
+    pub fn parse(filters: &[String]) -> anyhow::Result<LsFilter> {
+        let mut f = LsFilter::default();
+        for text in filters {
+            match text.split_once('=') {
+                Some(("id", v)) => f.id.push(v.to_owned()),
+                Some(("name", v)) => f.name.push(v.to_owned()),
+                Some(("label", v)) if !v.is_empty() => f.label.push(match v.split_once('=') {
+                    Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
+                    None => (v.to_owned(), None),
+                }),
+                Some(("mode", v)) if v == "replicated" || v == "global" => f.mode.push(v.to_owned()),
+                _ => anyhow::bail!(
+                    "invalid filter {text:?}: use id=ID, name=NAME, label=KEY[=VALUE] or mode=replicated|global"
+                ),
+            }
+        }
+        Ok(f)
+    }
+
+    /// Also requires the label `key=value` (`stack services`).
+    pub fn require_label(&mut self, key: &str, value: &str) {
+        self.label.push((key.to_owned(), Some(value.to_owned())));
+    }
+
+    /// Whether `s` passes.
+    pub fn admits(&self, s: &Service) -> bool {
+        let mode = if matches!(s.spec.mode, Mode::Global {}) { "global" } else { "replicated" };
+        let labels = &s.spec.labels;
+        (self.id.is_empty() || self.id.iter().any(|p| s.id.starts_with(p.as_str())))
+            && (self.name.is_empty() || self.name.iter().any(|p| s.spec.name.starts_with(p.as_str())))
+            && (self.mode.is_empty() || self.mode.iter().any(|m| m == mode))
+            && self
+                .label
+                .iter()
+                .all(|(k, v)| labels.get(k).is_some_and(|have| v.as_ref().is_none_or(|v| v == have)))
+    }
+}
+
+/// `service ls` (and `stack services`).
+pub fn ls(client: &Client, filter: &LsFilter, quiet: bool, format: &Format) -> anyhow::Result<()> {
+    let mut services: Vec<Service> = client.get("/v1/services")?;
+    services.retain(|s| filter.admits(s));
     if quiet {
         for s in &services {
             writeln!(out(), "{}", s.id)?;
@@ -130,22 +182,27 @@ impl PsFilter {
     }
 }
 
-/// `service ps SERVICE`.
+/// `service ps SERVICE...` (and `stack ps`): one table of the services'
+/// tasks.
 pub fn ps(
     client: &Client,
-    service: &str,
+    services: &[String],
     no_trunc: bool,
     filter: &PsFilter,
     quiet: bool,
     format: &Format,
 ) -> anyhow::Result<()> {
-    let ServiceTasks { service, tasks } = client.get(&format!("/v1/services/{service}/tasks"))?;
     let nodes: Vec<Node> = client.get("/v1/nodes")?;
     let hostnames: HashMap<&str, &str> =
         nodes.iter().map(|n| (n.id.as_str(), n.description.hostname.as_str())).collect();
     let mut rows = Vec::new();
     let mut previous_slot = None;
-    for t in &tasks {
+    let mut all = Vec::new();
+    for name in services {
+        let ServiceTasks { service, tasks } = client.get(&format!("/v1/services/{name}/tasks"))?;
+        all.extend(tasks.into_iter().map(|t| (service.clone(), t)));
+    }
+    for (service, t) in &all {
         let desired = serde_json::to_value(t.desired_state)?.as_str().unwrap_or_default().to_owned();
         let node = t.node_id.as_deref().map_or("", |id| hostnames.get(id).copied().unwrap_or(id));
         if !filter.admits(&desired, node, &t.name) {
@@ -157,7 +214,7 @@ pub fn ps(
             continue;
         }
         // Earlier tasks of a slot show under its newest, as docker nests them.
-        let slot_key = (t.slot, if t.slot == 0 { node.to_owned() } else { String::new() });
+        let slot_key = (&t.service_id, t.slot, if t.slot == 0 { node.to_owned() } else { String::new() });
         let nested = previous_slot.as_ref() == Some(&slot_key) && *format == Format::Table;
         previous_slot = Some(slot_key);
         let mut error = t.status.err.as_deref().map(|e| format!("\"{e}\"")).unwrap_or_default();
