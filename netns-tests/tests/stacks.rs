@@ -84,11 +84,15 @@ fn mounts_of(path: &str) -> Vec<String> {
 fn the_seed_stack_counts_hits_through_every_node() {
     let c = Cluster::start_swarm_with_clients(3, 1, &[]);
     let client = 3;
-    // Each node's sandboxes before any task runs (the mesh's).
-    let sandboxes = |c: &Cluster| -> Vec<usize> {
-        (0..3).map(|i| c.json(i, &["debug", "endpoint", "ls"]).as_array().map_or(0, Vec::len)).collect()
+    // Task sandboxes on the nodes (not the routing mesh's own).
+    let sandboxes = |c: &Cluster| -> usize {
+        (0..3)
+            .flat_map(|i| c.json(i, &["debug", "endpoint", "ls"]).as_array().cloned().unwrap_or_default())
+            .map(|e| e["sandbox"].as_str().unwrap_or("").to_owned())
+            .filter(|name| !name.ends_with("-mesh"))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
     };
-    let idle = sandboxes(&c);
 
     // The seed's file as written: `build` ignored, images that are not
     // programs named with their node.
@@ -214,15 +218,17 @@ fn the_seed_stack_counts_hits_through_every_node() {
 
     // stack rm: services, then the network; no sandbox or volume mount
     // stays behind; the volume itself is kept, as docker keeps it.
+    let volume_dir = c.data_dir(redis_node).join("volumes/demo_redis-data").display().to_string();
+    assert!(!mounts_of(&volume_dir).is_empty(), "redis's task mounts its volume");
+    assert_eq!(sandboxes(&c), 3, "one sandbox per task");
     let out = c.cli(0, &["stack", "rm", "demo"]);
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
         ["Removing service demo_redis", "Removing service demo_web", "Removing network demo_default"]
     );
-    let volume_dir = c.data_dir(redis_node).join("volumes/demo_redis-data").display().to_string();
     assert!(
-        wait_until(Duration::from_secs(30), || mounts_of(&volume_dir).is_empty() && sandboxes(&c) == idle),
-        "left behind: mounts in {:?}, sandboxes {:?} (idle: {idle:?})",
+        wait_until(Duration::from_secs(30), || mounts_of(&volume_dir).is_empty() && sandboxes(&c) == 0),
+        "left behind: mounts in {:?}, {} task sandboxes",
         mounts_of(&volume_dir),
         sandboxes(&c)
     );
