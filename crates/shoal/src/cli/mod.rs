@@ -19,6 +19,34 @@ use std::io::Write;
 
 use serde::Serialize;
 
+/// Removes each of `names` with `DELETE path(name)`, printing each name
+/// removed and each error as docker does (to stderr, going on with the
+/// others); fails at the end if any could not be removed.
+pub fn remove_each(
+    client: &client::Client,
+    names: &[String],
+    path: impl Fn(&str) -> String,
+    what: &str,
+) -> anyhow::Result<()> {
+    let mut failed = false;
+    for name in names {
+        match client.call("DELETE", &path(name), None) {
+            Ok(_) => writeln!(out(), "{name}")?,
+            Err(e) => {
+                failed = true;
+                #[allow(clippy::print_stderr)]
+                {
+                    eprintln!("{e:#}");
+                }
+            }
+        }
+    }
+    if failed {
+        anyhow::bail!("some {what} could not be removed");
+    }
+    Ok(())
+}
+
 /// Standard output, locked.
 pub fn out() -> std::io::StdoutLock<'static> {
     std::io::stdout().lock()

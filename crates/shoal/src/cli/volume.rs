@@ -126,24 +126,12 @@ pub fn run(client: &Client, command: VolumeCommand) -> anyhow::Result<()> {
             Listing { rows, headers: HEADERS, cells }.print(&format)?;
         }
         VolumeCommand::Inspect { volumes } => inspect(client, &volumes)?,
-        VolumeCommand::Rm { force, volumes } => {
-            let mut failed = false;
-            for name in &volumes {
-                match client.call("DELETE", &format!("/v1/volumes/{name}?force={force}"), None) {
-                    Ok(_) => writeln!(out(), "{name}")?,
-                    Err(e) => {
-                        failed = true;
-                        #[allow(clippy::print_stderr)]
-                        {
-                            eprintln!("{e:#}");
-                        }
-                    }
-                }
-            }
-            if failed {
-                bail!("some volumes could not be removed");
-            }
-        }
+        VolumeCommand::Rm { force, volumes } => super::remove_each(
+            client,
+            &volumes,
+            |name| format!("/v1/volumes/{name}?force={force}"),
+            "volumes",
+        )?,
     }
     Ok(())
 }

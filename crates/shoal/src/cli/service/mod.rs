@@ -7,12 +7,12 @@ mod views;
 use std::io::Write;
 
 use anyhow::{Context, bail};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use shoal_agent::api::views as api;
 use shoal_orch::{Mode, ServiceSpec};
 
 pub use spec::{CreateOptions, UpdateOptions, check_env, read_env_file, set_env};
-pub use views::{LsFilter, PsFilter, ls, ps};
+pub use views::{ls, ps};
 
 use super::client::Client;
 use super::{Format, out, print_json};
@@ -23,31 +23,11 @@ pub enum ServiceCommand {
     /// Create a new service
     Create(Box<CreateOptions>),
     /// List services
-    Ls {
-        /// Filter output (id=ID, name=NAME, label=KEY[=VALUE], mode=replicated|global)
-        #[arg(short, long)]
-        filter: Vec<String>,
-        /// Only display IDs
-        #[arg(short, long)]
-        quiet: bool,
-        /// Output format: table, json (one object per line), or a template such as '{{.Name}}'
-        #[arg(long, default_value = "table")]
-        format: Format,
-    },
+    Ls(LsOptions),
     /// List the tasks of one or more services
     Ps {
-        /// Do not truncate output
-        #[arg(long)]
-        no_trunc: bool,
-        /// Filter output (desired-state=running|shutdown|accepted, name=..., node=...)
-        #[arg(short, long)]
-        filter: Vec<String>,
-        /// Only display task IDs
-        #[arg(short, long)]
-        quiet: bool,
-        /// Output format: table, json (one object per line), or a template such as '{{.Name}}'
-        #[arg(long, default_value = "table")]
-        format: Format,
+        #[command(flatten)]
+        options: PsOptions,
         /// Services
         #[arg(required = true)]
         services: Vec<String>,
@@ -108,6 +88,37 @@ pub enum ServiceCommand {
     },
 }
 
+/// The options of `service ls` and `stack services`.
+#[derive(Debug, Args)]
+pub struct LsOptions {
+    /// Filter output (id=ID, name=NAME, label=KEY[=VALUE], mode=replicated|global)
+    #[arg(short, long)]
+    pub filter: Vec<String>,
+    /// Only display IDs
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Output format: table, json (one object per line), or a template such as '{{.Name}}'
+    #[arg(long, default_value = "table")]
+    pub format: Format,
+}
+
+/// The options of `service ps` and `stack ps`.
+#[derive(Debug, Args)]
+pub struct PsOptions {
+    /// Do not truncate output
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// Filter output (desired-state=running|shutdown|accepted, name=..., node=...)
+    #[arg(short, long)]
+    pub filter: Vec<String>,
+    /// Only display task IDs
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Output format: table, json (one object per line), or a template such as '{{.Name}}'
+    #[arg(long, default_value = "table")]
+    pub format: Format,
+}
+
 /// Runs a `service` verb.
 pub fn run(client: &Client, command: ServiceCommand) -> anyhow::Result<()> {
     match command {
@@ -125,12 +136,8 @@ pub fn run(client: &Client, command: ServiceCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        ServiceCommand::Ls { filter, quiet, format } => {
-            views::ls(client, &views::LsFilter::parse(&filter)?, quiet, &format)
-        }
-        ServiceCommand::Ps { no_trunc, filter, quiet, format, services } => {
-            views::ps(client, &services, no_trunc, &views::PsFilter::parse(&filter)?, quiet, &format)
-        }
+        ServiceCommand::Ls(options) => views::ls(client, &options, None),
+        ServiceCommand::Ps { options, services } => views::ps(client, &services, &options),
         ServiceCommand::Inspect { pretty, services } => {
             let all: Vec<api::Service> = services
                 .iter()
@@ -145,23 +152,7 @@ pub fn run(client: &Client, command: ServiceCommand) -> anyhow::Result<()> {
             views::logs(client, &service, follow, tail, timestamps, no_task_ids)
         }
         ServiceCommand::Rm { services } => {
-            let mut failed = false;
-            for s in &services {
-                match client.call("DELETE", &format!("/v1/services/{s}"), None) {
-                    Ok(_) => writeln!(out(), "{s}")?,
-                    Err(e) => {
-                        failed = true;
-                        #[allow(clippy::print_stderr)]
-                        {
-                            eprintln!("{e:#}");
-                        }
-                    }
-                }
-            }
-            if failed {
-                bail!("some services could not be removed");
-            }
-            Ok(())
+            super::remove_each(client, &services, |name| format!("/v1/services/{name}"), "services")
         }
     }
 }

@@ -64,11 +64,6 @@ impl LsFilter {
         Ok(f)
     }
 
-    /// Also requires the label `key=value` (`stack services`).
-    pub fn require_label(&mut self, key: &str, value: &str) {
-        self.label.push((key.to_owned(), Some(value.to_owned())));
-    }
-
     /// Whether `s` passes.
     pub fn admits(&self, s: &Service) -> bool {
         let mode = if matches!(s.spec.mode, Mode::Global {}) { "global" } else { "replicated" };
@@ -83,8 +78,14 @@ impl LsFilter {
     }
 }
 
-/// `service ls` (and `stack services`).
-pub fn ls(client: &Client, filter: &LsFilter, quiet: bool, format: &Format) -> anyhow::Result<()> {
+/// `service ls`, and `stack services` (the services with the stack's
+/// label `(key, value)`).
+pub fn ls(client: &Client, options: &super::LsOptions, label: Option<(&str, &str)>) -> anyhow::Result<()> {
+    let super::LsOptions { ref filter, quiet, ref format } = *options;
+    let mut filter = LsFilter::parse(filter)?;
+    if let Some((key, value)) = label {
+        filter.label.push((key.to_owned(), Some(value.to_owned())));
+    }
     let mut services: Vec<Service> = client.get("/v1/services")?;
     services.retain(|s| filter.admits(s));
     if quiet {
@@ -184,14 +185,9 @@ impl PsFilter {
 
 /// `service ps SERVICE...` (and `stack ps`): one table of the services'
 /// tasks.
-pub fn ps(
-    client: &Client,
-    services: &[String],
-    no_trunc: bool,
-    filter: &PsFilter,
-    quiet: bool,
-    format: &Format,
-) -> anyhow::Result<()> {
+pub fn ps(client: &Client, services: &[String], options: &super::PsOptions) -> anyhow::Result<()> {
+    let super::PsOptions { no_trunc, ref filter, quiet, ref format } = *options;
+    let filter = &PsFilter::parse(filter)?;
     let nodes: Vec<Node> = client.get("/v1/nodes")?;
     let hostnames: HashMap<&str, &str> =
         nodes.iter().map(|n| (n.id.as_str(), n.description.hostname.as_str())).collect();

@@ -18,7 +18,7 @@ use shoal_agent::api::views::{self as api, Network};
 use shoal_orch::{STACK_LABEL, ServiceSpec};
 
 use super::client::Client;
-use super::service::{LsFilter, PsFilter};
+use super::service::{LsOptions, PsOptions};
 use super::{Format, Listing, out};
 
 /// `shoal stack`.
@@ -49,32 +49,15 @@ pub enum StackCommand {
     },
     /// List the tasks in the stack
     Ps {
-        /// Do not truncate output
-        #[arg(long)]
-        no_trunc: bool,
-        /// Filter output (desired-state=running|shutdown|accepted, name=..., node=...)
-        #[arg(short, long)]
-        filter: Vec<String>,
-        /// Only display task IDs
-        #[arg(short, long)]
-        quiet: bool,
-        /// Output format: table, json (one object per line), or a template such as '{{.Name}}'
-        #[arg(long, default_value = "table")]
-        format: Format,
+        #[command(flatten)]
+        options: PsOptions,
         /// Stack name
         name: String,
     },
     /// List the services in the stack
     Services {
-        /// Filter output (id=ID, name=NAME, label=KEY[=VALUE], mode=replicated|global)
-        #[arg(short, long)]
-        filter: Vec<String>,
-        /// Only display IDs
-        #[arg(short, long)]
-        quiet: bool,
-        /// Output format: table, json (one object per line), or a template such as '{{.Name}}'
-        #[arg(long, default_value = "table")]
-        format: Format,
+        #[command(flatten)]
+        options: LsOptions,
         /// Stack name
         name: String,
     },
@@ -93,21 +76,19 @@ pub fn run(client: &Client, command: StackCommand) -> anyhow::Result<()> {
             deploy(client, &files, &name, prune, detach, quiet)
         }
         StackCommand::Ls { format } => ls(client, &format),
-        StackCommand::Ps { no_trunc, filter, quiet, format, name } => {
+        StackCommand::Ps { options, name } => {
             let services = stack_services(client, &name)?;
             if services.is_empty() {
                 return nothing_found(&name);
             }
             let names: Vec<String> = services.iter().map(|s| s.spec.name.clone()).collect();
-            super::service::ps(client, &names, no_trunc, &PsFilter::parse(&filter)?, quiet, &format)
+            super::service::ps(client, &names, &options)
         }
-        StackCommand::Services { filter, quiet, format, name } => {
+        StackCommand::Services { options, name } => {
             if stack_services(client, &name)?.is_empty() {
                 return nothing_found(&name);
             }
-            let mut filter = LsFilter::parse(&filter)?;
-            filter.require_label(STACK_LABEL, &name);
-            super::service::ls(client, &filter, quiet, &format)
+            super::service::ls(client, &options, Some((STACK_LABEL, &name)))
         }
         StackCommand::Rm { names } => {
             for name in &names {
