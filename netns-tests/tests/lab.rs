@@ -25,9 +25,22 @@ fn a_lab_comes_up_as_a_swarm_and_down_leaves_nothing() {
     require_root();
     let name = format!("t{}", std::process::id());
     let _down = Down(name.clone());
-    let up = shoal(&["lab", "up", "--nodes", "3", "--name", &name]);
+    let up = shoal(&["lab", "up", "--nodes", "3", "--clients", "1", "--name", &name]);
     assert!(up.status.success(), "lab up: {}", String::from_utf8_lossy(&up.stderr));
-    assert!(String::from_utf8_lossy(&up.stdout).contains("node1 is the manager"));
+    let said = String::from_utf8_lossy(&up.stdout).into_owned();
+    assert!(said.contains("node1 is the manager"), "{said}");
+    // The client is a host of its own on the underlay, with no daemon.
+    let client_addr = said
+        .split("client1 is a host outside the swarm at ")
+        .nth(1)
+        .and_then(|rest| rest.split(".\n").next())
+        .unwrap_or_else(|| panic!("no client in {said}"))
+        .to_owned();
+    let addrs = shoal(&["lab", "exec", "--name", &name, "client1", "--", "ip", "-o", "-4", "addr"]);
+    assert!(String::from_utf8_lossy(&addrs.stdout).contains(&format!("{client_addr}/")));
+    let env =
+        shoal(&["lab", "exec", "--name", &name, "client1", "--", "sh", "-c", "echo ${SHOAL_HOST:-none}"]);
+    assert_eq!(String::from_utf8_lossy(&env.stdout).trim(), "none");
 
     let ls = String::from_utf8_lossy(&shoal(&["lab", "ls"]).stdout).into_owned();
     assert!(

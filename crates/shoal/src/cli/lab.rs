@@ -25,18 +25,21 @@ pub enum LabCommand {
         /// Number of nodes
         #[arg(long, default_value_t = 3)]
         nodes: usize,
+        /// Hosts on the same underlay that run no daemon (client1, ...): machines outside the swarm
+        #[arg(long, default_value_t = 0)]
+        clients: usize,
         /// Lab name
         #[arg(long, default_value = "lab")]
         name: String,
     },
     /// List labs
     Ls,
-    /// Run a command inside a lab node, with SHOAL_HOST pointing at its daemon
+    /// Run a command inside a lab node (with SHOAL_HOST pointing at its daemon) or client
     Exec {
         /// Lab name
         #[arg(long, default_value = "lab")]
         name: String,
-        /// Node (node1, node2, ...)
+        /// Node (node1, node2, ...) or client (client1, ...)
         node: String,
         /// The command, after `--`
         #[arg(last = true, required = true)]
@@ -55,6 +58,16 @@ struct LabRecord {
     name: String,
     netns_prefix: String,
     nodes: Vec<NodeRecord>,
+    /// Hosts without a daemon.
+    #[serde(default)]
+    clients: Vec<ClientRecord>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ClientRecord {
+    name: String,
+    netns: String,
+    underlay: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -92,26 +105,40 @@ fn check_name(name: &str) -> anyhow::Result<()> {
 /// Runs a `lab` verb.
 pub fn run(command: LabCommand) -> anyhow::Result<()> {
     match command {
-        LabCommand::Up { nodes, name } => up(nodes, &name),
+        LabCommand::Up { nodes, clients, name } => up(nodes, clients, &name),
         LabCommand::Ls => ls(),
         LabCommand::Exec { name, node, command } => exec(&name, &node, &command),
         LabCommand::Down { name } => down(&name),
     }
 }
 
-fn up(nodes: usize, name: &str) -> anyhow::Result<()> {
+fn up(nodes: usize, clients: usize, name: &str) -> anyhow::Result<()> {
     check_name(name)?;
     ensure!((1..=50).contains(&nodes), "a lab has 1 to 50 nodes, not {nodes}");
+    ensure!(clients <= 10, "a lab has at most 10 clients, not {clients}");
     let state = dir(name);
     ensure!(!state.exists(), "lab {name} exists already: `shoal lab down {name}` removes it");
     let prefix = format!("shoal-lab-{name}");
-    let lab = Lab::named(&prefix, nodes).with_context(|| format!("build lab {name}"))?;
+    let lab = Lab::named(&prefix, nodes + clients).with_context(|| format!("build lab {name}"))?;
     std::fs::create_dir_all(&state)?;
     let exe = std::env::current_exe().context("find the shoal binary")?;
-    let mut record = LabRecord { name: name.to_owned(), netns_prefix: prefix.clone(), nodes: Vec::new() };
+    let mut record = LabRecord {
+        name: name.to_owned(),
+        netns_prefix: prefix.clone(),
+        nodes: Vec::new(),
+        clients: lab.hosts()[nodes..]
+            .iter()
+            .enumerate()
+            .map(|(i, host)| ClientRecord {
+                name: format!("client{}", i + 1),
+                netns: host.netns.clone(),
+                underlay: host.underlay.to_string(),
+            })
+            .collect(),
+    };
     let mut children = Vec::new();
     let result = (|| -> anyhow::Result<()> {
-        for (i, host) in lab.hosts().iter().enumerate() {
+        for (i, host) in lab.hosts()[..nodes].iter().enumerate() {
             let node = format!("node{}", i + 1);
             let socket = state.join(format!("{node}.sock"));
             let log = std::fs::File::create(state.join(format!("{node}.log")))?;
@@ -176,6 +203,9 @@ fn up(nodes: usize, name: &str) -> anyhow::Result<()> {
     lab.keep();
     let mut out = std::io::stdout().lock();
     writeln!(out, "Lab {name} is up: {nodes} nodes, node1 is the manager, the others joined as workers.")?;
+    for c in &record.clients {
+        writeln!(out, "{} is a host outside the swarm at {}.", c.name, c.underlay)?;
+    }
     writeln!(
         out,
         "Try:  shoal lab exec{} node1 -- shoal node ls",
@@ -227,17 +257,22 @@ fn ls() -> anyhow::Result<()> {
 
 fn exec(name: &str, node: &str, command: &[String]) -> anyhow::Result<()> {
     let lab = load(name)?;
-    let Some(n) = lab.nodes.iter().find(|n| n.name == node) else {
-        let names: Vec<&str> = lab.nodes.iter().map(|n| n.name.as_str()).collect();
+    let mut cmd = Command::new("nsenter");
+    if let Some(n) = lab.nodes.iter().find(|n| n.name == node) {
+        cmd.arg(format!("--net=/run/netns/{}", n.netns))
+            .env("SHOAL_HOST", format!("unix://{}", n.socket.display()));
+    } else if let Some(c) = lab.clients.iter().find(|c| c.name == node) {
+        cmd.arg(format!("--net=/run/netns/{}", c.netns));
+    } else {
+        let names: Vec<&str> = lab
+            .nodes
+            .iter()
+            .map(|n| n.name.as_str())
+            .chain(lab.clients.iter().map(|c| c.name.as_str()))
+            .collect();
         bail!("lab {name} has no node {node}: its nodes are {}", names.join(", "));
-    };
-    let status = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", n.netns))
-        .arg("--")
-        .args(command)
-        .env("SHOAL_HOST", format!("unix://{}", n.socket.display()))
-        .status()
-        .with_context(|| format!("run {}", command[0]))?;
+    }
+    let status = cmd.arg("--").args(command).status().with_context(|| format!("run {}", command[0]))?;
     if !status.success() {
         std::process::exit(status.code().unwrap_or(1));
     }
