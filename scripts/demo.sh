@@ -71,9 +71,11 @@ on node1 shoal service create --name myapp --replicas 5 -p 8080:80 --stop-signal
 on node1 shoal service ls
 on node1 shoal service inspect --pretty myapp
 on node1 shoal service ps myapp
+# Every node answers on 8080; each new connection goes to the next task.
 for n in node1 node2 node3; do
   on client1 curl -s --retry 10 --retry-connrefused --retry-delay 1 "http://$(underlay "$n"):8080/"
 done
+on client1 sh -c "for i in 1 2 3 4 5; do curl -s http://$(underlay node2):8080/; done"
 on node1 shoal service scale myapp=2
 on node1 shoal service update --env-add COLOUR=blue myapp
 on node1 shoal service ps myapp

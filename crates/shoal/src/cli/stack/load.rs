@@ -291,3 +291,90 @@ fn mount(
     };
     Ok(Mount { kind, source, target: m.target.clone(), readonly: m.readonly })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stack(text: &str) -> Stack {
+        let vars = Vars::new([], []);
+        let file = shoal_compose::parse("t.yml", text).unwrap();
+        let stack = shoal_compose::stack::resolve(&file, &mut Resolver::new("t.yml", &vars)).unwrap();
+        stack.check("t.yml").unwrap();
+        stack
+    }
+
+    #[test]
+    fn a_service_becomes_a_spec_scoped_to_its_stack() {
+        let s = stack(
+            r#"
+services:
+  web:
+    image: python3
+    entrypoint: ["gunicorn", "-b", "0.0.0.0:80"]
+    command: ["app:app"]
+    networks:
+      front: {aliases: [www]}
+      ext: {}
+    volumes: ["data:/srv", "/etc/hostname:/etc/hostname:ro", "/scratch"]
+    depends_on: [db]
+    deploy:
+      mode: global
+      labels: {tier: front}
+      endpoint_mode: dnsrr
+      update_config: {failure_action: rollback, order: start-first}
+    stop_signal: SIGQUIT
+  db:
+    image: redis-server
+networks:
+  front: {attachable: true, ipam: {config: [{subnet: 10.9.0.0/24}]}}
+  ext: {external: true, name: shared}
+volumes:
+  data: {}
+"#,
+        );
+        let networks = networks("demo", &s);
+        assert_eq!(networks["front"].name, "demo_front");
+        let front = networks["front"].create.as_ref().unwrap();
+        assert!(front.attachable && front.subnet.as_deref() == Some("10.9.0.0/24"));
+        assert_eq!(front.labels[STACK_LABEL], "demo");
+        assert!(networks["ext"].create.is_none() && networks["ext"].name == "shared");
+        assert_eq!(networks["default"].name, "demo_default", "db is on the default network");
+
+        let spec = service_spec("demo", "web", &s.services["web"], &s, &networks, Path::new(".")).unwrap();
+        assert_eq!(spec.name, "demo_web");
+        assert_eq!(
+            (spec.task.image.as_str(), spec.task.args.as_slice()),
+            ("gunicorn", &["-b".to_owned(), "0.0.0.0:80".into(), "app:app".into()][..])
+        );
+        assert_eq!(spec.task.networks, ["shared", "demo_front"], "by key: ext, front");
+        assert_eq!(spec.task.aliases["demo_front"], ["web", "www"]);
+        assert_eq!(spec.task.aliases["shared"], ["web"]);
+        assert_eq!(spec.mode, Mode::Global);
+        assert_eq!((spec.labels["tier"].as_str(), spec.labels[STACK_LABEL].as_str()), ("front", "demo"));
+        assert_eq!(spec.endpoint.mode, EndpointMode::Dnsrr);
+        assert_eq!(
+            (spec.update.failure_action, spec.update.order),
+            (FailureAction::Rollback, UpdateOrder::StartFirst)
+        );
+        assert_eq!(spec.task.stop_signal, "SIGQUIT");
+        assert_eq!(spec.depends_on, ["demo_db"]);
+        let mounts: Vec<(MountKind, &str, &str, bool)> = spec
+            .task
+            .mounts
+            .iter()
+            .map(|m| (m.kind, m.source.as_str(), m.target.as_str(), m.readonly))
+            .collect();
+        assert_eq!(
+            mounts,
+            [
+                (MountKind::Volume, "demo_data", "/srv", false),
+                (MountKind::Bind, "/etc/hostname", "/etc/hostname", true),
+                (MountKind::Volume, "", "/scratch", false),
+            ]
+        );
+        let db = service_spec("demo", "db", &s.services["db"], &s, &networks, Path::new(".")).unwrap();
+        assert_eq!((db.task.image.as_str(), db.mode), ("redis-server", Mode::Replicated { replicas: 1 }));
+        assert_eq!(db.task.networks, ["demo_default"]);
+    }
+}
