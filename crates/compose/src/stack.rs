@@ -890,6 +890,34 @@ networks:
         assert_eq!((e.line, e.column), (6, 13), "{e}");
     }
 
+    /// Runs the whole pipeline on `text`: any outcome but a panic is fine.
+    fn pipeline(text: &str) {
+        let vars = Vars::new([("REPLICAS".to_owned(), "2".to_owned())], []);
+        let Ok(file) = parse("p.yml", text) else { return };
+        let Ok(stack) = resolve(&file, &mut Resolver::new("p.yml", &vars)) else { return };
+        let _ = stack.check("p.yml");
+        let _ = stack.start_order();
+        let _ = stack.clone().merge(stack);
+    }
+
+    proptest::proptest! {
+        /// A valid file with a few characters put anywhere (which breaks its
+        /// indentation, keys, values, quotes) reads, or is refused, but
+        /// never panics.
+        #[test]
+        fn mutated_files_never_panic(at in 0usize..BASE.len(), insert in ".{0,6}", cut in proptest::bool::ANY) {
+            let at = (0..=at).rev().find(|i| BASE.is_char_boundary(*i)).unwrap_or(0);
+            let text = if cut { BASE[..at].to_owned() } else { format!("{}{insert}{}", &BASE[..at], &BASE[at..]) };
+            pipeline(&text);
+        }
+
+        /// So does any short text.
+        #[test]
+        fn any_text_never_panics(text in ".{0,80}") {
+            pipeline(&text);
+        }
+    }
+
     #[test]
     fn references_are_checked_after_merging() {
         let check = |text: &str| load("d.yml", text, &[]).unwrap().check("d.yml").unwrap_err();

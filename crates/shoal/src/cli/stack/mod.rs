@@ -38,6 +38,12 @@ pub enum StackCommand {
         /// Suppress progress output
         #[arg(short, long)]
         quiet: bool,
+        /// Accepted so docker's scripts run; Shoal pulls no images
+        #[arg(long)]
+        with_registry_auth: bool,
+        /// Accepted so docker's scripts run (always, changed, never); Shoal pulls no images
+        #[arg(long, value_parser = ["always", "changed", "never"])]
+        resolve_image: Option<String>,
         /// Stack name
         name: String,
     },
@@ -72,7 +78,7 @@ pub enum StackCommand {
 /// Runs a `stack` verb.
 pub fn run(client: &Client, command: StackCommand) -> anyhow::Result<()> {
     match command {
-        StackCommand::Deploy { files, prune, detach, quiet, name } => {
+        StackCommand::Deploy { files, prune, detach, quiet, name, .. } => {
             deploy(client, &files, &name, prune, detach, quiet)
         }
         StackCommand::Ls { format } => ls(client, &format),

@@ -17,6 +17,9 @@ use crate::cli::out;
 const LIMIT: Duration = Duration::from_secs(180);
 /// Between looks.
 const POLL: Duration = Duration::from_millis(300);
+/// Once a program is found missing, how long to wait for the other
+/// services' news, so that one message names them all.
+const GATHER: Duration = Duration::from_secs(3);
 
 /// Whether a task error says the program is not on the node.
 fn program_missing(err: &str) -> bool {
@@ -28,6 +31,7 @@ fn program_missing(err: &str) -> bool {
 /// with each unfinished service's last task error.
 pub fn converge(client: &Client, ids: &[String], quiet: bool) -> anyhow::Result<()> {
     let start = Instant::now();
+    let mut first_missing: Option<Instant> = None;
     let mut done: BTreeSet<String> = BTreeSet::new();
     loop {
         let services: Vec<Service> = client.get("/v1/services")?;
@@ -36,6 +40,8 @@ pub fn converge(client: &Client, ids: &[String], quiet: bool) -> anyhow::Result<
             nodes.iter().map(|n| (n.id.as_str(), n.description.hostname.as_str())).collect();
         let mut missing = Vec::new();
         let mut waiting = Vec::new();
+        // Services neither converged nor missing their program.
+        let mut still_starting = 0;
         for id in ids {
             let Some(s) = services.iter().find(|s| &s.id == id) else { continue };
             let status = s.service_status;
@@ -56,6 +62,7 @@ pub fn converge(client: &Client, ids: &[String], quiet: bool) -> anyhow::Result<
             let ServiceTasks { tasks, .. } = client.get(&format!("/v1/services/{id}/tasks"))?;
             let image = &s.spec.task_template.container_spec.image;
             let mut last_error = None;
+            let mut this_missing = false;
             for t in tasks.iter().filter(|t| &t.spec.container_spec.image == image) {
                 let Some(err) = &t.status.err else { continue };
                 let node = t.node_id.as_deref().map_or("?", |n| hostname.get(n).copied().unwrap_or(n));
@@ -64,15 +71,23 @@ pub fn converge(client: &Client, ids: &[String], quiet: bool) -> anyhow::Result<
                         "service {}: image {image:?} is not a program on node {node} ({err})",
                         s.spec.name
                     ));
+                    this_missing = true;
                 }
                 last_error = Some(err.clone());
+            }
+            if !this_missing {
+                still_starting += 1;
             }
             waiting.push(match last_error {
                 Some(err) => format!("{}: {err}", s.spec.name),
                 None => format!("{}: {}/{} running", s.spec.name, status.running_tasks, status.desired_tasks),
             });
         }
-        if !missing.is_empty() {
+        let since = match missing.is_empty() {
+            true => None,
+            false => Some(*first_missing.get_or_insert_with(Instant::now)),
+        };
+        if since.is_some_and(|t| still_starting == 0 || t.elapsed() > GATHER) {
             missing.sort();
             missing.dedup();
             bail!(
