@@ -15,6 +15,9 @@ pub enum Error {
     /// The object exists already, is in use, or changed meanwhile.
     #[error("{0}")]
     Conflict(String),
+    /// The request's body is larger than the API takes.
+    #[error("{0}")]
+    TooLarge(String),
     /// This node is not in the state the request needs (in no swarm, not
     /// the manager, the manager unreachable).
     #[error("{0}")]

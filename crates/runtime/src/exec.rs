@@ -58,6 +58,11 @@ pub struct ExecSpec {
     pub mounts: Vec<MountSpec>,
     /// `cgroup.procs` files to join.
     pub cgroup_procs: Vec<PathBuf>,
+    /// The node's paths the task must not see (the daemon's data directory
+    /// with its keys, its API socket): an empty read-only tmpfs over a
+    /// directory, `/dev/null` over anything else.
+    #[serde(default)]
+    pub masks: Vec<PathBuf>,
     /// Where the shim writes init's pid.
     pub init_pid_file: PathBuf,
 }
@@ -306,6 +311,9 @@ fn init(spec: &ExecSpec) -> ! {
         .collect();
     step("mount /tmp", mount(Some("tmpfs"), "/tmp", Some("tmpfs"), hardened, Some("mode=1777")));
     step("mount /run", mount(Some("tmpfs"), "/run", Some("tmpfs"), hardened, Some("mode=755")));
+    for path in &spec.masks {
+        mask(path);
+    }
     for (file, (_, target)) in sources.iter().zip(&spec.binds) {
         // A target that is a symlink (into /run, say) is bound where it points.
         let target = match std::fs::read_link(target) {
@@ -346,6 +354,24 @@ fn init(spec: &ExecSpec) -> ! {
             exec_as(&spec.program, &argv, &env, spec.uid, spec.gid, &spec.workdir)
         }
         Ok(ForkResult::Parent { child }) => std::process::exit(forward_until_exit(child, &all)),
+    }
+}
+
+/// Hides the node's `path` from the task (after every source the task
+/// needs was opened): a directory behind an empty read-only tmpfs, a file
+/// or socket behind `/dev/null`. A path that does not exist has nothing to
+/// hide; one that cannot be hidden stops the task.
+fn mask(path: &Path) {
+    let none: Option<&str> = None;
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return };
+    let result = if meta.is_dir() {
+        let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        mount(Some("tmpfs"), path, Some("tmpfs"), flags, Some("mode=000,size=4k"))
+    } else {
+        mount(Some("/dev/null"), path, none, MsFlags::MS_BIND, none)
+    };
+    if let Err(e) = result {
+        die(&format!("hide {}", path.display()), e);
     }
 }
 

@@ -17,6 +17,7 @@ impl Error {
             Error::Invalid(_) => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -58,7 +59,7 @@ impl<S, E> FromRequest<S> for Checked<E>
 where
     S: Send + Sync,
     E: FromRequest<S>,
-    E::Rejection: std::fmt::Display,
+    E::Rejection: std::fmt::Display + IntoResponse,
 {
     type Rejection = Error;
 
@@ -66,7 +67,19 @@ where
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
         match E::from_request(req, state).await {
             Ok(e) => Ok(Checked(e)),
-            Err(e) => Err(rejected(&method, &path, e)),
+            Err(e) => {
+                let error = rejected(&method, &path, &e);
+                if e.into_response().status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    return Err(Error::TooLarge(format!(
+                        "{error}: the API takes bodies of up to {} MiB",
+                        BODY_LIMIT >> 20
+                    )));
+                }
+                Err(error)
+            }
         }
     }
 }
+
+/// The largest request body the API reads.
+pub const BODY_LIMIT: usize = 2 << 20;

@@ -58,6 +58,7 @@ pub fn router(node: Arc<Node>) -> Router {
                 "this route does not take that method: see `shoal --help` for what the API offers".into(),
             )
         })
+        .layer(axum::extract::DefaultBodyLimit::max(error::BODY_LIMIT))
         .with_state(node)
 }
 

@@ -164,11 +164,24 @@ async fn try_prepare(ctx: &Context, task: &Task) -> Result<Prepared, PrepareErro
         binds: files.iter().map(|(name, _)| (dir.join(name), Path::new("/etc").join(name))).collect(),
         mounts,
         cgroup_procs: cgroup.procs_files(),
+        masks: masks(&ctx.settings.data_dir, &ctx.settings.socket),
         init_pid_file: dir.join("init.pid"),
     };
     std::fs::write(dir.join("spec.json"), serde_json::to_vec(&spec).expect("serialisable"))
         .map_err(file("task spec"))?;
     Ok(Prepared { dir, sandbox, cgroup, spec })
+}
+
+/// What a task must not see of its node: the daemon's data directory (the
+/// swarm's keys, state, other tasks' files) and its API socket. Those
+/// under `/tmp` or `/run` are hidden already (the task has its own), and
+/// the filesystem's root is never masked.
+fn masks(data_dir: &Path, socket: &Path) -> Vec<PathBuf> {
+    [data_dir, socket]
+        .into_iter()
+        .map(|p| p.canonicalize().unwrap_or_else(|_| p.to_owned()))
+        .filter(|p| p.is_absolute() && p.parent().is_some() && !exec::in_task_tmpfs(p))
+        .collect()
 }
 
 /// The task's mounts, checked, with their volumes made, in mount order (a
@@ -296,6 +309,17 @@ pub fn remove_leftovers(data_dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_data_directory_and_socket_are_hidden_unless_already_private() {
+        let masked = masks(Path::new("/var/lib/shoal-none"), Path::new("/srv/shoal-none.sock"));
+        assert_eq!(masked, [PathBuf::from("/var/lib/shoal-none"), PathBuf::from("/srv/shoal-none.sock")]);
+        assert!(masks(Path::new("/tmp/lab/h1.data"), Path::new("/run/shoal/shoal.sock")).is_empty());
+        assert!(
+            masks(Path::new("/"), Path::new("relative.sock")).is_empty(),
+            "never the root, never relative"
+        );
+    }
 
     fn mount(kind: MountKind, source: &str, target: &str) -> Mount {
         Mount { kind, source: source.into(), target: target.into(), readonly: false }
