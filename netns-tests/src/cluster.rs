@@ -144,6 +144,11 @@ impl Cluster {
         assert!(up && self.lab.is_running(pid), "daemon on h{} did not come up:\n{}", i + 1, self.log(i));
     }
 
+    /// The pid of the daemon on host `i`.
+    pub fn daemon_pid(&self, i: usize) -> u32 {
+        self.daemons[i].as_ref().expect("a daemon runs there").pid
+    }
+
     /// Kills the daemon on host `i` with SIGKILL.
     pub fn kill_daemon(&mut self, i: usize) {
         let daemon = self.daemons[i].take().expect("a daemon runs there");

@@ -53,6 +53,7 @@ struct KindLabels {
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
     failures: Family<OpLabels, Counter>,
+    tasks_started: Counter,
 }
 
 /// What the data plane and gossip report at scrape time.
@@ -94,6 +95,11 @@ impl Metrics {
         self.failures.get_or_create(&OpLabels { op }).inc();
     }
 
+    /// Counts a task whose process started on this node.
+    pub fn task_started(&self) {
+        self.tasks_started.inc();
+    }
+
     /// How often `op` failed.
     pub fn failures(&self, op: Op) -> u64 {
         self.failures.get_or_create(&OpLabels { op }).get()
@@ -106,6 +112,11 @@ impl Metrics {
             "shoal_agent_failures",
             "Operations the agent failed at and carried on without (each also logged), by operation.",
             self.failures.clone(),
+        );
+        r.register(
+            "shoal_tasks_started",
+            "Task processes started on this node (each run of each task).",
+            self.tasks_started.clone(),
         );
         r.register(
             "shoal_dataplane_networks",

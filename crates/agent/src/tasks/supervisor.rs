@@ -210,6 +210,7 @@ pub async fn supervise(
             return Lifecycle::start_failed(e, now_ms());
         }
     };
+    ctx.metrics.task_started();
     let shim = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
     let mut readers = Vec::new();
     if let Some(out) = child.stdout.take() {
