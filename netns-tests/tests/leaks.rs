@@ -62,6 +62,7 @@ fn held(c: &Cluster) -> Held {
 }
 
 #[test]
+#[allow(clippy::print_stdout)] // the figures, for `--nocapture`
 fn two_thousand_task_runs_leave_nothing_behind() {
     let c = Cluster::start_swarm(1);
     c.cli(0, &["network", "create", "-d", "overlay", "churn"]);
