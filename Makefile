@@ -4,6 +4,8 @@
 
 CARGO ?= cargo
 FUZZ_SECONDS ?= 30
+# Each parser's libFuzzer run inside `make test` (8 targets: 2 minutes).
+TEST_FUZZ_SECONDS ?= 15
 # Tools the tests, demo and benchmarks run, with the Debian package of each.
 TOOLS := ip:iproute2 bridge:iproute2 nsenter:util-linux ping:iputils-ping \
          iperf3:iperf3 sockperf:sockperf ethtool:ethtool nft:nftables python3:python3 \
@@ -39,6 +41,7 @@ demo: deps
 test: deps lint
 	$(CARGO) build -p shoal
 	$(CARGO) test --workspace --all-targets
+	$(MAKE) fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS)
 
 lint:
 	$(CARGO) fmt --all --check
@@ -74,7 +77,9 @@ bench: bench-forward bench-overlay bench-gossip bench-services bench-discovery b
 fuzz:
 	command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
 	cd fuzz && for target in $$(RUSTC_BOOTSTRAP=1 cargo fuzz list); do \
-	  RUSTC_BOOTSTRAP=1 cargo fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done
+	  mkdir -p corpus/$$target; seeds=""; [ -d seeds/$$target ] && seeds=seeds/$$target; \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run $$target corpus/$$target $$seeds -- \
+	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 || exit 1; done
 
 clean:
 	$(CARGO) clean
