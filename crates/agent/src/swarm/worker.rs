@@ -76,9 +76,16 @@ pub async fn session(
         match session_client(&dir) {
             Ok((client, renew_at)) => match connect(client, manager).await {
                 Ok(conn) => {
-                    let exchange =
+                    let mut exchange =
                         tokio::spawn(dispatch::exchange(conn.clone(), assignments.clone(), outbox.clone()));
-                    heartbeat_until_failure(&conn, &dir, renew_at).await;
+                    // Either half ending ends the session: heartbeats alone
+                    // would keep a node Ready that no longer hears its
+                    // assignments (a poll that timed out while the daemon
+                    // was frozen, say), and its old tasks would run on.
+                    tokio::select! {
+                        () = heartbeat_until_failure(&conn, &dir, renew_at) => {}
+                        _ = &mut exchange => tracing::info!("assignments exchange ended; reconnecting"),
+                    }
                     exchange.abort();
                     conn.close(0u32.into(), b"reconnecting");
                 }
