@@ -327,3 +327,52 @@ fn killed_tasks_fail_only_their_own_requests_and_are_replaced() {
     assert!(f.failed < f.total / 10, "most requests were served");
     settle(&c, 0, "killed tasks");
 }
+
+/// nftables rules on host `i` dropping its traffic with the other nodes:
+/// all of it, or only the control plane's (UDP 2377).
+fn partition(c: &Cluster, i: usize, only_control: bool) {
+    let others: Vec<String> =
+        (0..3).filter(|&j| j != i).map(|j| c.lab.host(j).underlay.to_string()).collect();
+    let peers = others.join(", ");
+    let (inbound, outbound) = if only_control {
+        (format!("ip saddr {{ {peers} }} udp sport 2377"), format!("ip daddr {{ {peers} }} udp dport 2377"))
+    } else {
+        (format!("ip saddr {{ {peers} }}"), format!("ip daddr {{ {peers} }}"))
+    };
+    c.nft(
+        i,
+        &format!(
+            "table inet chaos {{\n chain in {{ type filter hook input priority 0; {inbound} drop; }}\n \
+             chain out {{ type filter hook output priority 0; {outbound} drop; }}\n}}\n"
+        ),
+    );
+}
+
+fn heal(c: &Cluster, i: usize) {
+    c.nft(i, "delete table inet chaos\n");
+}
+
+#[test]
+fn partitions_of_a_worker_heal_without_duplicate_tasks() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let c = swarm();
+    for (name, only_control) in
+        [("a worker cut off for 15 s", false), ("a worker's control plane (2377) cut for 15 s", true)]
+    {
+        let load = Load::start(&c, 0, 8080, 30);
+        std::thread::sleep(Duration::from_secs(5));
+        let fault = now();
+        partition(&c, 2, only_control);
+        std::thread::sleep(Duration::from_secs(15));
+        heal(&c, 2);
+        let f = figures(&load.results(), fault);
+        report(name, &f);
+        assert!(f.failed < f.total / 4, "most requests were served");
+        assert!(
+            f.last_failure_after < 10.0,
+            "no failure once the partition is known: {:.2} s",
+            f.last_failure_after
+        );
+        settle(&c, 0, name);
+    }
+}
