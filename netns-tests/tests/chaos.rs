@@ -77,9 +77,14 @@ impl Load {
 
     /// Waits for the load to end: each request's start time and outcome.
     fn results(self) -> Vec<(f64, bool)> {
+        self.at_least(50)
+    }
+
+    /// The same, from a load that ran at least `min` requests.
+    fn at_least(self, min: usize) -> Vec<(f64, bool)> {
         let out = self.0.wait_with_output().expect("the load ran");
         let rows: Vec<(f64, bool)> = serde_json::from_slice(&out.stdout).expect("the load's results");
-        assert!(rows.len() > 50, "the load ran too few requests: {}", rows.len());
+        assert!(rows.len() >= min, "the load ran too few requests: {}", rows.len());
         rows
     }
 }
@@ -374,5 +379,47 @@ fn partitions_of_a_worker_heal_without_duplicate_tasks() {
             f.last_failure_after
         );
         settle(&c, 0, name);
+    }
+}
+
+/// Drops `percent` % of the UDP datagrams every node receives (VXLAN,
+/// gossip and the control plane's QUIC alike).
+fn lose_datagrams(c: &Cluster, percent: u32) {
+    for i in 0..3 {
+        c.nft(
+            i,
+            &format!(
+                "table inet chaos {{\n chain in {{ type filter hook input priority 0; \
+                 meta l4proto udp numgen random mod 100 < {percent} drop; }}\n}}\n"
+            ),
+        );
+    }
+}
+
+#[test]
+fn datagram_loss_kills_no_node_and_moves_no_task() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let c = swarm();
+    for percent in [10, 30] {
+        let before: BTreeSet<String> = running(&c, 0).into_iter().map(|t| t.0).collect();
+        let load = Load::start(&c, 0, 8080, 20);
+        let fault = now();
+        lose_datagrams(&c, percent);
+        // Each lost SYN costs a second: far fewer requests get through.
+        let rows = load.at_least(10);
+        let nodes = c.cli(0, &["node", "ls", "--format", "{{.Status}}"]);
+        let after: BTreeSet<String> = running(&c, 0).into_iter().map(|t| t.0).collect();
+        for i in 0..3 {
+            heal(&c, i);
+        }
+        let f = figures(&rows, fault);
+        report(&format!("{percent} % of datagrams lost on every node for 20 s"), &f);
+        if percent == 10 {
+            // SWIM's indirect probes and QUIC's retransmissions ride it out.
+            assert_eq!(nodes.lines().collect::<Vec<_>>(), ["Ready"; 3], "no node marked down at 10 %");
+            assert_eq!(after, before, "no task replaced at 10 %");
+            assert!(f.failed < f.total / 10, "most requests were served at 10 %");
+        }
+        settle(&c, 0, &format!("{percent} % loss"));
     }
 }
