@@ -54,6 +54,7 @@ struct KindLabels {
 pub struct Metrics {
     failures: Family<OpLabels, Counter>,
     tasks_started: Counter,
+    log_lines_dropped: Counter,
 }
 
 /// What the data plane and gossip report at scrape time.
@@ -100,6 +101,11 @@ impl Metrics {
         self.tasks_started.inc();
     }
 
+    /// Counts `n` log lines a task printed beyond its budget.
+    pub fn log_lines_dropped(&self, n: u64) {
+        self.log_lines_dropped.inc_by(n);
+    }
+
     /// How often `op` failed.
     pub fn failures(&self, op: Op) -> u64 {
         self.failures.get_or_create(&OpLabels { op }).get()
@@ -117,6 +123,11 @@ impl Metrics {
             "shoal_tasks_started",
             "Task processes started on this node (each run of each task).",
             self.tasks_started.clone(),
+        );
+        r.register(
+            "shoal_task_log_lines_dropped",
+            "Log lines tasks printed beyond 500 a second per stream, dropped.",
+            self.log_lines_dropped.clone(),
         );
         r.register(
             "shoal_dataplane_networks",

@@ -15,7 +15,7 @@ use shoal_control::{LogLine, Report};
 use shoal_orch::{HealthCheck, Task, TaskState, TaskStatus};
 use shoal_runtime::EnterSpec;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, BufReader};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::health::{Health, HealthMonitor, run_check};
 use super::prepare::{self, Prepared};
@@ -29,6 +29,44 @@ const DRAIN_NOTICE: Duration = Duration::from_secs(1);
 
 /// The longest log line kept; longer ones are cut.
 const MAX_LINE: usize = 16 * 1024;
+
+/// Log lines one output stream of a task may send each second; beyond,
+/// lines are dropped and counted, so a task printing in a tight loop
+/// cannot grow its node's (or the manager's) queues without bound. Half
+/// the manager's ring of 1000 lines a task, so the ring always holds the
+/// line that says what was dropped (journald's default is about 333).
+const LOG_LINES_PER_SEC: u64 = 500;
+
+/// The per-second budget of one output stream.
+#[derive(Debug)]
+struct LogBudget {
+    window: Instant,
+    sent: u64,
+    dropped: u64,
+}
+
+impl LogBudget {
+    fn new(now: Instant) -> LogBudget {
+        LogBudget { window: now, sent: 0, dropped: 0 }
+    }
+
+    /// Whether a line read at `now` may be sent, and the number of lines
+    /// dropped in the window that just ended (to say so), if any.
+    fn admit(&mut self, now: Instant) -> (bool, Option<u64>) {
+        let mut ended = None;
+        if now.duration_since(self.window) >= Duration::from_secs(1) {
+            ended = (self.dropped > 0).then_some(self.dropped);
+            *self = LogBudget::new(now);
+        }
+        if self.sent < LOG_LINES_PER_SEC {
+            self.sent += 1;
+            (true, ended)
+        } else {
+            self.dropped += 1;
+            (false, ended)
+        }
+    }
+}
 
 /// How a task's process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,10 +252,10 @@ pub async fn supervise(
     let shim = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
     let mut readers = Vec::new();
     if let Some(out) = child.stdout.take() {
-        readers.push(tokio::spawn(forward_lines(out, false, id.clone(), ctx.reports.clone())));
+        readers.push(tokio::spawn(forward_lines(out, false, id.clone(), ctx.clone())));
     }
     if let Some(err) = child.stderr.take() {
-        readers.push(tokio::spawn(forward_lines(err, true, id.clone(), ctx.reports.clone())));
+        readers.push(tokio::spawn(forward_lines(err, true, id.clone(), ctx.clone())));
     }
     let enter = wait_init(&prepared, &mut child).await;
     *exec_slot.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -332,22 +370,29 @@ async fn wait_init(prepared: &Prepared, child: &mut tokio::process::Child) -> Op
     })
 }
 
-async fn forward_lines(
-    pipe: impl tokio::io::AsyncRead + Unpin,
-    stderr: bool,
-    task: String,
-    reports: mpsc::UnboundedSender<Report>,
-) {
+/// Sends a task's output stream to the manager line by line, within
+/// [`LOG_LINES_PER_SEC`]; what is dropped is counted and said in the log.
+async fn forward_lines(pipe: impl tokio::io::AsyncRead + Unpin, stderr: bool, task: String, ctx: Context) {
     let mut reader = BufReader::new(pipe);
     let mut buf = Vec::new();
+    let mut budget = LogBudget::new(Instant::now());
+    let send = |text: String| {
+        let line = LogLine { ts_ms: now_ms(), stderr, text };
+        let _ = ctx.reports.send(Report::Logs { task: task.clone(), lines: vec![line] });
+    };
     loop {
         buf.clear();
         match (&mut reader).take(MAX_LINE as u64).read_until(b'\n', &mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {
-                let text = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_owned();
-                let line = LogLine { ts_ms: now_ms(), stderr, text };
-                let _ = reports.send(Report::Logs { task: task.clone(), lines: vec![line] });
+                let (admitted, dropped) = budget.admit(Instant::now());
+                if let Some(n) = dropped {
+                    ctx.metrics.log_lines_dropped(n);
+                    send(format!("shoal: dropped {n} log lines (over {LOG_LINES_PER_SEC} a second)"));
+                }
+                if admitted {
+                    send(String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_owned());
+                }
             }
         }
     }
@@ -362,6 +407,18 @@ mod tests {
     }
 
     const SEC: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn log_lines_beyond_the_budget_are_dropped_and_said() {
+        let start = Instant::now();
+        let mut budget = LogBudget::new(start);
+        let admitted = (0..LOG_LINES_PER_SEC + 500).filter(|_| budget.admit(start).0).count() as u64;
+        assert_eq!(admitted, LOG_LINES_PER_SEC);
+        let (next, dropped) = budget.admit(start + SEC);
+        assert!(next, "a new second, a new budget");
+        assert_eq!(dropped, Some(500), "the drops of the second that ended");
+        assert_eq!(budget.admit(start + SEC * 2).1, None, "nothing dropped: nothing to say");
+    }
 
     #[test]
     fn a_task_runs_and_ends_by_its_exit() {
