@@ -15,7 +15,7 @@ TOOLS := ip:iproute2 bridge:iproute2 nsenter:util-linux ping:iputils-ping \
 # one on the tasks' PATH), with their packages.
 PYMODULES := flask:python3-flask redis:python3-redis
 
-.PHONY: deps demo test lint bench-overlay bench-gossip bench-services bench-discovery bench-mesh bench-forward bench fuzz clean
+.PHONY: soak deps demo test lint bench-overlay bench-gossip bench-services bench-discovery bench-mesh bench-forward bench fuzz clean
 
 # nginx and haproxy ship system services: while they install, a policy-rc.d
 # that refuses every start (made only if none exists, then removed) keeps
@@ -46,6 +46,15 @@ test: deps lint
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# The chaos suite, outside CI: SOAK_ROUNDS runs, each scenario's load
+# SOAK_EXTRA_SECONDS longer (a long steady state after every fault).
+SOAK_ROUNDS ?= 5
+SOAK_EXTRA_SECONDS ?= 60
+soak: deps
+	$(CARGO) build -p shoal
+	for round in $$(seq $(SOAK_ROUNDS)); do echo "soak round $$round"; \
+	  SHOAL_CHAOS_EXTRA_SECONDS=$(SOAK_EXTRA_SECONDS) $(CARGO) test -p netns-tests --test chaos -- --nocapture || exit 1; done
 
 bench-overlay: deps
 	$(CARGO) build --release -p shoal -p benches --bins

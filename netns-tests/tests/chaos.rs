@@ -5,6 +5,8 @@
 //! after (every slot one running task, every node running exactly what
 //! the manager says, the manager's records as they were).
 //!
+//! `make soak` runs the suite several times with longer loads.
+//!
 //! Bounded: each load runs for a fixed time, each wait has a limit. The
 //! scenarios share one lock, so that only one cluster is under load at a
 //! time on a small machine. Figures print with `--nocapture`.
@@ -63,8 +65,15 @@ print(json.dumps(out))
 /// A load running on the client host.
 struct Load(Child);
 
+/// Seconds of load added to every scenario (`make soak` sets
+/// `SHOAL_CHAOS_EXTRA_SECONDS`): a longer steady state after each fault.
+fn extra_seconds() -> u32 {
+    std::env::var("SHOAL_CHAOS_EXTRA_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
 impl Load {
     fn start(c: &Cluster, node: usize, port: u16, seconds: u32) -> Load {
+        let seconds = seconds + extra_seconds();
         let host = c.lab.host(node).underlay.to_string();
         let child = Lab::command_in(&c.lab.host(CLIENT).netns, "python3")
             .args(["-c", LOAD, &host, &port.to_string(), &seconds.to_string()])
