@@ -348,4 +348,20 @@ services:
     assert_eq!(c.cli(0, &["network", "ls", "-q"]), networks_before, "no network made");
     assert!(!c.cli(0, &["stack", "ls"]).contains("broken"));
     c.cli(0, &["stack", "rm", "vars"]);
+
+    // `-c -` reads the file from standard input, as docker does.
+    let mut deploy = std::process::Command::new(netns_tests::shoal_bin())
+        .arg("-H")
+        .arg(format!("unix://{}", c.socket(0).display()))
+        .args(["stack", "deploy", "--detach", "-c", "-", "piped"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run shoal");
+    use std::io::Write;
+    let yaml = b"services:\n  idle:\n    image: sleep\n    command: [\"1000\"]\n";
+    deploy.stdin.take().expect("stdin").write_all(yaml).expect("write the file");
+    let out = deploy.wait_with_output().expect("stack deploy");
+    assert!(out.status.success() && text(&out).0.contains("Creating service piped_idle"), "{:?}", text(&out));
+    c.cli(0, &["stack", "rm", "piped"]);
 }

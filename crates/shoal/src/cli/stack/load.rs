@@ -27,7 +27,8 @@ pub struct Loaded {
     pub warnings: Vec<String>,
 }
 
-/// Reads, interpolates, merges and checks the compose files `files`.
+/// Reads, interpolates, merges and checks the compose files `files` (`-`
+/// is standard input; relative paths then start in the working directory).
 pub fn load(files: &[PathBuf]) -> anyhow::Result<Loaded> {
     let first = files.first().context("stack deploy needs a compose file: use -c docker-compose.yml")?;
     let dir = first.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -45,7 +46,12 @@ pub fn load(files: &[PathBuf]) -> anyhow::Result<Loaded> {
     let mut ignored: Vec<&'static str> = Vec::new();
     for path in files {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("open {name}: {e}"))?;
+        let text = if name == "-" {
+            // `-c -`: the file on standard input, as docker reads it.
+            std::io::read_to_string(std::io::stdin()).context("read the compose file from standard input")?
+        } else {
+            std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("open {name}: {e}"))?
+        };
         let file = shoal_compose::parse(&name, &text)?;
         for key in
             file.unsupported().into_iter().chain(file.services.values().flat_map(|s| s.value.unsupported()))

@@ -26,7 +26,7 @@ use super::{Format, Listing, out};
 pub enum StackCommand {
     /// Deploy a new stack or update an existing stack
     Deploy {
-        /// Path to a Compose file (repeat to merge several, later ones win)
+        /// Path to a Compose file, or "-" to read from stdin (repeat to merge several, later ones win)
         #[arg(short = 'c', long = "compose-file", required = true)]
         files: Vec<PathBuf>,
         /// Prune services that are no longer referenced
