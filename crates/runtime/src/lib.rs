@@ -15,6 +15,8 @@ pub mod netns;
 pub mod sandbox;
 mod sys;
 
+pub use sys::trim_heap;
+
 pub use cgroup::{Cgroup, Limits};
 pub use exec::{EnterSpec, ExecSpec};
 pub use netns::{NetNs, NetnsError};

@@ -5,6 +5,14 @@ use std::os::fd::AsRawFd;
 
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
 
+/// Gives the heap's free memory back to the kernel (glibc's `malloc_trim`):
+/// after a burst of work, the allocator's per-thread arenas keep what was
+/// freed. Returns whether any memory was given back.
+pub fn trim_heap() -> bool {
+    // SAFETY: malloc_trim takes no pointer and locks the arenas itself.
+    unsafe { libc::malloc_trim(0) == 1 }
+}
+
 /// Sets `IFF_UP` on the interface `name` in the calling thread's network
 /// namespace.
 pub fn set_link_up(name: &str) -> io::Result<()> {

@@ -19,6 +19,7 @@ pub mod rows;
 pub mod supervisor;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -123,7 +124,12 @@ pub struct TaskRunner {
     running: Mutex<HashMap<String, Running>>,
     /// Tasks that ran here and ended (forgotten once no longer assigned).
     ended: Mutex<HashSet<String>>,
+    /// A task ended since the heap was last trimmed.
+    trim_due: AtomicBool,
 }
+
+/// The least time between two trims of the heap after tasks end.
+const TRIM_EVERY: Duration = Duration::from_secs(10);
 
 impl TaskRunner {
     /// Starts the runner: it follows `assignments` until the sender is
@@ -133,12 +139,20 @@ impl TaskRunner {
             ctx,
             running: Mutex::new(HashMap::new()),
             ended: Mutex::new(HashSet::new()),
+            trim_due: AtomicBool::new(false),
         });
         let me = runner.clone();
         tokio::spawn(async move {
+            let mut trimmed = tokio::time::Instant::now();
             loop {
                 let tasks = assignments.borrow_and_update().tasks.clone();
                 me.reconcile(&tasks);
+                // Tasks ended: what their supervisors held goes back to the
+                // kernel, at most every TRIM_EVERY.
+                if trimmed.elapsed() >= TRIM_EVERY && me.trim_due.swap(false, Ordering::Relaxed) {
+                    trimmed = tokio::time::Instant::now();
+                    tokio::task::spawn_blocking(shoal_runtime::trim_heap);
+                }
                 tokio::select! {
                     changed = assignments.changed() => if changed.is_err() { break },
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -184,6 +198,7 @@ impl TaskRunner {
                 let id = task.id.clone();
                 let end = supervisor::supervise(&me.ctx, task, stopped, exec).await;
                 me.ended.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone());
+                me.trim_due.store(true, Ordering::Relaxed);
                 me.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
                 me.ctx.report(&id, end);
             });
