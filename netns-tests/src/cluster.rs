@@ -282,6 +282,11 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // The daemons first (as the lab would, after): a daemon stopping
+        // still writes into its data directory.
+        for daemon in self.daemons.iter_mut().filter_map(Option::take) {
+            let _ = self.lab.stop(daemon.pid, Duration::from_secs(3));
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
