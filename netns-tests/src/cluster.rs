@@ -144,6 +144,32 @@ impl Cluster {
         assert!(up && self.lab.is_running(pid), "daemon on h{} did not come up:\n{}", i + 1, self.log(i));
     }
 
+    /// The task sandboxes the daemon on host `i` holds (its routing mesh's
+    /// own aside), by name; none if it does not answer.
+    pub fn task_sandboxes(&self, i: usize) -> std::collections::BTreeSet<String> {
+        let out = self.try_cli(i, &["debug", "endpoint", "ls"]);
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["sandbox"].as_str())
+            .filter(|s| !s.ends_with("-mesh"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// A memory figure of the daemon on host `i`, in KiB, from its
+    /// `/proc/PID/status` (`VmRSS`, `RssAnon`...); 0 if unreadable.
+    pub fn daemon_kib(&self, i: usize, field: &str) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.daemon_pid(i))).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// The pid of the daemon on host `i`.
     pub fn daemon_pid(&self, i: usize) -> u32 {
         self.daemons[i].as_ref().expect("a daemon runs there").pid

@@ -186,15 +186,7 @@ fn running(c: &Cluster, manager: usize) -> Vec<(String, u64, String)> {
 
 /// Task sandboxes each node holds (its own mesh's aside).
 fn sandboxes(c: &Cluster, i: usize) -> usize {
-    let out = c.try_cli(i, &["debug", "endpoint", "ls"]);
-    let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    list.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e["sandbox"].as_str())
-        .filter(|s| !s.ends_with("-mesh"))
-        .collect::<BTreeSet<_>>()
-        .len()
+    c.task_sandboxes(i).len()
 }
 
 /// The state after a fault, once settled: each slot has one running task,

@@ -159,25 +159,15 @@ fn malformed_and_oversized_api_bodies_get_json_errors_and_change_nothing() {
     assert!(!c.cli(0, &["network", "ls"]).contains(" n "), "nothing was created");
 }
 
-/// The daemon's resident memory on host `i`, in KiB.
-fn rss_kib(c: &Cluster, i: usize) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", c.daemon_pid(i))).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_task_printing_in_a_tight_loop_is_bounded_and_counted() {
     let c = Cluster::start_swarm(1);
-    let before = rss_kib(&c, 0);
+    let before = c.daemon_kib(0, "VmRSS");
     // `yes` prints millions of lines a second.
     c.cli(0, &["service", "create", "--detach", "--name", "loud", "yes", "flood"]);
     assert!(wait_until(Duration::from_secs(20), || c.metric(0, "shoal_task_log_lines_dropped_total") > 0.0));
     std::thread::sleep(Duration::from_secs(10));
-    let during = rss_kib(&c, 0);
+    let during = c.daemon_kib(0, "VmRSS");
     let dropped = c.metric(0, "shoal_task_log_lines_dropped_total");
     let logs = c.cli(0, &["service", "logs", "--tail", "2000", "loud"]);
     c.cli(0, &["service", "rm", "loud"]);

@@ -42,22 +42,14 @@ fn held(c: &Cluster) -> Held {
                 .count()
         })
         .sum();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
     Held {
         fds: count(format!("/proc/{pid}/fd")),
         namespaces: shoal_runtime::NetNs::list().iter().filter(|n| n.starts_with(&prefix)).count(),
         cgroups,
         mounts: std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).map_or(0, |m| m.lines().count()),
         task_dirs: count(c.data_dir(0).join("tasks").display().to_string()),
-        rss_kib: kib("VmRSS:"),
-        anon_kib: kib("RssAnon:"),
+        rss_kib: c.daemon_kib(0, "VmRSS"),
+        anon_kib: c.daemon_kib(0, "RssAnon"),
     }
 }
 

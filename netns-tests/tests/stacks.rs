@@ -85,14 +85,7 @@ fn the_seed_stack_counts_hits_through_every_node() {
     let c = Cluster::start_swarm_with_clients(3, 1, &[]);
     let client = 3;
     // Task sandboxes on the nodes (not the routing mesh's own).
-    let sandboxes = |c: &Cluster| -> usize {
-        (0..3)
-            .flat_map(|i| c.json(i, &["debug", "endpoint", "ls"]).as_array().cloned().unwrap_or_default())
-            .map(|e| e["sandbox"].as_str().unwrap_or("").to_owned())
-            .filter(|name| !name.ends_with("-mesh"))
-            .collect::<std::collections::BTreeSet<_>>()
-            .len()
-    };
+    let sandboxes = |c: &Cluster| -> usize { (0..3).map(|i| c.task_sandboxes(i).len()).sum() };
 
     // The seed's file as written: `build` ignored, images that are not
     // programs named with their node.

@@ -671,6 +671,12 @@ impl Stack {
 }
 
 impl ServiceDef {
+    /// The networks the service joins, by key, with their aliases: the
+    /// stack's `default` network when the file names none.
+    pub fn attached_networks(&self) -> BTreeMap<String, Vec<String>> {
+        self.networks.clone().unwrap_or_else(|| BTreeMap::from([("default".to_owned(), Vec::new())]))
+    }
+
     fn merge(self, o: ServiceDef) -> ServiceDef {
         let mut environment = self.environment;
         environment.extend(o.environment);

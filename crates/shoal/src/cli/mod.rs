@@ -19,6 +19,42 @@ use std::io::Write;
 
 use serde::Serialize;
 
+/// `--label KEY=VALUE` flags as a map (`KEY` alone: an empty value), as
+/// docker reads them.
+pub fn parse_labels(labels: &[String]) -> std::collections::BTreeMap<String, String> {
+    labels
+        .iter()
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap_or((l, ""));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+/// `--filter label=KEY` and `label=KEY=VALUE` filters: an object passes
+/// when it has every label asked (with the value, when one is given).
+#[derive(Debug, Default, Clone)]
+pub struct LabelFilter(Vec<(String, Option<String>)>);
+
+impl LabelFilter {
+    /// Adds the value of a `label=` filter; false if it is empty.
+    pub fn add(&mut self, value: &str) -> bool {
+        if value.is_empty() {
+            return false;
+        }
+        self.0.push(match value.split_once('=') {
+            Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
+            None => (value.to_owned(), None),
+        });
+        true
+    }
+
+    /// Whether `labels` has every label asked.
+    pub fn admits(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        self.0.iter().all(|(k, v)| labels.get(k).is_some_and(|have| v.as_ref().is_none_or(|v| v == have)))
+    }
+}
+
 /// Removes each of `names` with `DELETE path(name)`, printing each name
 /// removed and each error as docker does (to stderr, going on with the
 /// others); fails at the end if any could not be removed.

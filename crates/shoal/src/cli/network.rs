@@ -1,6 +1,5 @@
 //! `shoal network create|ls|inspect|rm`.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 
 use clap::Subcommand;
@@ -9,7 +8,7 @@ use serde_json::json;
 use shoal_agent::api::views::Network;
 
 use super::client::Client;
-use super::{Format, Listing, out, print_json, short};
+use super::{Format, LabelFilter, Listing, out, print_json, short};
 
 /// `shoal network`.
 #[derive(Debug, Subcommand)]
@@ -84,7 +83,7 @@ struct Row {
 #[derive(Debug, Default)]
 struct Filter {
     name: Vec<String>,
-    label: Vec<(String, Option<String>)>,
+    label: LabelFilter,
 }
 
 impl Filter {
@@ -93,10 +92,7 @@ impl Filter {
         for text in filters {
             match text.split_once('=') {
                 Some(("name", v)) => f.name.push(v.to_owned()),
-                Some(("label", v)) if !v.is_empty() => f.label.push(match v.split_once('=') {
-                    Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
-                    None => (v.to_owned(), None),
-                }),
+                Some(("label", v)) if f.label.add(v) => {}
                 _ => anyhow::bail!("invalid filter {text:?}: use name=NAME or label=KEY[=VALUE]"),
             }
         }
@@ -105,10 +101,7 @@ impl Filter {
 
     fn admits(&self, n: &Network) -> bool {
         (self.name.is_empty() || self.name.iter().any(|p| n.name.contains(p.as_str())))
-            && self
-                .label
-                .iter()
-                .all(|(k, v)| n.labels.get(k).is_some_and(|have| v.as_ref().is_none_or(|v| v == have)))
+            && self.label.admits(&n.labels)
     }
 }
 
@@ -116,8 +109,7 @@ impl Filter {
 pub fn run(client: &Client, command: NetworkCommand) -> anyhow::Result<()> {
     match command {
         NetworkCommand::Create { driver, subnet, attachable, labels, name } => {
-            let labels: BTreeMap<&str, &str> =
-                labels.iter().map(|l| l.split_once('=').unwrap_or((l.as_str(), ""))).collect();
+            let labels = super::parse_labels(&labels);
             let body = json!({
                 "name": name, "driver": driver, "subnet": subnet, "attachable": attachable, "labels": labels,
             });

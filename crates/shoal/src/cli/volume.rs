@@ -90,17 +90,6 @@ fn cells(r: &Row) -> Vec<String> {
     vec![format!("{:<7}", r.driver), r.name.clone()]
 }
 
-/// `KEY=VALUE` labels.
-fn parse_labels(labels: &[String]) -> BTreeMap<String, String> {
-    labels
-        .iter()
-        .map(|l| {
-            let (k, v) = l.split_once('=').unwrap_or((l, ""));
-            (k.to_owned(), v.to_owned())
-        })
-        .collect()
-}
-
 /// Runs a `volume` verb.
 pub fn run(client: &Client, command: VolumeCommand) -> anyhow::Result<()> {
     match command {
@@ -109,7 +98,7 @@ pub fn run(client: &Client, command: VolumeCommand) -> anyhow::Result<()> {
                 name: name.unwrap_or_default(),
                 driver,
                 driver_opts: BTreeMap::new(),
-                labels: parse_labels(&labels),
+                labels: super::parse_labels(&labels),
             };
             let volume: Volume = client.post("/v1/volumes", &body)?;
             writeln!(out(), "{}", volume.name)?;
@@ -178,7 +167,7 @@ mod tests {
         assert_eq!(super::super::table(&[header]), "DRIVER    VOLUME NAME\n", "without volumes too");
         assert_eq!(row.labels, "app=db");
         assert_eq!(
-            parse_labels(&["a=1".into(), "b".into()]),
+            crate::cli::parse_labels(&["a=1".into(), "b".into()]),
             BTreeMap::from([("a".to_owned(), "1".to_owned()), ("b".to_owned(), String::new())])
         );
     }

@@ -480,10 +480,7 @@ pub fn create_spec(o: &CreateOptions) -> anyhow::Result<ServiceSpec> {
     spec.task.placement.constraints = o.constraints.clone();
     spec.task.placement.spread = o.placement_prefs.iter().map(|p| parse_pref(p)).collect::<Result<_, _>>()?;
     spec.ports = o.publish.iter().map(|p| parse_publish(p)).collect::<Result<Vec<_>, _>>()?.concat();
-    for l in &o.labels {
-        let (k, v) = l.split_once('=').unwrap_or((l, ""));
-        spec.labels.insert(k.to_owned(), v.to_owned());
-    }
+    spec.labels.extend(crate::cli::parse_labels(&o.labels));
     for text in &o.mounts {
         set_mount(&mut spec.task.mounts, parse_mount(text)?);
     }

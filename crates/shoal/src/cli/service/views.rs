@@ -9,7 +9,7 @@ use shoal_agent::api::views::{Mode, Node, PortView, Service, ServiceTasks};
 use shoal_orch::{ServiceSpec, TaskState};
 
 use crate::cli::client::Client;
-use crate::cli::{Format, Listing, ago, out, short, title};
+use crate::cli::{Format, LabelFilter, Listing, ago, out, short, title};
 
 fn ports_text(ports: &[PortView]) -> String {
     ports
@@ -39,7 +39,7 @@ struct LsRow {
 pub struct LsFilter {
     id: Vec<String>,
     name: Vec<String>,
-    label: Vec<(String, Option<String>)>,
+    label: LabelFilter,
     mode: Vec<String>,
 }
 
@@ -51,10 +51,7 @@ impl LsFilter {
             match text.split_once('=') {
                 Some(("id", v)) => f.id.push(v.to_owned()),
                 Some(("name", v)) => f.name.push(v.to_owned()),
-                Some(("label", v)) if !v.is_empty() => f.label.push(match v.split_once('=') {
-                    Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
-                    None => (v.to_owned(), None),
-                }),
+                Some(("label", v)) if f.label.add(v) => {}
                 Some(("mode", v)) if v == "replicated" || v == "global" => f.mode.push(v.to_owned()),
                 _ => anyhow::bail!(
                     "invalid filter {text:?}: use id=ID, name=NAME, label=KEY[=VALUE] or mode=replicated|global"
@@ -67,14 +64,10 @@ impl LsFilter {
     /// Whether `s` passes.
     pub fn admits(&self, s: &Service) -> bool {
         let mode = if matches!(s.spec.mode, Mode::Global {}) { "global" } else { "replicated" };
-        let labels = &s.spec.labels;
         (self.id.is_empty() || self.id.iter().any(|p| s.id.starts_with(p.as_str())))
             && (self.name.is_empty() || self.name.iter().any(|p| s.spec.name.starts_with(p.as_str())))
             && (self.mode.is_empty() || self.mode.iter().any(|m| m == mode))
-            && self
-                .label
-                .iter()
-                .all(|(k, v)| labels.get(k).is_some_and(|have| v.as_ref().is_none_or(|v| v == have)))
+            && self.label.admits(&s.spec.labels)
     }
 }
 
@@ -84,7 +77,7 @@ pub fn ls(client: &Client, options: &super::LsOptions, label: Option<(&str, &str
     let super::LsOptions { ref filter, quiet, ref format } = *options;
     let mut filter = LsFilter::parse(filter)?;
     if let Some((key, value)) = label {
-        filter.label.push((key.to_owned(), Some(value.to_owned())));
+        filter.label.add(&format!("{key}={value}"));
     }
     let mut services: Vec<Service> = client.get("/v1/services")?;
     services.retain(|s| filter.admits(s));

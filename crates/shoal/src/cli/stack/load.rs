@@ -97,11 +97,7 @@ pub fn scoped(stack: &str, key: &str) -> String {
 pub fn networks(stack: &str, s: &Stack) -> BTreeMap<String, StackNetwork> {
     let mut out = BTreeMap::new();
     for def in s.services.values() {
-        let keys: Vec<String> = match &def.networks {
-            None => vec!["default".to_owned()],
-            Some(map) => map.keys().cloned().collect(),
-        };
-        for key in keys {
+        for key in def.attached_networks().into_keys() {
             let declared = s.networks.get(&key).cloned().unwrap_or_default();
             let name = match (&declared.name, declared.external) {
                 (Some(name), _) => name.clone(),
@@ -150,11 +146,7 @@ pub fn service_spec(
             None => task.env.retain(|e| e.split('=').next() != Some(k.as_str())),
         }
     }
-    let keys: Vec<(String, Vec<String>)> = match &def.networks {
-        None => vec![("default".to_owned(), Vec::new())],
-        Some(map) => map.iter().map(|(k, a)| (k.clone(), a.clone())).collect(),
-    };
-    for (network_key, mut aliases) in keys {
+    for (network_key, mut aliases) in def.attached_networks() {
         let name = networks.get(&network_key).map_or_else(|| network_key.clone(), |n| n.name.clone());
         // The short name resolves inside the stack, as in docker.
         if !aliases.contains(&key.to_owned()) {
