@@ -10,7 +10,7 @@ TEST_FUZZ_SECONDS ?= 15
 TOOLS := ip:iproute2 bridge:iproute2 nsenter:util-linux ping:iputils-ping \
          iperf3:iperf3 sockperf:sockperf ethtool:ethtool nft:nftables python3:python3 \
          dig:dnsutils dnsmasq:dnsmasq-base redis-server:redis-server redis-cli:redis-tools \
-         curl:curl dnsperf:dnsperf wrk:wrk nginx:nginx haproxy:haproxy
+         curl:curl dnsperf:dnsperf wrk:wrk nginx:nginx haproxy:haproxy g++:g++
 # Python modules the stack demo's Flask app imports (Debian's python3, the
 # one on the tasks' PATH), with their packages.
 PYMODULES := flask:python3-flask redis:python3-redis
