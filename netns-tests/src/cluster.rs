@@ -82,7 +82,11 @@ impl Cluster {
             std::fs::write(&key, &out.stdout).expect("write key");
             key
         });
-        let daemon_args = daemon_args.iter().map(|a| (*a).to_owned()).collect();
+        let mut daemon_args: Vec<String> = daemon_args.iter().map(|a| (*a).to_owned()).collect();
+        // A test's tasks go with its daemons, unless it tests live restore.
+        if !daemon_args.iter().any(|a| a.starts_with("--live-restore")) {
+            daemon_args.push("--live-restore=false".into());
+        }
         let mut cluster =
             Cluster { lab, dir, key, daemon_args, daemons: (0..hosts + clients).map(|_| None).collect() };
         for i in 0..hosts {
@@ -313,6 +317,32 @@ impl Drop for Cluster {
         for daemon in self.daemons.iter_mut().filter_map(Option::take) {
             let _ = self.lab.stop(daemon.pid, Duration::from_secs(3));
         }
+        // With live restore, tasks outlive their daemons: remove them.
+        for i in 0..self.daemons.len() {
+            remove_tasks_left(&self.data_dir(i));
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Kills the tasks a stopped daemon left running (live restore) and
+/// removes their cgroups and namespaces, named in its data directory.
+pub fn remove_tasks_left(data_dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("tasks")) else { return };
+    for entry in entries.flatten() {
+        let Ok(text) = std::fs::read(entry.path().join("leftovers.json")) else { continue };
+        let Ok(left) = serde_json::from_slice::<serde_json::Value>(&text) else { continue };
+        let Some(name) = left["name"].as_str() else { continue };
+        let cgroup = shoal_runtime::Cgroup::open(name);
+        cgroup.kill_all();
+        for _ in 0..50 {
+            if cgroup.remove().is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if shoal_runtime::NetNs::exists(name) {
+            let _ = shoal_runtime::NetNs::delete_by_name(name);
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! `shoal daemon`: runs a [`Node`] and serves its API on the unix socket
-//! until SIGTERM or SIGINT.
+//! until SIGTERM or SIGINT; then stops its tasks, or with live restore
+//! leaves them running for the next daemon to adopt.
 
 use anyhow::{Context, ensure};
 use tokio::signal::unix::{SignalKind, signal};
@@ -39,8 +40,16 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        tracing::info!("stopping");
         api.abort();
+        if node.settings.live_restore && node.task_runner().is_ok() {
+            // The tasks stay; the next daemon adopts them. Exit at once:
+            // no destructor may stop what they hold.
+            tracing::info!("stopping; tasks keep running (live restore)");
+            node.release().await;
+            let _ = std::fs::remove_file(&node.settings.socket);
+            std::process::exit(0);
+        }
+        tracing::info!("stopping");
         node.shutdown().await;
         let _ = std::fs::remove_file(&node.settings.socket);
         Ok(())

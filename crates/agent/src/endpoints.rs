@@ -74,6 +74,8 @@ struct Local {
     sandbox: Option<Sandbox>,
     /// The sandbox's resolver at 127.0.0.11; stops when dropped.
     dns: Option<shoal_dns::Serving>,
+    /// Its TUNs persist: its task outlives the daemon (live restore).
+    persistent: bool,
 }
 
 /// What endpoints plug into.
@@ -112,10 +114,8 @@ impl Endpoints {
         Endpoints { p: plumbing, sandboxes: Mutex::default() }
     }
 
-    /// Creates the sandbox `name` with one TUN per interface (`eth0`,
-    /// `eth1`...), attaches them to the data plane and gossips their rows.
-    pub async fn create(&self, name: &str, ifaces: &[Interface]) -> Result<Vec<EndpointInfo>, Error> {
-        let specs: Vec<InterfaceSpec> = ifaces
+    fn specs(&self, ifaces: &[Interface]) -> Vec<InterfaceSpec> {
+        ifaces
             .iter()
             .enumerate()
             .map(|(i, iface)| InterfaceSpec {
@@ -124,7 +124,30 @@ impl Endpoints {
                 prefix: iface.subnet.prefix(),
                 mtu: self.p.mtu,
             })
-            .collect();
+            .collect()
+    }
+
+    /// Creates the sandbox `name` with one TUN per interface (`eth0`,
+    /// `eth1`...), attaches them to the data plane and gossips their rows.
+    /// A `persistent` sandbox outlives the daemon (see [`keep_all`](Self::keep_all)).
+    pub async fn create(
+        &self,
+        name: &str,
+        ifaces: &[Interface],
+        persistent: bool,
+    ) -> Result<Vec<EndpointInfo>, Error> {
+        self.plug(name, ifaces, Plug::Create { persistent }).await
+    }
+
+    /// Takes back the sandbox `name` that a previous daemon left to its
+    /// running task: reattaches its persistent TUNs, serves its resolver
+    /// again and gossips its rows, as [`create`](Self::create) made them.
+    pub async fn adopt(&self, name: &str, ifaces: &[Interface]) -> Result<Vec<EndpointInfo>, Error> {
+        self.plug(name, ifaces, Plug::Adopt).await
+    }
+
+    async fn plug(&self, name: &str, ifaces: &[Interface], how: Plug) -> Result<Vec<EndpointInfo>, Error> {
+        let specs = self.specs(ifaces);
         let gossip = self.p.gossip.get()?;
         let mut sandboxes = self.sandboxes.lock().await;
         if sandboxes.contains_key(name) {
@@ -136,7 +159,10 @@ impl Endpoints {
                 .add_network(iface.vni, iface.subnet)
                 .map_err(|e| Error::Conflict(e.to_string()))?;
         }
-        let created = Sandbox::create(name, &specs);
+        let created = match how {
+            Plug::Create { persistent } => Sandbox::create(name, &specs, persistent),
+            Plug::Adopt => Sandbox::reattach(name, &specs),
+        };
         if created.is_err() {
             let used = local_vnis(&sandboxes);
             for iface in ifaces {
@@ -152,7 +178,8 @@ impl Endpoints {
             SandboxError::Netns(NetnsError::InvalidName(_)) => Error::Invalid(e.to_string()),
             other => Error::internal(other),
         })?;
-        let mut local = Local { interfaces: Vec::new(), sandbox: Some(sandbox), dns: None };
+        let persistent = matches!(how, Plug::Adopt | Plug::Create { persistent: true });
+        let mut local = Local { interfaces: Vec::new(), sandbox: Some(sandbox), dns: None, persistent };
         for (iface, device) in ifaces.iter().zip(devices) {
             match self.p.dataplane.attach(iface.vni, iface.ip, device) {
                 Ok(id) => local.interfaces.push((*iface, id)),
@@ -211,6 +238,31 @@ impl Endpoints {
         }
     }
 
+    /// Lets go of every sandbox as the daemon exits with live restore:
+    /// persistent ones stay, with their namespaces and TUNs, for the next
+    /// daemon to adopt, and keep their gossiped rows (that daemon writes
+    /// them again in the same epoch); the others are removed.
+    pub async fn keep_all(&self) {
+        let mut sandboxes = self.sandboxes.lock().await;
+        let (kept, removed): (BTreeMap<String, Local>, BTreeMap<String, Local>) =
+            std::mem::take(&mut *sandboxes).into_iter().partition(|(_, l)| l.persistent);
+        for (_, mut local) in removed {
+            self.unplug(&mut local, &BTreeSet::new());
+            self.withdraw(&local).await;
+        }
+        for (_, mut local) in kept {
+            local.dns = None;
+            for (_, id) in &local.interfaces {
+                self.p.dataplane.detach(*id);
+            }
+            if let Some(sandbox) = local.sandbox.take() {
+                sandbox.keep();
+            }
+        }
+        // The record still names the kept sandboxes: the next start adopts
+        // them, or removes them if their task is gone.
+    }
+
     /// The local endpoints.
     pub async fn list(&self) -> Vec<EndpointInfo> {
         self.sandboxes
@@ -264,6 +316,13 @@ impl Endpoints {
     }
 }
 
+/// How [`Endpoints::plug`] gets a sandbox.
+#[derive(Debug, Clone, Copy)]
+enum Plug {
+    Create { persistent: bool },
+    Adopt,
+}
+
 fn info(sandbox: &str, iface: &Interface) -> EndpointInfo {
     EndpointInfo { sandbox: sandbox.to_owned(), vni: iface.vni.get(), subnet: iface.subnet, ip: iface.ip }
 }
@@ -272,10 +331,11 @@ fn local_vnis(sandboxes: &BTreeMap<String, Local>) -> BTreeSet<Vni> {
     sandboxes.values().flat_map(|l| l.interfaces.iter().map(|(i, _)| i.vni)).collect()
 }
 
-/// Deletes the sandboxes a previous process of this node left behind.
-pub fn remove_stale(data_dir: &Path) {
+/// Deletes the sandboxes a previous process of this node left behind,
+/// except those of the tasks it will adopt (`adopted`).
+pub fn remove_stale(data_dir: &Path, adopted: &BTreeSet<String>) {
     let Ok(text) = std::fs::read_to_string(data_dir.join("sandboxes")) else { return };
-    for name in text.lines().filter(|l| !l.is_empty()) {
+    for name in text.lines().filter(|l| !l.is_empty() && !adopted.contains(*l)) {
         if NetNs::exists(name) {
             tracing::info!(sandbox = name, "removing a sandbox left by the previous run");
             if let Err(e) = NetNs::delete_by_name(name) {

@@ -464,7 +464,7 @@ impl RoutingMesh {
         let name = format!("{}-mesh", self.settings.task_prefix);
         let made = async {
             let iface = Interface::parse(a.vni, &a.subnet, a.ip)?;
-            self.endpoints.create(&name, &[iface]).await?;
+            self.endpoints.create(&name, &[iface], false).await?;
             let netns = NetNs::open(&name).map_err(Error::internal)?;
             Dialer::start(&netns)
         };

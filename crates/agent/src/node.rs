@@ -62,6 +62,11 @@ pub struct Node {
     routes: Arc<Routes>,
     announcer: Arc<Announcer>,
     runner: Mutex<Option<Arc<TaskRunner>>>,
+    /// Where gossip numbering resumes (live restore), or 0.
+    resume_base: u64,
+    /// What the previous daemon left, for the task runner's start: tasks
+    /// to adopt, and tasks gone whose rows to withdraw.
+    left: Mutex<Option<(Vec<tasks::adopt::Survivor>, Vec<shoal_orch::Task>)>>,
 }
 
 impl Node {
@@ -71,9 +76,23 @@ impl Node {
     pub async fn start(settings: Settings, ring: Option<KeyRing>) -> anyhow::Result<Arc<Node>> {
         let settings = Arc::new(settings);
         let id = node_id(&settings.data_dir)?;
-        let epoch = next_epoch(&settings.data_dir)?;
-        tasks::prepare::remove_leftovers(&settings.data_dir);
-        endpoints::remove_stale(&settings.data_dir);
+        // Live restore: tasks the previous daemon left running are adopted,
+        // and this process resumes its epoch, so peers see no restart.
+        let survivors =
+            if settings.live_restore { tasks::adopt::survivors(&settings.data_dir) } else { Vec::new() };
+        let (epoch, resume_base) = if survivors.is_empty() {
+            (next_epoch(&settings.data_dir)?, 0)
+        } else {
+            resume_epoch(&settings.data_dir)?
+        };
+        let adopted = tasks::adopt::ids(&survivors);
+        let lost = tasks::prepare::remove_leftovers(&settings.data_dir, &adopted);
+        let sandboxes: std::collections::BTreeSet<String> =
+            survivors.iter().map(|s| tasks::prepare::sandbox_name(&settings.task_prefix, &s.task)).collect();
+        endpoints::remove_stale(&settings.data_dir, &sandboxes);
+        if !survivors.is_empty() {
+            tracing::info!(tasks = survivors.len(), epoch, "live restore: adopting the tasks left running");
+        }
         let dataplane = Dataplane::start(&DataplaneConfig {
             port: settings.data_port,
             mtu: settings.mtu,
@@ -126,6 +145,8 @@ impl Node {
             routes,
             announcer,
             runner: Mutex::new(None),
+            resume_base,
+            left: Mutex::new(Some((survivors, lost))),
         });
         tokio::spawn(follow_roles(Arc::downgrade(&node), events));
         if let Some(ring) = ring {
@@ -133,6 +154,15 @@ impl Node {
             node.start_gossip(ring, &seeds).await?;
         }
         node.swarm.resume().await.context("resume this node's swarm")?;
+        // Not in a swarm (any more): no one wants what was left running.
+        if let Some((survivors, _)) = node.left.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            for s in &survivors {
+                tracing::info!(task = %s.task.id, "stopping a task left running: this node is in no swarm");
+            }
+            drop(survivors);
+            tasks::prepare::remove_leftovers(&node.settings.data_dir, &Default::default());
+            endpoints::remove_stale(&node.settings.data_dir, &Default::default());
+        }
         Ok(node)
     }
 
@@ -140,7 +170,8 @@ impl Node {
     /// events into the data plane.
     async fn start_gossip(&self, ring: KeyRing, seeds: &[SocketAddrV4]) -> Result<(), Error> {
         let listen = SocketAddrV4::new(self.settings.listen_addr, self.settings.gossip_port);
-        let (handle, driver) = gossip_driver::start(self.me, listen, GossipConfig::default(), ring, seeds)
+        let config = GossipConfig { resume_base: self.resume_base, ..GossipConfig::default() };
+        let (handle, driver) = gossip_driver::start(self.me, listen, config, ring, seeds)
             .await
             .map_err(Error::io(format!("bind the gossip port {listen}")))?;
         self.gossip.set(Some(handle));
@@ -179,10 +210,13 @@ impl Node {
                         metrics: self.metrics.clone(),
                         announcer: self.announcer.clone(),
                         volumes: self.volumes.clone(),
+                        released: Arc::new(tokio::sync::watch::channel(false).0),
                     };
                     tokio::spawn(self.mesh.clone().follow(assignments.clone()));
+                    let (survivors, lost) =
+                        self.left.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
                     *self.runner.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some(TaskRunner::start(ctx, assignments));
+                        Some(TaskRunner::start(ctx, assignments, survivors, lost));
                 }
                 let _ = done.send(started);
             }
@@ -225,6 +259,16 @@ impl Node {
             snapshot.rows = g.rows().await;
         }
         snapshot
+    }
+
+    /// Lets the daemon exit with its tasks left running (live restore):
+    /// their sandboxes stay, gossip is not left (the next daemon resumes
+    /// this epoch), and nothing of theirs is withdrawn.
+    pub async fn release(&self) {
+        if let Ok(runner) = self.task_runner() {
+            runner.release().await;
+        }
+        self.endpoints.keep_all().await;
     }
 
     /// Stops the node: its tasks, its endpoints, then gossip after one
@@ -281,6 +325,25 @@ fn node_id(dir: &Path) -> anyhow::Result<NodeId> {
         }
         Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
     }
+}
+
+/// The epoch of the previous start, resumed by a daemon that adopts its
+/// tasks, with where its gossip numbering starts: above anything the
+/// previous processes of the epoch used (they cannot have sent a million
+/// frames or writes a millisecond), and above the previous resume.
+fn resume_epoch(dir: &Path) -> anyhow::Result<(u64, u64)> {
+    let read = |name: &str| -> u64 {
+        std::fs::read_to_string(dir.join(name)).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0)
+    };
+    let epoch = read("epoch");
+    if epoch == 0 {
+        return Ok((next_epoch(dir)?, 0));
+    }
+    let since = crate::clock::now_ms().saturating_sub(epoch).max(1);
+    let base = since.saturating_mul(1_000_000).max(read("resumed").saturating_add(1 << 40));
+    let path = dir.join("resumed");
+    std::fs::write(&path, format!("{base}\n")).with_context(|| format!("write {}", path.display()))?;
+    Ok((epoch, base))
 }
 
 /// A new epoch for this start: the wall clock in milliseconds, and always

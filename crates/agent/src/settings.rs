@@ -39,6 +39,9 @@ pub struct Settings {
     /// TCP connections and UDP flows each published port relays at once
     /// (`--mesh-connection-limit`).
     pub mesh_connection_limit: usize,
+    /// Tasks outlive the daemon, and the next one adopts them
+    /// (`--live-restore`, on by default).
+    pub live_restore: bool,
 }
 
 impl Settings {

@@ -160,7 +160,7 @@ async fn serve(overlay: Overlay, underlay: Ipv4Addr, control: Option<&Path>) -> 
                 mtu: overlay.mtu,
             })
             .collect();
-        let (sandbox, devices) = Sandbox::create(name, &specs)?;
+        let (sandbox, devices) = Sandbox::create(name, &specs, false)?;
         sandboxes.push(sandbox);
         for ((endpoint, spec), device) in endpoints.iter().zip(&specs).zip(devices) {
             let id = dataplane.attach(endpoint.vni, endpoint.ip, device)?;

@@ -69,6 +69,16 @@ pub struct GossipConfig {
     pub retention: Retention,
     /// Largest datagram payload before sealing (1350 bytes).
     pub max_datagram: usize,
+    /// 0 for a fresh epoch. A process that resumes its node's epoch (its
+    /// tasks outlived the previous daemon) numbers its frames and row
+    /// writes from here, above what the previous process used, so peers
+    /// neither take its frames for replays nor its writes for old ones.
+    pub resume_base: u64,
+    /// How long a suspect's gossip port must keep refusing connections
+    /// before it is declared down without waiting out the suspicion (1 s):
+    /// a daemon restarting with live restore is back within it, and its
+    /// tasks, which never stopped, must not be taken for dead.
+    pub restart_grace: Duration,
 }
 
 impl Default for GossipConfig {
@@ -85,6 +95,8 @@ impl Default for GossipConfig {
             rejoin_interval: Duration::from_secs(5),
             max_local_health: 8,
             retention: Retention::default(),
+            resume_base: 0,
+            restart_grace: Duration::from_secs(1),
             max_datagram: 1350,
         }
     }
@@ -185,6 +197,8 @@ enum Tick {
 enum Due {
     Foca(Timer<Member>),
     Tick(Tick),
+    /// Try a suspect's refusing gossip port again, once its grace ended.
+    Refused(SocketAddrV4),
 }
 
 /// One node's gossip state machine.
@@ -212,6 +226,11 @@ pub struct GossipNode {
     failed_probes: VecDeque<(Instant, SocketAddrV4)>,
     cluster_size: u32,
     seen_down: std::collections::HashSet<SocketAddrV4>,
+    /// Suspects whose gossip port refused a connection, since when.
+    refused_since: HashMap<SocketAddrV4, Instant>,
+    /// A member was met since this process started (the first one is
+    /// reconciled with at once).
+    met_anyone: bool,
 }
 
 impl std::fmt::Debug for GossipNode {
@@ -225,12 +244,16 @@ impl GossipNode {
     pub fn new(me: Member, config: GossipConfig, ring: KeyRing, seed: u64, now: Instant) -> GossipNode {
         let swim_config = swim_config(&config, 1, 0);
         let swim = Foca::new(me, swim_config, StdRng::seed_from_u64(seed), PostcardCodec);
+        let mut tables = Tables::new(me.id, me.epoch, config.retention);
+        if config.resume_base > 0 {
+            tables.resume_at(config.resume_base);
+        }
         let mut node = GossipNode {
             me,
-            tables: Tables::new(me.id, me.epoch, config.retention),
+            tables,
+            counter: config.resume_base,
             config,
             ring,
-            counter: 0,
             rng: StdRng::seed_from_u64(seed ^ 0x5eed_5eed_5eed_5eed),
             swim,
             windows: HashMap::new(),
@@ -246,6 +269,8 @@ impl GossipNode {
             failed_probes: VecDeque::new(),
             cluster_size: 1,
             seen_down: std::collections::HashSet::new(),
+            refused_since: HashMap::new(),
+            met_anyone: false,
         };
         let gossip = node.config.gossip_interval;
         let health = node.config.probe_period;
@@ -328,6 +353,8 @@ impl GossipNode {
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += data.len() as u64;
         let Some((_sender, payload)) = self.open(data) else { return };
+        // It answers: whatever refused before was a restart, now over.
+        self.refused_since.remove(&from);
         let Some((&kind, body)) = payload.split_first() else {
             return self.drop_input("malformed");
         };
@@ -363,6 +390,11 @@ impl GossipNode {
                     self.drain_swim(now, runtime);
                 }
                 Due::Tick(tick) => self.tick(now, tick),
+                Due::Refused(peer) => {
+                    if self.refused_since.contains_key(&peer) && !self.syncs.contains(&peer) {
+                        self.syncs.push_back(peer);
+                    }
+                }
             }
         }
     }
@@ -500,6 +532,8 @@ impl GossipNode {
             }
             Tick::Collect => {
                 self.tables.collect_garbage(now);
+                let stale = self.config.restart_grace * 10;
+                self.refused_since.retain(|_, since| now.duration_since(*since) < stale);
                 Duration::from_secs(10)
             }
         };

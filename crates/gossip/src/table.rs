@@ -229,6 +229,10 @@ pub struct Tables {
     /// rows of that epoch or older are refused.
     forgotten: HashMap<NodeId, u64>,
     retention: Retention,
+    /// Where this node's own streams start numbering: 0 in a fresh epoch;
+    /// in a resumed one, above every number the epoch's earlier process
+    /// can have used (see [`resume_at`](Self::resume_at)).
+    base: u64,
 }
 
 impl Tables {
@@ -236,14 +240,37 @@ impl Tables {
     pub fn new(local: NodeId, epoch: u64, retention: Retention) -> Tables {
         let mut owners = HashMap::new();
         owners.insert(local, OwnerState { epoch, down_since: None });
-        Tables { local, epoch, streams: HashMap::new(), owners, forgotten: HashMap::new(), retention }
+        Tables {
+            local,
+            epoch,
+            streams: HashMap::new(),
+            owners,
+            forgotten: HashMap::new(),
+            retention,
+            base: 0,
+        }
+    }
+
+    /// Resumes this node's epoch in a new process (its tasks outlived the
+    /// old one): own writes are numbered from `base` up, above every
+    /// number the old process used, and everything below `base` counts as
+    /// forgotten, so a replica that knows only the old process's writes
+    /// gets a snapshot, in which rows the new process did not write again
+    /// are gone. A stream the old process had and this one never writes
+    /// is answered with an empty snapshot.
+    pub fn resume_at(&mut self, base: u64) {
+        self.base = base;
     }
 
     /// Writes one of this node's own rows; returns the delta to gossip.
     #[must_use = "the delta must be gossiped, or no other node learns the write"]
     pub fn write(&mut self, now: Instant, network: NetworkId, key: RowKey, value: Option<Vec<u8>>) -> Delta {
-        let epoch = self.epoch;
-        let stream = self.streams.entry((self.local, network)).or_insert_with(|| Stream::new(epoch));
+        let (epoch, base) = (self.epoch, self.base);
+        let stream = self.streams.entry((self.local, network)).or_insert_with(|| Stream {
+            known: base,
+            floor: base,
+            ..Stream::new(epoch)
+        });
         stream.known += 1;
         let seq = stream.known;
         let deleted_at = value.is_none().then_some(now);
@@ -411,6 +438,24 @@ impl Tables {
                     }
                 }
                 Some(_) => {}
+            }
+        }
+        if self.base > 0 {
+            // Streams of this epoch that only the old process wrote: gone.
+            for d in digest {
+                if d.owner == self.local
+                    && d.epoch == self.epoch
+                    && d.known < self.base
+                    && !self.streams.contains_key(&(self.local, d.network))
+                {
+                    items.push(SyncItem::Snapshot {
+                        owner: self.local,
+                        network: d.network,
+                        epoch: self.epoch,
+                        known: self.base,
+                        rows: Vec::new(),
+                    });
+                }
             }
         }
         items

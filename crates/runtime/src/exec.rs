@@ -13,8 +13,13 @@
 //! Signals sent to the shim are forwarded through init to the program; when
 //! the program exits, init exits with its status (128 + signal if killed),
 //! which takes every other process of the namespace with it, and the shim
-//! exits with the same status. Shim and init die with their parent
-//! (`PR_SET_PDEATHSIG`), so a killed daemon leaves no task behind.
+//! exits with the same status, written first to the task's exit file.
+//!
+//! Init dies with the shim (`PR_SET_PDEATHSIG`). The shim dies with the
+//! daemon too, unless the task is to outlive it (live restore): then it
+//! holds the read ends of the task's output FIFOs open, so the task's
+//! writes neither fail nor stop while no daemon reads (up to the pipe's
+//! buffer), and the next daemon adopts it by its pid.
 //!
 //! `shoal __enter SPEC` (for `task exec` and healthchecks) joins a running
 //! task's namespaces and cgroups and runs a command there.
@@ -65,6 +70,22 @@ pub struct ExecSpec {
     pub masks: Vec<PathBuf>,
     /// Where the shim writes init's pid.
     pub init_pid_file: PathBuf,
+    /// Where the shim writes the task's exit code when it ends, for a
+    /// daemon that adopted it and so cannot wait for it.
+    #[serde(default)]
+    pub exit_file: Option<PathBuf>,
+    /// Whether the shim dies with the daemon that started it; when not,
+    /// the task outlives a daemon restart (live restore).
+    #[serde(default = "yes")]
+    pub die_with_daemon: bool,
+    /// FIFOs (the task's output) the shim holds open for reading while it
+    /// lives, so the task's writes never meet a pipe without reader.
+    #[serde(default)]
+    pub hold: Vec<PathBuf>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A directory or a fresh tmpfs mounted into a task, in the task's own
@@ -244,10 +265,25 @@ pub fn shim_main(spec_path: &Path) -> ! {
         Ok(Err(e)) => die("task spec", e),
         Err(e) => die("task spec", e),
     };
-    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-    if nix::unistd::getppid().as_raw() == 1 {
-        std::process::exit(137); // the daemon died before we armed the signal
+    if spec.die_with_daemon {
+        let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+        if nix::unistd::getppid().as_raw() == 1 {
+            std::process::exit(137); // the daemon died before we armed the signal
+        }
     }
+    // Held for the task's life (close-on-exec: the program never has them).
+    let held: Vec<std::fs::File> = spec
+        .hold
+        .iter()
+        .map(|fifo| {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(fifo)
+                .unwrap_or_else(|e| die(&format!("hold {}", fifo.display()), e))
+        })
+        .collect();
     join_cgroups(&spec.cgroup_procs);
     let _ = std::fs::write("/proc/self/oom_score_adj", "-998");
     let netns = std::fs::File::open(&spec.netns).unwrap_or_else(|e| die("open network namespace", e));
@@ -262,6 +298,10 @@ pub fn shim_main(spec_path: &Path) -> ! {
     // hide the path by then (the daemon's data directory can live there).
     let mut pid_file =
         std::fs::File::create(&spec.init_pid_file).unwrap_or_else(|e| die("create the init pid file", e));
+    let mut exit_file = spec
+        .exit_file
+        .as_ref()
+        .map(|path| std::fs::File::create(path).unwrap_or_else(|e| die("create the exit file", e)));
     let all = SigSet::all();
     if let Err(e) = all.thread_block() {
         die("block signals", e);
@@ -274,7 +314,12 @@ pub fn shim_main(spec_path: &Path) -> ! {
         Ok(ForkResult::Parent { child }) => {
             let _ = pid_file.write_all(child.as_raw().to_string().as_bytes());
             drop(pid_file);
-            std::process::exit(forward_until_exit(child, &all))
+            let code = forward_until_exit(child, &all);
+            if let Some(file) = exit_file.as_mut() {
+                let _ = file.write_all(code.to_string().as_bytes());
+            }
+            drop(held);
+            std::process::exit(code)
         }
     }
 }

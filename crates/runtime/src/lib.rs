@@ -12,6 +12,7 @@
 pub mod cgroup;
 pub mod exec;
 pub mod netns;
+pub mod process;
 pub mod sandbox;
 mod sys;
 

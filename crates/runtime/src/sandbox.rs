@@ -6,6 +6,12 @@
 //! there; their file descriptors go to the data plane, which reads and writes
 //! them from the node's namespace. When the sandbox is removed and the
 //! descriptors are closed, the namespace and its interfaces disappear.
+//!
+//! A sandbox whose task is to outlive the daemon (live restore) has
+//! persistent TUNs: with no descriptor open they stay, with their addresses
+//! and routes, and the packets the task sends meanwhile are dropped (TCP
+//! sends them again). The next daemon [`reattach`](Sandbox::reattach)es
+//! to them by name. They go with the namespace, once its last process ends.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -59,12 +65,14 @@ impl Sandbox {
     /// Creates the namespace `name`, brings `lo` up, and creates one TUN per
     /// interface with its address, prefix route and MTU, with TSO/GSO offload
     /// enabled. IPv6 is disabled inside until the overlay carries it.
+    /// With `persistent`, the TUNs outlive their descriptors.
     pub fn create(
         name: &str,
         interfaces: &[InterfaceSpec],
+        persistent: bool,
     ) -> Result<(Sandbox, Vec<SyncDevice>), SandboxError> {
         let netns = NetNs::create(name)?;
-        let setup = netns.run(|| setup_inside(name, interfaces));
+        let setup = netns.run(|| setup_inside(name, interfaces, persistent));
         match setup {
             Ok(Ok(devices)) => Ok((Sandbox { netns: Some(netns) }, devices)),
             Ok(Err(e)) => {
@@ -76,6 +84,39 @@ impl Sandbox {
                 Err(e.into())
             }
         }
+    }
+
+    /// Opens the existing sandbox `name` (left by a daemon whose task
+    /// outlived it) and attaches to its persistent TUNs again, one per
+    /// interface, in order. Nothing in the namespace is changed; an
+    /// interface that is gone is an error.
+    pub fn reattach(
+        name: &str,
+        interfaces: &[InterfaceSpec],
+    ) -> Result<(Sandbox, Vec<SyncDevice>), SandboxError> {
+        let netns = NetNs::open(name)?;
+        let fail = |what: String| {
+            move |source: io::Error| SandboxError::Setup { sandbox: name.into(), what, source }
+        };
+        let devices = netns.run(|| {
+            interfaces
+                .iter()
+                .map(|iface| {
+                    if !std::path::Path::new("/sys/class/net").join(&iface.name).exists() {
+                        let gone = io::Error::new(io::ErrorKind::NotFound, "no such interface");
+                        return Err(fail(format!("find TUN {}", iface.name))(gone));
+                    }
+                    tun(iface, true).map_err(fail(format!("reattach TUN {}", iface.name)))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })??;
+        Ok((Sandbox { netns: Some(netns) }, devices))
+    }
+
+    /// Forgets the sandbox without deleting its namespace: a task that
+    /// outlives the daemon keeps it.
+    pub fn keep(mut self) {
+        self.netns.take();
     }
 
     /// The sandbox's namespace.
@@ -105,7 +146,26 @@ impl Drop for Sandbox {
     }
 }
 
-fn setup_inside(sandbox: &str, interfaces: &[InterfaceSpec]) -> Result<Vec<SyncDevice>, SandboxError> {
+/// Makes (or attaches to) the TUN `iface.name` in the current namespace,
+/// with its address, prefix route and MTU, and offload on.
+fn tun(iface: &InterfaceSpec, persistent: bool) -> io::Result<SyncDevice> {
+    let device = DeviceBuilder::new()
+        .name(&iface.name)
+        .ipv4(iface.ip, iface.prefix, None)
+        .mtu(iface.mtu)
+        .offload(true)
+        .build_sync()?;
+    if persistent {
+        device.persist()?;
+    }
+    Ok(device)
+}
+
+fn setup_inside(
+    sandbox: &str,
+    interfaces: &[InterfaceSpec],
+    persistent: bool,
+) -> Result<Vec<SyncDevice>, SandboxError> {
     let fail =
         |what: String| move |source: io::Error| SandboxError::Setup { sandbox: sandbox.into(), what, source };
     sys::set_link_up("lo").map_err(fail("bring lo up".into()))?;
@@ -126,12 +186,7 @@ fn setup_inside(sandbox: &str, interfaces: &[InterfaceSpec]) -> Result<Vec<SyncD
     interfaces
         .iter()
         .map(|iface| {
-            DeviceBuilder::new()
-                .name(&iface.name)
-                .ipv4(iface.ip, iface.prefix, None)
-                .mtu(iface.mtu)
-                .offload(true)
-                .build_sync()
+            tun(iface, persistent)
                 .map_err(fail(format!("create TUN {} with {}/{}", iface.name, iface.ip, iface.prefix)))
         })
         .collect()

@@ -26,7 +26,7 @@ fn sandbox_has_tun_with_address_mtu_and_route_then_vanishes() {
     let spec = InterfaceSpec { name: "eth0".into(), ip: Ipv4Addr::new(10, 0, 1, 2), prefix: 24, mtu: 1450 };
     let timestamps = || std::fs::read_to_string("/proc/sys/net/ipv4/tcp_timestamps").unwrap();
     let own_timestamps = timestamps();
-    let (sandbox, devices) = Sandbox::create(&name, &[spec]).unwrap();
+    let (sandbox, devices) = Sandbox::create(&name, &[spec], false).unwrap();
     assert_eq!(devices.len(), 1);
 
     let link = ip(&name, &["link", "show", "eth0"]);
@@ -41,7 +41,7 @@ fn sandbox_has_tun_with_address_mtu_and_route_then_vanishes() {
     assert_eq!(sandbox.netns().run(timestamps).unwrap().trim(), "2");
     assert_eq!(timestamps(), own_timestamps, "the test's own namespace changed");
 
-    assert!(matches!(Sandbox::create(&name, &[]), Err(shoal_runtime::SandboxError::Netns(_))));
+    assert!(matches!(Sandbox::create(&name, &[], false), Err(shoal_runtime::SandboxError::Netns(_))));
 
     sandbox.remove().unwrap();
     drop(devices);
@@ -71,4 +71,58 @@ fn run_executes_inside_the_namespace() {
     netns.delete().unwrap();
     assert!(!NetNs::exists(&name));
     assert!(matches!(NetNs::open(&name), Err(shoal_runtime::NetnsError::NotFound(_))));
+}
+
+#[test]
+fn persistent_tuns_outlive_their_descriptors_and_are_reattached() {
+    require_root();
+    let name = format!("shoal-rt-{}-c", std::process::id());
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = NetNs::delete_by_name(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(name.clone());
+    let spec = InterfaceSpec { name: "eth0".into(), ip: Ipv4Addr::new(10, 0, 3, 2), prefix: 24, mtu: 1400 };
+    let (sandbox, devices) = Sandbox::create(&name, std::slice::from_ref(&spec), true).unwrap();
+    // The daemon goes: its descriptors close, the namespace's name stays.
+    drop(devices);
+    sandbox.keep();
+    assert!(ip(&name, &["-4", "addr", "show", "eth0"]).contains("inet 10.0.3.2/24"), "the TUN stayed");
+
+    let (sandbox, devices) = Sandbox::reattach(&name, std::slice::from_ref(&spec)).unwrap();
+    assert_eq!(devices.len(), 1);
+    let link = ip(&name, &["link", "show", "eth0"]);
+    assert!(link.contains("mtu 1400") && link.contains(",UP"), "{link}");
+    // A packet the namespace sends reaches the reattached descriptor.
+    let device = &devices[0];
+    sandbox
+        .netns()
+        .run(|| {
+            let s = std::net::UdpSocket::bind("10.0.3.2:0").unwrap();
+            s.send_to(b"after", "10.0.3.9:9").unwrap();
+        })
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let mut seen = false;
+    for _ in 0..50 {
+        device.set_nonblocking(true).unwrap();
+        match device.recv(&mut buf) {
+            Ok(n) if buf[..n].windows(5).any(|w| w == b"after") => {
+                seen = true;
+                break;
+            }
+            _ => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+    assert!(seen, "the reattached TUN carries the namespace's packets");
+
+    let gone = InterfaceSpec { name: "eth7".into(), ..spec };
+    let Err(err) = Sandbox::reattach(&name, &[gone]) else { panic!("eth7 does not exist") };
+    let err = err.to_string();
+    assert!(err.contains("eth7"), "{err}");
+    drop(devices);
+    sandbox.remove().unwrap();
+    assert!(!NetNs::exists(&name));
 }

@@ -113,6 +113,11 @@ struct DaemonOptions {
     #[arg(long, env = "SHOAL_MESH_CONNECTION_LIMIT", default_value_t = 16384,
           value_parser = clap::value_parser!(u32).range(1..))]
     mesh_connection_limit: u32,
+    /// Keep tasks running while the daemon is down: a restarted (or upgraded) daemon adopts
+    /// them; `--live-restore=false` stops them with the daemon
+    #[arg(long, env = "SHOAL_LIVE_RESTORE", default_value_t = true, num_args = 0..=1,
+          default_missing_value = "true", require_equals = true, action = clap::ArgAction::Set)]
+    live_restore: bool,
 }
 
 impl From<DaemonOptions> for shoal_agent::Settings {
@@ -132,6 +137,7 @@ impl From<DaemonOptions> for shoal_agent::Settings {
             task_prefix: o.task_prefix,
             dns: o.dns,
             mesh_connection_limit: o.mesh_connection_limit as usize,
+            live_restore: o.live_restore,
         }
     }
 }

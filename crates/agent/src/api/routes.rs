@@ -76,7 +76,7 @@ pub async fn create_endpoint(
     Checked(Json(req)): Checked<Json<EndpointRequest>>,
 ) -> Result<(StatusCode, Json<Value>), Error> {
     let iface = Interface::parse(req.vni, &req.subnet, req.ip)?;
-    let mut created = node.endpoints.create(&req.sandbox, &[iface]).await?;
+    let mut created = node.endpoints.create(&req.sandbox, &[iface], false).await?;
     Ok((StatusCode::CREATED, to_json(created.remove(0))))
 }
 

@@ -8,11 +8,16 @@
 //! Reports go out on one channel, which the manager drains directly (on the
 //! manager's node) or the worker's session forwards.
 //!
+//! With live restore, tasks outlive the daemon: the next one adopts those
+//! still running (`adopt`) before it follows any assignment, so the plan
+//! sees them running, keeps those still assigned and stops the others.
+//!
 //! Invariants: a task id runs at most once on a node, and never again once
 //! it ended here, even while the manager's view still lags; a task that
 //! reached a final state has no process, namespace, TUN, cgroup or mount
 //! left.
 
+pub mod adopt;
 pub mod health;
 pub mod prepare;
 pub mod rows;
@@ -59,6 +64,9 @@ pub struct Context {
     pub announcer: Arc<rows::Announcer>,
     /// This node's volumes, which tasks make at first use.
     pub volumes: Arc<Volumes>,
+    /// Set as the daemon exits with its tasks left running: their output
+    /// stays in their FIFOs for the next daemon.
+    pub released: Arc<watch::Sender<bool>>,
 }
 
 impl Context {
@@ -128,21 +136,49 @@ pub struct TaskRunner {
     trim_due: AtomicBool,
 }
 
+/// How long a daemon exiting with live restore gives the output it read
+/// to reach the manager.
+const RELEASE_FLUSH: Duration = Duration::from_millis(300);
+
 /// The least time between two trims of the heap after tasks end.
 const TRIM_EVERY: Duration = Duration::from_secs(10);
 
 impl TaskRunner {
-    /// Starts the runner: it follows `assignments` until the sender is
-    /// dropped, then stops every task.
-    pub fn start(ctx: Context, mut assignments: watch::Receiver<Assignments>) -> Arc<TaskRunner> {
+    /// Starts the runner: it adopts the `survivors` a previous daemon left
+    /// running, withdraws the rows of the `lost` tasks it left that did
+    /// not survive, then follows `assignments` until the sender is dropped,
+    /// and stops every task.
+    pub fn start(
+        ctx: Context,
+        mut assignments: watch::Receiver<Assignments>,
+        survivors: Vec<adopt::Survivor>,
+        lost: Vec<Task>,
+    ) -> Arc<TaskRunner> {
         let runner = Arc::new(TaskRunner {
             ctx,
             running: Mutex::new(HashMap::new()),
             ended: Mutex::new(HashSet::new()),
             trim_due: AtomicBool::new(false),
         });
+        if !lost.is_empty() {
+            let announcer = runner.ctx.announcer.clone();
+            tokio::spawn(async move { announcer.withdraw_lost(&lost).await });
+        }
+        for survivor in survivors {
+            let id = survivor.task.id.clone();
+            let volumes = volumes::task_volumes(&survivor.task);
+            runner.supervise(id, volumes, move |ctx, stop, exec| async move {
+                supervisor::adopt(&ctx, survivor, stop, exec).await
+            });
+        }
         let me = runner.clone();
         tokio::spawn(async move {
+            // Only assignments the manager sent: the channel's first value
+            // is empty, and would stop every adopted task.
+            if assignments.changed().await.is_err() {
+                me.stop_all();
+                return;
+            }
             let mut trimmed = tokio::time::Instant::now();
             loop {
                 let tasks = assignments.borrow_and_update().tasks.clone();
@@ -164,7 +200,7 @@ impl TaskRunner {
     }
 
     fn reconcile(self: &Arc<Self>, assigned: &[Task]) {
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
         ended.retain(|id| assigned.iter().any(|t| &t.id == id));
         let ids: HashSet<&str> = running.keys().map(String::as_str).collect();
@@ -188,21 +224,45 @@ impl TaskRunner {
                 }
             });
         }
+        drop(running);
         for task in plan.start {
-            let (stop, stopped) = watch::channel(false);
-            let exec = Arc::new(Mutex::new(None));
             let volumes = volumes::task_volumes(&task);
-            running.insert(task.id.clone(), Running { stop, exec: exec.clone(), volumes });
-            let me = self.clone();
-            tokio::spawn(async move {
-                let id = task.id.clone();
-                let end = supervisor::supervise(&me.ctx, task, stopped, exec).await;
-                me.ended.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone());
-                me.trim_due.store(true, Ordering::Relaxed);
-                me.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-                me.ctx.report(&id, end);
+            self.supervise(task.id.clone(), volumes, move |ctx, stop, exec| async move {
+                supervisor::supervise(&ctx, task, stop, exec).await
             });
         }
+    }
+
+    /// Runs one task's supervisor (`run`), registered as running until it
+    /// returns the task's final status, which is then reported.
+    fn supervise<F, Fut>(self: &Arc<Self>, id: String, volumes: Vec<String>, run: F)
+    where
+        F: FnOnce(Context, watch::Receiver<bool>, Arc<Mutex<Option<ExecInfo>>>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = TaskStatus> + Send + 'static,
+    {
+        let (stop, stopped) = watch::channel(false);
+        let exec = Arc::new(Mutex::new(None));
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), Running { stop, exec: exec.clone(), volumes });
+        let me = self.clone();
+        tokio::spawn(async move {
+            let end = run(me.ctx.clone(), stopped, exec).await;
+            me.ended.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone());
+            me.trim_due.store(true, Ordering::Relaxed);
+            me.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            me.ctx.report(&id, end);
+        });
+    }
+
+    /// Lets go of the tasks as the daemon exits with them left running:
+    /// output already read is sent (and given a moment to reach the
+    /// manager); what is not read yet stays in the FIFOs for the next
+    /// daemon.
+    pub async fn release(&self) {
+        let _ = self.ctx.released.send(true);
+        tokio::time::sleep(RELEASE_FLUSH).await;
     }
 
     /// Asks every task to stop.

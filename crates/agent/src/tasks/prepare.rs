@@ -112,6 +112,7 @@ async fn try_prepare(ctx: &Context, task: &Task) -> Result<Prepared, PrepareErro
     let sandbox = sandbox_name(&ctx.settings.task_prefix, task);
     let dir = tasks_dir(&ctx.settings.data_dir).join(&task.id);
     std::fs::create_dir_all(&dir).map_err(file("task directory"))?;
+    super::adopt::record_task(&dir, task).map_err(file("task record"))?;
     let leftovers = Leftovers { name: sandbox.clone() };
     if let Err(e) =
         std::fs::write(dir.join("leftovers.json"), serde_json::to_vec(&leftovers).expect("serialisable"))
@@ -128,7 +129,10 @@ async fn try_prepare(ctx: &Context, task: &Task) -> Result<Prepared, PrepareErro
         .map(|a| Interface::parse(a.vni, &a.subnet, a.ip))
         .collect::<Result<Vec<_>, _>>()
         .map_err(PrepareError::Sandbox)?;
-    ctx.endpoints.create(&sandbox, &ifaces).await.map_err(PrepareError::Sandbox)?;
+    ctx.endpoints
+        .create(&sandbox, &ifaces, ctx.settings.live_restore)
+        .await
+        .map_err(PrepareError::Sandbox)?;
     let hostname = task.spec.hostname.clone().unwrap_or_else(|| short.to_owned());
     let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     for a in &task.attachments {
@@ -166,10 +170,18 @@ async fn try_prepare(ctx: &Context, task: &Task) -> Result<Prepared, PrepareErro
         cgroup_procs: cgroup.procs_files(),
         masks: masks(&ctx.settings.data_dir, &ctx.settings.socket),
         init_pid_file: dir.join("init.pid"),
+        exit_file: Some(dir.join("exit")),
+        die_with_daemon: !ctx.settings.live_restore,
+        hold: if ctx.settings.live_restore { output_fifos(&dir).to_vec() } else { Vec::new() },
     };
     std::fs::write(dir.join("spec.json"), serde_json::to_vec(&spec).expect("serialisable"))
         .map_err(file("task spec"))?;
     Ok(Prepared { dir, sandbox, cgroup, spec })
+}
+
+/// The FIFOs of a task's stdout and stderr, in its directory.
+pub fn output_fifos(dir: &Path) -> [PathBuf; 2] {
+    [dir.join("stdout"), dir.join("stderr")]
 }
 
 /// What a task must not see of its node: the daemon's data directory (the
@@ -282,11 +294,15 @@ pub async fn cleanup(ctx: &Context, prepared: &Prepared) {
     }
 }
 
-/// Removes what tasks of a crashed daemon left: processes, cgroups,
-/// sandboxes, task directories.
-pub fn remove_leftovers(data_dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(tasks_dir(data_dir)) else { return };
-    for entry in entries.flatten() {
+/// Removes what tasks of a crashed daemon left (processes, cgroups,
+/// sandboxes, task directories), except the tasks in `adopted`, which
+/// this daemon takes over (live restore).
+/// Returns the removed tasks that were recorded, whose gossiped rows the
+/// daemon withdraws once gossip runs.
+pub fn remove_leftovers(data_dir: &Path, adopted: &std::collections::BTreeSet<String>) -> Vec<Task> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(tasks_dir(data_dir)) else { return removed };
+    for entry in entries.flatten().filter(|e| !adopted.contains(&*e.file_name().to_string_lossy())) {
         if let Ok(text) = std::fs::read(entry.path().join("leftovers.json"))
             && let Ok(left) = serde_json::from_slice::<Leftovers>(&text)
         {
@@ -302,8 +318,14 @@ pub fn remove_leftovers(data_dir: &Path) {
                 tracing::warn!(sandbox = %left.name, error = %e, "cannot remove a sandbox left by the previous run");
             }
         }
+        if let Ok(text) = std::fs::read(entry.path().join("task.json"))
+            && let Ok(task) = serde_json::from_slice::<Task>(&text)
+        {
+            removed.push(task);
+        }
         let _ = std::fs::remove_dir_all(entry.path());
     }
+    removed
 }
 
 #[cfg(test)]

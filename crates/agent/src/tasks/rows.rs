@@ -165,6 +165,20 @@ impl Announcer {
         .await;
     }
 
+    /// Tasks a previous daemon of this node left, gone before this one
+    /// could adopt them: their rows (task and endpoint) are deleted, so no
+    /// peer keeps them while this node resumes the epoch they were
+    /// written in.
+    pub async fn withdraw_lost(&self, lost: &[Task]) {
+        let Ok(gossip) = self.gossip.get() else { return };
+        for task in lost {
+            for a in &task.attachments {
+                gossip.write(a.vni, RowKey::new(SERVICES, task.id.clone()), None).await;
+                gossip.write(a.vni, RowKey::new(crate::routes::ENDPOINTS, a.ip.to_string()), None).await;
+            }
+        }
+    }
+
     /// The task's process is gone: its rows go.
     pub async fn ended(&self, id: &str) {
         let Some(a) = self.announced.lock().unwrap_or_else(|e| e.into_inner()).remove(id) else { return };

@@ -19,13 +19,17 @@ use tokio::sync::watch;
 
 use super::health::{Health, HealthMonitor, run_check};
 use super::prepare::{self, Prepared};
-use super::{Context, ExecInfo};
+use super::{Context, ExecInfo, adopt};
 use crate::clock::now_ms;
+use crate::metrics::Op;
 
 /// How long a serving task is announced as draining before its stop signal:
 /// well above the p99 of a directory change reaching every node (275 ms in
 /// `bench-discovery`).
 const DRAIN_NOTICE: Duration = Duration::from_secs(1);
+
+/// How often an adopted task's shim is checked for its exit.
+const ADOPTED_POLL: Duration = Duration::from_millis(100);
 
 /// The longest log line kept; longer ones are cut.
 const MAX_LINE: usize = 16 * 1024;
@@ -211,12 +215,69 @@ impl Lifecycle {
     }
 }
 
+/// The shim of a running task: a child this daemon spawned, or one a
+/// previous daemon left (live restore), which only a pidfd can wait for.
+#[derive(Debug)]
+enum Shim {
+    Child(tokio::process::Child),
+    /// Its pidfd, polled (as an adopted shim is not our child, only its
+    /// pidfd tells when it exits; its parent reaps it).
+    Adopted {
+        pid: nix::unistd::Pid,
+        pidfd: std::os::fd::OwnedFd,
+        dir: PathBuf,
+    },
+}
+
+impl Shim {
+    fn pid(&self) -> Option<nix::unistd::Pid> {
+        match self {
+            Shim::Child(child) => child.id().map(|p| nix::unistd::Pid::from_raw(p as i32)),
+            Shim::Adopted { pid, .. } => Some(*pid),
+        }
+    }
+
+    /// Waits for the shim to exit: its code (128 + signal if killed).
+    async fn wait(&mut self) -> Option<i32> {
+        match self {
+            Shim::Child(child) => child.wait().await.ok().map(|s| {
+                use std::os::unix::process::ExitStatusExt;
+                s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
+            }),
+            Shim::Adopted { pidfd, dir, .. } => {
+                while !shoal_runtime::process::exited(pidfd) {
+                    tokio::time::sleep(ADOPTED_POLL).await;
+                }
+                Some(adopt::exit_code(dir))
+            }
+        }
+    }
+
+    fn exited(&mut self) -> bool {
+        match self {
+            Shim::Child(child) => matches!(child.try_wait(), Ok(Some(_))),
+            Shim::Adopted { pidfd, .. } => shoal_runtime::process::exited(pidfd),
+        }
+    }
+}
+
+/// A task whose process runs: what the run loop drives.
+struct Started {
+    prepared: Prepared,
+    shim: Shim,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+    enter: Option<EnterSpec>,
+    life: Lifecycle,
+    /// When the task started, as its healthcheck's start period counts.
+    since: Instant,
+}
+
 /// Runs one task to its end; returns its final status. Everything the
 /// task made is gone when this returns.
 pub async fn supervise(
     ctx: &Context,
     task: Task,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     exec_slot: Arc<Mutex<Option<ExecInfo>>>,
 ) -> TaskStatus {
     let id = task.id.clone();
@@ -234,37 +295,134 @@ pub async fn supervise(
         return Lifecycle::shutdown(now_ms());
     }
     report(Lifecycle::starting(now_ms()));
-    let mut child = match tokio::process::Command::new(PathBuf::from("/proc/self/exe"))
-        .arg("__task-shim")
-        .arg(prepared.dir.join("spec.json"))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
+    let (mut shim, readers) = match spawn(ctx, &id, &prepared) {
+        Ok(spawned) => spawned,
         Err(e) => {
             prepare::cleanup(ctx, &prepared).await;
             return Lifecycle::start_failed(e, now_ms());
         }
     };
     ctx.metrics.task_started();
-    let shim = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
-    let mut readers = Vec::new();
-    if let Some(out) = child.stdout.take() {
-        readers.push(tokio::spawn(forward_lines(out, false, id.clone(), ctx.clone())));
+    if let Some(pid) = shim.pid()
+        && let Err(e) = adopt::record_shim(&prepared.dir, pid.as_raw())
+    {
+        tracing::warn!(task = %id, error = %e, "cannot record the task's shim: the next daemon will not adopt it");
+        ctx.metrics.failed(Op::RecordTask);
     }
-    if let Some(err) = child.stderr.take() {
-        readers.push(tokio::spawn(forward_lines(err, true, id.clone(), ctx.clone())));
-    }
-    let enter = wait_init(&prepared, &mut child).await;
-    *exec_slot.lock().unwrap_or_else(|e| e.into_inner()) =
-        enter.clone().map(|enter| ExecInfo { task: id.clone(), enter });
-
+    let enter = wait_init(&prepared, &mut shim).await;
     let mut life = Lifecycle::new(task.spec.health.clone());
     report(life.started(now_ms()));
     ctx.announcer.running(&task, life.health_policy().is_none()).await;
-    let started = Instant::now();
+    let started = Started { prepared, shim, readers, enter, life, since: Instant::now() };
+    run(ctx, &task, started, stop, exec_slot).await
+}
+
+/// Takes over a task a previous daemon of this node left running (live
+/// restore): its sandbox, output and shim, then runs it to its end as
+/// [`supervise`] does. Its status is reported only when it changes: the
+/// manager has it running already.
+pub async fn adopt(
+    ctx: &Context,
+    survivor: adopt::Survivor,
+    stop: watch::Receiver<bool>,
+    exec_slot: Arc<Mutex<Option<ExecInfo>>>,
+) -> TaskStatus {
+    let adopt::Survivor { task, dir, spec, shim, pidfd } = survivor;
+    let sandbox = prepare::sandbox_name(&ctx.settings.task_prefix, &task);
+    let prepared = Prepared { dir, cgroup: shoal_runtime::Cgroup::open(&sandbox), sandbox, spec };
+    let pid = nix::unistd::Pid::from_raw(shim.pid);
+    let failed = |what: String| {
+        TaskStatus::new(TaskState::Failed, now_ms(), "adopting failed")
+            .with_err(format!("the restarted daemon could not take the task back: {what}"))
+    };
+    let ifaces = task
+        .attachments
+        .iter()
+        .map(|a| crate::endpoints::Interface::parse(a.vni, &a.subnet, a.ip))
+        .collect::<Result<Vec<_>, _>>();
+    let adopted = match ifaces {
+        Ok(ifaces) => ctx.endpoints.adopt(&prepared.sandbox, &ifaces).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let readers = match adopted {
+        Ok(_) => prepare::output_fifos(&prepared.dir)
+            .iter()
+            .zip([false, true])
+            .filter_map(|(path, stderr)| {
+                let fd = shoal_runtime::process::open_output(path).ok()?;
+                let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd).ok()?;
+                Some(tokio::spawn(forward_lines(pipe, stderr, task.id.clone(), ctx.clone())))
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(task = %task.id, error = %e, "cannot adopt a task left running: stopping it");
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            prepared.cgroup.kill_all();
+            prepare::cleanup(ctx, &prepared).await;
+            return failed(e);
+        }
+    };
+    tracing::info!(task = %task.id, shim = shim.pid, "adopted a task left running by the previous daemon");
+    let mut shim = Shim::Adopted { pid, pidfd, dir: prepared.dir.clone() };
+    let enter = wait_init(&prepared, &mut shim).await;
+    let mut life = Lifecycle::new(task.spec.health.clone());
+    let _ = life.started(now_ms());
+    // Health as it is now, before the task is announced: one check.
+    let mut serves = true;
+    if let (Some(policy), Some(enter)) = (life.health_policy().cloned(), &enter) {
+        let healthy = run_check(enter, &policy.cmd, Duration::from_millis(policy.timeout_ms)).await;
+        let past_start = Duration::from_millis(policy.start_period_ms) + Duration::from_secs(1);
+        let checked = life.checked(healthy, past_start, now_ms());
+        serves = healthy;
+        if let Some(status) = checked.report {
+            ctx.report(&task.id, status);
+        }
+    }
+    ctx.announcer.running(&task, serves).await;
+    let started = Started { prepared, shim, readers, enter, life, since: Instant::now() };
+    run(ctx, &task, started, stop, exec_slot).await
+}
+
+/// Spawns the shim with its output on the task's FIFOs; returns it and
+/// the tasks forwarding its output.
+fn spawn(
+    ctx: &Context,
+    id: &str,
+    prepared: &Prepared,
+) -> std::io::Result<(Shim, Vec<tokio::task::JoinHandle<()>>)> {
+    let [out_path, err_path] = prepare::output_fifos(&prepared.dir);
+    let (out, out_writer) = shoal_runtime::process::output_fifo(&out_path)?;
+    let (err, err_writer) = shoal_runtime::process::output_fifo(&err_path)?;
+    let child = tokio::process::Command::new(PathBuf::from("/proc/self/exe"))
+        .arg("__task-shim")
+        .arg(prepared.dir.join("spec.json"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(out_writer))
+        .stderr(std::process::Stdio::from(err_writer))
+        .spawn()?;
+    let mut readers = Vec::new();
+    for (fd, stderr) in [(out, false), (err, true)] {
+        let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
+        readers.push(tokio::spawn(forward_lines(pipe, stderr, id.to_owned(), ctx.clone())));
+    }
+    Ok((Shim::Child(child), readers))
+}
+
+/// Runs a started task until its process exits: healthchecks, stop
+/// requests, the grace period; then removes what it made.
+async fn run(
+    ctx: &Context,
+    task: &Task,
+    started: Started,
+    mut stop: watch::Receiver<bool>,
+    exec_slot: Arc<Mutex<Option<ExecInfo>>>,
+) -> TaskStatus {
+    let Started { prepared, mut shim, readers, enter, mut life, since } = started;
+    let id = task.id.clone();
+    let report = |status: TaskStatus| ctx.report(&id, status);
+    *exec_slot.lock().unwrap_or_else(|e| e.into_inner()) =
+        enter.clone().map(|enter| ExecInfo { task: id.clone(), enter });
+    let pid = shim.pid();
     let check_every = life.health_policy().map(|h| Duration::from_millis(h.interval_ms));
     let check_timeout = life.health_policy().map_or(Duration::ZERO, |h| Duration::from_millis(h.timeout_ms));
     let check_cmd = life.health_policy().map(|h| h.cmd.clone()).unwrap_or_default();
@@ -272,14 +430,14 @@ pub async fn supervise(
     let mut kill_at: Option<Instant> = None;
     // The stop signal now, SIGKILL after the grace period.
     let begin_stop = || {
-        if let Some(pid) = shim {
+        if let Some(pid) = pid {
             let signal = shoal_runtime::exec::signal(&task.spec.stop_signal)
                 .unwrap_or(nix::sys::signal::Signal::SIGTERM);
             let _ = nix::sys::signal::kill(pid, signal);
         }
         Some(Instant::now() + Duration::from_millis(task.spec.stop_grace_ms))
     };
-    let exit = loop {
+    let code = loop {
         let wake = [next_check, kill_at].into_iter().flatten().min();
         let sleep = async {
             match wake {
@@ -288,7 +446,7 @@ pub async fn supervise(
             }
         };
         tokio::select! {
-            status = child.wait() => break status.ok(),
+            code = shim.wait() => break code,
             changed = stop.changed(), if !life.is_stopping() => {
                 if (changed.is_err() || *stop.borrow()) && life.stop() {
                     // Every node hears that the task drains before it gets
@@ -303,7 +461,7 @@ pub async fn supervise(
             }
             () = sleep => {
                 if kill_at.is_some_and(|at| Instant::now() >= at) {
-                    if let Some(pid) = shim {
+                    if let Some(pid) = pid {
                         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
                     }
                     prepared.cgroup.kill_all();
@@ -312,7 +470,7 @@ pub async fn supervise(
                 }
                 let (Some(every), Some(enter)) = (check_every, &enter) else { next_check = None; continue };
                 let healthy = run_check(enter, &check_cmd, check_timeout).await;
-                let checked = life.checked(healthy, started.elapsed(), now_ms());
+                let checked = life.checked(healthy, since.elapsed(), now_ms());
                 if let Some(status) = checked.report {
                     let serves = status.health.as_deref() == Some(Health::Healthy.as_str());
                     report(status);
@@ -331,20 +489,19 @@ pub async fn supervise(
     *exec_slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
     ctx.announcer.ended(&id).await;
     let oom = prepared.cgroup.oom_kills() > 0;
-    prepare::cleanup(ctx, &prepared).await;
+    // The task's processes are gone, but a FIFO's reader sees its end only
+    // once every writer closed: the cgroup's last ones are killed first.
+    prepared.cgroup.kill_all();
     for r in readers {
         let _ = tokio::time::timeout(Duration::from_secs(1), r).await;
     }
-    let code = exit.map(|s| {
-        use std::os::unix::process::ExitStatusExt;
-        s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
-    });
+    prepare::cleanup(ctx, &prepared).await;
     life.exited(Exit { code, oom }, now_ms())
 }
 
 /// Waits for the shim to write init's pid: what `task exec` and the
 /// healthcheck enter. None if the shim exited first.
-async fn wait_init(prepared: &Prepared, child: &mut tokio::process::Child) -> Option<EnterSpec> {
+async fn wait_init(prepared: &Prepared, shim: &mut Shim) -> Option<EnterSpec> {
     let mut pid = None;
     // The shim writes it right after its fork; allow for a loaded node.
     for _ in 0..1000 {
@@ -354,7 +511,7 @@ async fn wait_init(prepared: &Prepared, child: &mut tokio::process::Child) -> Op
             pid = Some(p);
             break;
         }
-        if let Ok(Some(_)) = child.try_wait() {
+        if shim.exited() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -372,26 +529,48 @@ async fn wait_init(prepared: &Prepared, child: &mut tokio::process::Child) -> Op
 
 /// Sends a task's output stream to the manager line by line, within
 /// [`LOG_LINES_PER_SEC`]; what is dropped is counted and said in the log.
+/// When the daemon is released (live restore), sends what it read already
+/// and stops reading: the rest stays in the FIFO for the next daemon (a
+/// line read in part is sent in two).
 async fn forward_lines(pipe: impl tokio::io::AsyncRead + Unpin, stderr: bool, task: String, ctx: Context) {
     let mut reader = BufReader::new(pipe);
     let mut buf = Vec::new();
     let mut budget = LogBudget::new(Instant::now());
-    let send = |text: String| {
+    let mut released = ctx.released.subscribe();
+    let send = |text: &[u8]| {
+        let text = String::from_utf8_lossy(text).trim_end_matches(['\n', '\r']).to_owned();
         let line = LogLine { ts_ms: now_ms(), stderr, text };
         let _ = ctx.reports.send(Report::Logs { task: task.clone(), lines: vec![line] });
     };
     loop {
         buf.clear();
-        match (&mut reader).take(MAX_LINE as u64).read_until(b'\n', &mut buf).await {
+        let read = {
+            let mut limited = (&mut reader).take(MAX_LINE as u64);
+            tokio::select! {
+                read = limited.read_until(b'\n', &mut buf) => Some(read),
+                _ = released.wait_for(|r| *r) => None,
+            }
+        };
+        let Some(read) = read else {
+            buf.extend_from_slice(reader.buffer());
+            for line in buf.split_inclusive(|b| *b == b'\n') {
+                send(line);
+            }
+            return;
+        };
+        match read {
             Ok(0) | Err(_) => return,
             Ok(_) => {
                 let (admitted, dropped) = budget.admit(Instant::now());
                 if let Some(n) = dropped {
                     ctx.metrics.log_lines_dropped(n);
-                    send(format!("shoal: dropped {n} log lines (over {LOG_LINES_PER_SEC} a second)"));
+                    send(
+                        format!("shoal: dropped {n} log lines (over {LOG_LINES_PER_SEC} a second)")
+                            .as_bytes(),
+                    );
                 }
                 if admitted {
-                    send(String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_owned());
+                    send(&buf);
                 }
             }
         }

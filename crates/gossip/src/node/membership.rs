@@ -60,10 +60,13 @@ impl GossipNode {
             OwnedNotification::MemberUp(m) => {
                 self.tables.owner_up(m.id, m.epoch, &mut changes);
                 self.events.push_back(Event::MemberUp(m));
-                // Reconcile at once with the first member met (joining) and
+                // Reconcile at once with the first member met since this
+                // process started (joining, or restarting: a whole view may
+                // arrive at once, so counting live members would miss it) and
                 // with members that come back; others reconcile with the
                 // periodic round.
-                if self.live_members() == 1 || self.seen_down.remove(&m.addr) {
+                let first = !std::mem::replace(&mut self.met_anyone, true);
+                if first || self.seen_down.remove(&m.addr) {
                     self.syncs.push_back(m.addr);
                 }
             }

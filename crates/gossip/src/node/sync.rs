@@ -97,10 +97,20 @@ impl GossipNode {
 
     /// The driver could not open an anti-entropy stream to `peer` because
     /// nothing listens there (connection refused): no gossip process runs at
-    /// that address. If SWIM suspects the member there, declare it down now
-    /// instead of waiting out the suspicion. A timeout proves nothing (it may
-    /// be a partition) and is not reported.
+    /// that address. If SWIM suspects the member there and its port has
+    /// refused for [`restart_grace`](crate::GossipConfig::restart_grace)
+    /// (it is tried again then), declare it down now instead of waiting out
+    /// the suspicion: a daemon restarting with live restore is back within
+    /// the grace, and its running tasks are not taken for dead. A timeout
+    /// proves nothing (it may be a partition) and is not reported.
     pub fn handle_sync_refused(&mut self, now: Instant, peer: SocketAddrV4) {
+        let since = *self.refused_since.entry(peer).or_insert(now);
+        let waited = now.duration_since(since);
+        if waited < self.config.restart_grace {
+            self.schedule(now, self.config.restart_grace - waited, super::Due::Refused(peer));
+            return;
+        }
+        self.refused_since.remove(&peer);
         let suspect = self
             .swim
             .iter_members()

@@ -297,3 +297,38 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_resumed_epoch_keeps_rows_visible_and_drops_what_it_did_not_write_again() {
+    let now = Instant::now();
+    let other: NetworkId = NET + 1;
+    let mut old = tables(A);
+    let mut b = tables(B);
+    let mut changes = Vec::new();
+    for (net, k) in [(NET, "kept"), (NET, "died"), (other, "alone")] {
+        let d = old.write(now, net, key(k), Some(b"v".to_vec()));
+        b.apply_delta(now, &d, &mut changes);
+    }
+    changes.clear();
+    // A new process of A in the same epoch, its task "kept" adopted.
+    let mut new = tables(A);
+    new.resume_at(1_000_000);
+    let d = new.write(now, NET, key("kept"), Some(b"v".to_vec()));
+    assert!(d.seq > 1_000_000, "numbered above the old process");
+    assert!(b.apply_delta(now, &d, &mut changes), "a resumed write is new to replicas");
+    assert_eq!(changes, [upsert(A, "kept", b"v")], "the same value: no row disappeared meanwhile");
+    changes.clear();
+    // Anti-entropy: the replica knew only the old writes, so it gets
+    // snapshots, which drop the rows (and streams) the new process left.
+    for item in new.answer(B, &b.digest()) {
+        b.apply_sync(now, item, &mut changes);
+    }
+    let mut removed: Vec<Change> = changes.clone();
+    removed.sort_by_key(|c| format!("{c:?}"));
+    assert!(removed.contains(&remove(A, "died")), "{removed:?}");
+    assert!(removed.contains(&Change::Remove { owner: A, network: other, key: key("alone") }), "{removed:?}");
+    assert!(!removed.contains(&remove(A, "kept")), "{removed:?}");
+    let visible: Vec<String> = b.visible_rows().into_iter().map(|r| r.key).collect();
+    assert_eq!(visible, ["kept"]);
+    assert!(new.answer(B, &b.digest()).is_empty(), "converged");
+}

@@ -154,6 +154,8 @@ fn up(nodes: usize, clients: usize, name: &str) -> anyhow::Result<()> {
                     &node,
                     "--task-prefix",
                     &host.netns,
+                    // A lab is torn down whole: its tasks go with its daemons.
+                    "--live-restore=false",
                     "--data-dir",
                 ])
                 .arg(state.join(format!("{node}.data")))
