@@ -15,7 +15,7 @@ TOOLS := ip:iproute2 bridge:iproute2 nsenter:util-linux ping:iputils-ping \
 # one on the tasks' PATH), with their packages.
 PYMODULES := flask:python3-flask redis:python3-redis
 
-.PHONY: soak deps demo test lint bench-overlay bench-gossip bench-services bench-discovery bench-mesh bench-forward bench fuzz clean
+.PHONY: soak deps demo test lint bench-overlay bench-gossip bench-rows bench-services bench-discovery bench-mesh bench-forward bench fuzz clean
 
 # nginx and haproxy ship system services: while they install, a policy-rc.d
 # that refuses every start (made only if none exists, then removed) keeps
@@ -64,6 +64,10 @@ bench-gossip: deps
 	$(CARGO) build --release -p shoal -p benches --bins
 	./target/release/bench-gossip
 
+bench-rows: deps
+	$(CARGO) build --release -p shoal -p benches --bins
+	./target/release/bench-rows
+
 bench-services: deps
 	$(CARGO) build --release -p shoal -p benches --bins
 	./target/release/bench-services
@@ -79,7 +83,7 @@ bench-mesh: deps
 bench-forward:
 	$(CARGO) bench -p benches --bench forward
 
-bench: bench-forward bench-overlay bench-gossip bench-services bench-discovery bench-mesh
+bench: bench-forward bench-overlay bench-gossip bench-rows bench-services bench-discovery bench-mesh
 
 # Coverage-guided fuzzing of every parser for FUZZ_SECONDS each. cargo-fuzz
 # needs nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain accept them.

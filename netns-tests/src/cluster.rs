@@ -95,6 +95,11 @@ impl Cluster {
         cluster
     }
 
+    /// The gossip key file of a cluster that gossips outside a swarm.
+    pub fn key_file(&self) -> Option<&std::path::Path> {
+        self.key.as_deref()
+    }
+
     /// The daemon socket of host `i`.
     pub fn socket(&self, i: usize) -> PathBuf {
         self.dir.join(format!("h{}.sock", i + 1))
@@ -160,6 +165,18 @@ impl Cluster {
             .filter(|s| !s.ends_with("-mesh"))
             .map(str::to_owned)
             .collect()
+    }
+
+    /// The task sandboxes on host `i` that still exist, as its daemon's data
+    /// directory names them: with live restore, they outlive the daemon.
+    pub fn task_sandboxes_left(&self, i: usize) -> usize {
+        let Ok(entries) = std::fs::read_dir(self.data_dir(i).join("tasks")) else { return 0 };
+        entries
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("leftovers.json")).ok())
+            .filter_map(|text| serde_json::from_slice::<serde_json::Value>(&text).ok())
+            .filter(|left| left["name"].as_str().is_some_and(shoal_runtime::NetNs::exists))
+            .count()
     }
 
     /// A memory figure of the daemon on host `i`, in KiB, from its

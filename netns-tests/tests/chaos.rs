@@ -130,7 +130,12 @@ fn report(name: &str, f: &Figures) {
 /// A 3-node swarm with a client host, running `web` (Python's HTTP
 /// server, REPLICAS tasks) published on 8080.
 fn swarm() -> Cluster {
-    let c = Cluster::start_swarm_with_clients(3, 1, &[]);
+    swarm_with(&[])
+}
+
+/// The same, with more flags for every daemon.
+fn swarm_with(daemon_args: &[&str]) -> Cluster {
+    let c = Cluster::start_swarm_with_clients(3, 1, daemon_args);
     c.cli(
         0,
         &[
@@ -246,6 +251,50 @@ fn a_killed_worker_fails_only_its_own_requests_and_its_tasks_move() {
     // It comes back, and runs nothing it should not.
     c.start_daemon(2);
     settle(&c, 0, "the worker's return");
+}
+
+#[test]
+fn a_worker_restarted_with_live_restore_keeps_its_tasks_and_fails_no_request() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = swarm_with(&["--live-restore"]);
+    let before = running(&c, 0);
+    let on_node3 = |tasks: &[(String, u64, String)]| -> BTreeSet<String> {
+        tasks.iter().filter(|t| t.2 == "node3").map(|t| t.0.clone()).collect()
+    };
+    assert!(!on_node3(&before).is_empty(), "node3 runs some of the tasks");
+    // A restart after kill -9, then one after SIGTERM (an upgrade).
+    let load = Load::start(&c, 0, 8080, 20);
+    std::thread::sleep(Duration::from_secs(5));
+    let fault = now();
+    c.kill_daemon(2);
+    std::thread::sleep(Duration::from_millis(500));
+    c.start_daemon(2);
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(c.stop_daemon(2), "SIGTERM: the daemon exits 0");
+    std::thread::sleep(Duration::from_millis(500));
+    c.start_daemon(2);
+    let f = figures(&load.results(), fault);
+    report("a worker's daemon restarted with live restore (kill -9, then SIGTERM)", &f);
+    assert!(f.failed <= 2, "{} of {} requests failed across the restarts", f.failed, f.total);
+    settle(&c, 0, "the restarts");
+    assert_eq!(running(&c, 0), before, "the same tasks run, none replaced");
+
+    // Killed for good: its tasks live on, unreachable to the manager,
+    // which replaces them; when the daemon returns it stops the old ones.
+    let load = Load::start(&c, 0, 8080, 20);
+    std::thread::sleep(Duration::from_secs(3));
+    let fault = now();
+    c.kill_daemon(2);
+    let f = figures(&load.results(), fault);
+    report("kill -9 of a worker's daemon, live restore on (not restarted)", &f);
+    assert!(f.failed < f.total / 4, "most requests were served");
+    settle(&c, 0, "a worker's death with live restore");
+    assert!(on_node3(&running(&c, 0)).is_empty(), "node3's tasks moved");
+    let left = before.iter().filter(|t| t.2 == "node3").count();
+    let orphans = c.task_sandboxes_left(2);
+    assert_eq!(orphans, left, "its tasks ran on without their daemon");
+    c.start_daemon(2);
+    settle(&c, 0, "the worker's return: it stops what was replaced");
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! with mutual TLS, `node` verbs, bad tokens, durable state, node liveness.
 
 #![forbid(unsafe_code)]
+#![allow(clippy::print_stdout)] // the figures, for `--nocapture`
 
 use std::time::Duration;
 
@@ -302,4 +303,74 @@ fn overlay_networks_get_subnets_and_vnis_and_survive_a_manager_restart() {
     let inspect: serde_json::Value =
         serde_json::from_str(&c.cli(0, &["network", "inspect", "again"])).unwrap();
     assert_eq!(inspect[0]["IPAM"]["Config"][0]["Subnet"], "10.0.0.0/24");
+}
+
+#[test]
+fn the_gossip_key_rotates_without_a_gap() {
+    let (mut c, _) = swarm();
+    // A service whose rows every node holds, written with the first key.
+    c.cli(0, &["network", "create", "-d", "overlay", "front"]);
+    c.cli(
+        0,
+        &["service", "create", "--name", "web", "--replicas", "3", "--network", "front", "sleep", "600"],
+    );
+    let live = |c: &Cluster, i: usize| c.metric(i, "shoal_table_rows{kind=\"live\"}");
+    let settled = |c: &Cluster| (0..3).map(|i| live(c, i)).collect::<Vec<_>>();
+    assert!(wait_until(Duration::from_secs(20), || settled(&c)
+        .iter()
+        .all(|n| *n == settled(&c)[0] && *n > 0.0)));
+    let rows = settled(&c)[0];
+    let keys = |c: &Cluster, i: usize| -> Vec<String> {
+        let text =
+            std::fs::read_to_string(c.data_dir(i).join("swarm").join("swarm.json")).expect("swarm.json");
+        let config: serde_json::Value = serde_json::from_str(&text).unwrap();
+        config["gossip_keys"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .map(|l| l.split(':').next().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(keys(&c, 1), ["1"]);
+    let downs = |c: &Cluster| (0..3).map(|i| c.metric(i, "shoal_gossip_member_downs_total")).sum::<f64>();
+    let refused = |c: &Cluster| {
+        (0..3)
+            .map(|i| {
+                c.metric(i, "shoal_gossip_dropped_total{reason=\"unknown_key\"}")
+                    + c.metric(i, "shoal_gossip_dropped_total{reason=\"unauthenticated\"}")
+            })
+            .sum::<f64>()
+    };
+    let (downs_before, refused_before) = (downs(&c), refused(&c));
+
+    let started = std::time::Instant::now();
+    assert_eq!(c.cli(0, &["swarm", "update", "--rotate-gossip-key"]).trim(), "Swarm updated.");
+    println!(
+        "gossip key rotation: {:.1} s (three steps, heartbeats every second)",
+        started.elapsed().as_secs_f64()
+    );
+    for i in 0..3 {
+        assert_eq!(keys(&c, i), ["2"], "node{} holds the new key alone", i + 1);
+    }
+    // No frame was refused and no member taken for dead on the way.
+    assert_eq!(refused(&c), refused_before, "frames refused during the rotation");
+    assert_eq!(downs(&c), downs_before, "a member was declared down during the rotation");
+    // Gossip works with the new key alone: a new service's rows reach every node.
+    c.cli(0, &["service", "scale", "web=6"]);
+    assert!(
+        wait_until(Duration::from_secs(20), || settled(&c).iter().all(|n| *n > rows)),
+        "rows written after the rotation replicate: {:?}",
+        settled(&c)
+    );
+    // A restarted worker gossips with the key it recorded.
+    c.kill_daemon(2);
+    c.start_daemon(2);
+    assert!(
+        wait_until(Duration::from_secs(20), || c.state_of(0, 2).as_deref() == Some("alive")),
+        "the restarted worker rejoins gossip"
+    );
+    assert!(
+        c.cli_err(0, &["swarm", "update"]).contains("--rotate-gossip-key"),
+        "nothing to update says what to give"
+    );
 }

@@ -4,6 +4,7 @@
 //! malformed and oversized API bodies get JSON errors.
 
 #![forbid(unsafe_code)]
+#![allow(clippy::print_stdout)] // the figures, for `--nocapture`
 
 use std::process::Command;
 use std::time::Duration;
@@ -177,4 +178,51 @@ fn a_task_printing_in_a_tight_loop_is_bounded_and_counted() {
     // The node holds at most a second's budget at a time, not the flood.
     let grown = during.saturating_sub(before);
     assert!(grown < 64 * 1024, "the daemon grew by {grown} KiB under the flood");
+}
+
+/// A bounded fork bomb: 400 children wanted, each sleeping a minute; it
+/// says how many forks the kernel refused, then waits.
+const BOMB: &str = r#"
+import os, time
+made, refused = 0, 0
+for _ in range(400):
+    try:
+        if os.fork() == 0:
+            time.sleep(60)
+            os._exit(0)
+        made += 1
+    except OSError:
+        refused += 1
+print("forked %d, refused %d" % (made, refused), flush=True)
+time.sleep(600)
+"#;
+
+#[test]
+fn a_fork_bomb_stops_at_its_tasks_pids_limit() {
+    let c = Cluster::start_swarm(1);
+    c.cli(
+        0,
+        &["service", "create", "--detach", "--name", "bomb", "--limit-pids", "64", "python3", "-c", BOMB],
+    );
+    let said = || c.cli(0, &["service", "logs", "bomb"]);
+    assert!(wait_until(Duration::from_secs(30), || said().contains("refused")), "the bomb ran: {}", said());
+    let id =
+        c.cli(0, &["service", "ps", "-q", "--no-trunc", "bomb"]).lines().next().expect("a task").to_owned();
+    let cgroup = format!("/sys/fs/cgroup/pids/shoal/{}-t{}", c.lab.host(0).netns, &id[..10]);
+    let read = |file: &str| std::fs::read_to_string(format!("{cgroup}/{file}")).unwrap_or_default();
+    let line = said();
+    let refused: u64 = line.rsplit("refused ").next().and_then(|n| n.trim().parse().ok()).unwrap_or(0);
+    let current: u64 = read("pids.current").trim().parse().expect("the task runs on, in its cgroup");
+    println!("fork bomb: {current} processes in the task, {refused} of 400 forks refused");
+    assert!(refused > 300, "the kernel refused the forks past the limit: {line}");
+    assert_eq!(read("pids.max").trim(), "64");
+    assert!(current <= 64, "{current} processes in the task");
+    assert!(read("pids.events").starts_with("max "), "the limit was hit: {}", read("pids.events"));
+    // The node is unharmed: its daemon answers and starts other tasks.
+    c.cli(0, &["service", "create", "--name", "calm", "sleep", "600"]);
+    c.cli(0, &["service", "rm", "bomb", "calm"]);
+    assert!(
+        wait_until(Duration::from_secs(20), || !std::path::Path::new(&cgroup).exists()),
+        "the bomb's cgroup is gone, with its processes"
+    );
 }

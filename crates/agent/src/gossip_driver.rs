@@ -24,6 +24,7 @@ enum Command {
     Refused(SocketAddrV4),
     Leave(oneshot::Sender<()>),
     Stop(oneshot::Sender<()>),
+    SetRing(KeyRing, oneshot::Sender<()>),
 }
 
 /// The agent's handle on the gossip driver.
@@ -119,6 +120,11 @@ impl GossipHandle {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    /// Seals and opens with `ring` from now on (a key rotation's step).
+    pub async fn set_ring(&self, ring: KeyRing) {
+        self.ask(|done| Command::SetRing(ring, done)).await;
+    }
+
     /// Stops the driver: its sockets close and no event follows.
     pub async fn stop(&self) {
         self.ask(Command::Stop).await;
@@ -174,6 +180,7 @@ async fn drive(
                 Some(Command::Members(reply)) => { let _ = reply.send(node.members()); }
                 Some(Command::Rows(reply)) => { let _ = reply.send(node.tables().rows()); }
                 Some(Command::Stats(reply)) => { let _ = reply.send((node.stats(), node.live_members())); }
+                Some(Command::SetRing(ring, done)) => { node.set_ring(ring); let _ = done.send(()); }
                 Some(Command::Frame { data, reply }) => {
                     let _ = reply.send(node.handle_frame(Instant::now(), &data).ok().flatten());
                 }

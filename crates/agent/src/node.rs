@@ -220,6 +220,12 @@ impl Node {
                 }
                 let _ = done.send(started);
             }
+            RoleEvent::GossipKeys { keys, done } => {
+                if let Ok(gossip) = self.gossip.get() {
+                    gossip.set_ring(keys).await;
+                }
+                let _ = done.send(());
+            }
             RoleEvent::Left { done } => {
                 self.stop_tasks().await;
                 self.stop_gossip().await;

@@ -18,6 +18,6 @@ pub mod transport;
 
 pub use ca::{CaError, ClusterCa, Role, Subject};
 pub use ipam::{Ipam, IpamError, NetworkAlloc};
-pub use protocol::{LogLine, NodeInfo, ProtocolError, Report, Request, Response};
+pub use protocol::{GossipKeys, LogLine, NodeInfo, ProtocolError, Report, Request, Response};
 pub use store::{Availability, ClusterState, NetworkRecord, NodeRecord, NodeState, Store, StoreError};
 pub use token::{JoinToken, TokenError};

@@ -130,6 +130,12 @@ pub enum Request {
     },
     /// I am alive (mutual TLS: the certificate says who).
     Heartbeat,
+    /// This node gossips with the key ring of `version` now (the answer to
+    /// a heartbeat's [`GossipKeys`]).
+    KeysApplied {
+        /// The ring's version.
+        version: u64,
+    },
     /// A new certificate for the same identity, over a new key.
     Renew {
         /// Certificate signing request for the new key (PEM).
@@ -146,6 +152,16 @@ pub enum Request {
         /// In the order they happened.
         reports: Vec<Report>,
     },
+}
+
+/// A version of the swarm's gossip key ring, as key-file text (`ID:HEX`
+/// lines, the primary key first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GossipKeys {
+    /// Bumped at every step of a rotation.
+    pub version: u64,
+    /// The ring.
+    pub keys: String,
 }
 
 /// The manager's answers.
@@ -174,6 +190,10 @@ pub enum Response {
     Ok {
         /// Seconds.
         heartbeat_secs: u64,
+        /// The swarm's gossip key ring, when this node's is older (a
+        /// rotation is under way).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gossip_keys: Option<GossipKeys>,
     },
     /// A renewed certificate.
     Renewed {
@@ -205,7 +225,7 @@ mod tests {
     fn messages_round_trip_in_their_envelope() {
         let request = Request::Assignments { known: 42 };
         assert_eq!(decode::<Request>(&encode(&request)), Ok(request));
-        let text = String::from_utf8(encode(&Response::Ok { heartbeat_secs: 5 })).unwrap();
+        let text = String::from_utf8(encode(&Response::Ok { heartbeat_secs: 5, gossip_keys: None })).unwrap();
         assert!(text.starts_with(&format!(r#"{{"protocol":{VERSION},"build":""#)), "{text}");
     }
 

@@ -46,6 +46,9 @@ pub struct ClusterState {
     pub manager_secret: [u8; 16],
     /// The gossip key ring file contents (`ID:HEX` lines).
     pub gossip_keys: String,
+    /// Bumped at every step of a gossip key rotation.
+    #[serde(default)]
+    pub gossip_keys_version: u64,
     /// Address pool networks are carved from.
     pub default_addr_pool: String,
     /// VXLAN port of every node.
@@ -320,6 +323,7 @@ mod tests {
                 worker_secret: [1; 16],
                 manager_secret: [2; 16],
                 gossip_keys: "1:00".into(),
+                gossip_keys_version: 0,
                 default_addr_pool: "10.0.0.0/8".into(),
                 data_path_port: 4789,
                 cert_expiry_secs: 3600,

@@ -284,6 +284,13 @@ impl GossipNode {
         node
     }
 
+    /// Seals with `ring`'s primary key and opens with any of its keys from
+    /// now on: one step of a key rotation (every node first holds both
+    /// keys, then seals with the new one, then drops the old).
+    pub fn set_ring(&mut self, ring: KeyRing) {
+        self.ring = ring;
+    }
+
     /// This node's identity.
     pub fn me(&self) -> Member {
         self.me

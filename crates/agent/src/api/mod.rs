@@ -33,6 +33,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/swarm/leave", post(swarm_leave))
         .route("/v1/swarm/join-token/{role}", get(join_token))
         .route("/v1/swarm/join-token/{role}/rotate", post(rotate_token))
+        .route("/v1/swarm/rotate-gossip-key", post(rotate_gossip_key))
         .route("/v1/nodes", get(nodes))
         .route("/v1/nodes/{id}", get(node_inspect))
         .route("/v1/nodes/{id}/update", post(node_update))

@@ -155,6 +155,11 @@ pub async fn rotate_token(State(node): Shared, Checked(Path(name)): Checked<Path
     token(&node, &name, true).await
 }
 
+pub async fn rotate_gossip_key(State(node): Shared) -> Answer {
+    manager(&node).await?.rotate_gossip_key().await?;
+    Ok(Json(json!({})))
+}
+
 pub async fn nodes(State(node): Shared) -> Answer<Vec<views::Node>> {
     let m = manager(&node).await?;
     Ok(Json(m.nodes()?.iter().map(|n| views::Node::new(n, m.node_id())).collect()))

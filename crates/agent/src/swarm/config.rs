@@ -27,6 +27,9 @@ pub struct SwarmConfig {
     pub gossip_seed: SocketAddrV4,
     /// The gossip key ring, as key-file text.
     pub gossip_keys: String,
+    /// Its version (a rotation bumps it at every step).
+    #[serde(default)]
+    pub gossip_keys_version: u64,
     /// Heartbeat period in seconds.
     pub heartbeat_secs: u64,
 }
@@ -69,6 +72,22 @@ pub fn read(data_dir: &Path) -> Result<Option<SwarmConfig>, Error> {
     serde_json::from_str(&text)
         .map(Some)
         .map_err(|e| Error::Internal(format!("{} is corrupt: {e}", path.display())))
+}
+
+/// Records the swarm's gossip key ring of `version` in the node's
+/// `swarm.json` (written beside it, then renamed over it), so a restart
+/// gossips with it.
+pub fn record_gossip_keys(dir: &Path, keys: &str, version: u64) -> Result<(), Error> {
+    let path = dir.join("swarm.json");
+    let text = std::fs::read_to_string(&path).map_err(Error::io(format!("read {}", path.display())))?;
+    let mut config: SwarmConfig = serde_json::from_str(&text)
+        .map_err(|e| Error::Internal(format!("{} is corrupt: {e}", path.display())))?;
+    config.gossip_keys = keys.to_owned();
+    config.gossip_keys_version = version;
+    let next = dir.join("swarm.json.new");
+    std::fs::write(&next, serde_json::to_vec_pretty(&config).expect("serialisable"))
+        .map_err(Error::io(format!("write {}", next.display())))?;
+    std::fs::rename(&next, &path).map_err(Error::io(format!("replace {}", path.display())))
 }
 
 /// Replaces the node's key and certificate: both written beside the old

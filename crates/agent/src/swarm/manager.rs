@@ -19,7 +19,7 @@ use shoal_control::ipam::{Ipam, IpamError, NetworkAlloc};
 use shoal_control::token::JoinToken;
 use shoal_control::transport;
 use shoal_control::{
-    Availability, NetworkRecord, NodeInfo, NodeRecord, NodeState, Report, Request, Response,
+    Availability, GossipKeys, NetworkRecord, NodeInfo, NodeRecord, NodeState, Report, Request, Response,
 };
 use shoal_orch::{Assignments, INGRESS};
 use tokio::sync::{mpsc, watch};
@@ -56,6 +56,12 @@ pub struct Manager {
     started: Instant,
     endpoint: quinn::Endpoint,
     loops: Mutex<Vec<JoinHandle<()>>>,
+    /// Tells this node (its gossip) about new key rings.
+    events: mpsc::Sender<super::membership::RoleEvent>,
+    /// The gossip key ring version each node said it gossips with.
+    key_acks: Mutex<HashMap<String, u64>>,
+    /// One gossip key rotation at a time.
+    rotating: tokio::sync::Mutex<()>,
 }
 
 /// Why a request that needs a member of the swarm is refused.
@@ -133,6 +139,7 @@ impl Manager {
         settings: &Settings,
         config: SwarmConfig,
         metrics: Metrics,
+        events: mpsc::Sender<super::membership::RoleEvent>,
     ) -> Result<(Arc<Manager>, LocalRunner), Error> {
         let dir = config::swarm_dir(&settings.data_dir);
         let records = Arc::new(Records::new(shoal_control::Store::open(&dir.join("state.redb"))?));
@@ -160,6 +167,9 @@ impl Manager {
             started: Instant::now(),
             endpoint: endpoint.clone(),
             loops: Mutex::new(Vec::new()),
+            events,
+            key_acks: Mutex::new(HashMap::new()),
+            rotating: tokio::sync::Mutex::new(()),
         });
         if let Err(e) = manager.ensure_ingress() {
             tracing::warn!(error = %e, "manager: no ingress network: published ports will not answer");
@@ -232,7 +242,7 @@ impl Manager {
             Request::Report { reports } => match self.member(peer) {
                 Ok((node, _)) => {
                     self.orch.apply_reports(node, reports);
-                    Response::Ok { heartbeat_secs: self.config.heartbeat_secs }
+                    Response::Ok { heartbeat_secs: self.config.heartbeat_secs, gossip_keys: None }
                 }
                 Err(refused) => refused.answer("dispatching needs the node's certificate"),
             },
@@ -242,6 +252,13 @@ impl Manager {
             },
             Request::Heartbeat => match self.member(peer) {
                 Ok((id, _)) => self.heartbeat_from(id),
+                Err(refused) => refused.answer("heartbeats need the node's certificate"),
+            },
+            Request::KeysApplied { version } => match self.member(peer) {
+                Ok((id, _)) => {
+                    self.key_acks.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), version);
+                    Response::Ok { heartbeat_secs: self.config.heartbeat_secs, gossip_keys: None }
+                }
                 Err(refused) => refused.answer("heartbeats need the node's certificate"),
             },
         }
@@ -279,7 +296,80 @@ impl Manager {
                 }
             }
         }
-        Response::Ok { heartbeat_secs: self.config.heartbeat_secs }
+        drop(_writer);
+        // A rotation under way: the ring, until the node says it has it.
+        let gossip_keys =
+            self.records.cluster().ok().filter(|cs| cs.gossip_keys_version > 0).and_then(|cs| {
+                let acked = self.key_acks.lock().unwrap_or_else(|e| e.into_inner()).get(id).copied();
+                (acked != Some(cs.gossip_keys_version))
+                    .then_some(GossipKeys { version: cs.gossip_keys_version, keys: cs.gossip_keys })
+            });
+        Response::Ok { heartbeat_secs: self.config.heartbeat_secs, gossip_keys }
+    }
+
+    /// Rotates the swarm's gossip key without a gap: every node first gets
+    /// a ring holding the old key (still sealing) and a new one; once all
+    /// have it, the new key seals; once all seal with it, the old key goes.
+    /// Each step waits until every Ready node applied it (they learn it
+    /// from their next heartbeat's answer), or for 10 heartbeats: a node
+    /// that misses a step gets the ring when it next reaches the manager.
+    pub async fn rotate_gossip_key(&self) -> Result<(), Error> {
+        let _one = self.rotating.lock().await;
+        let cs = self.records.cluster()?;
+        let lines: Vec<&str> =
+            cs.gossip_keys.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+        let old = *lines.first().ok_or_else(|| Error::Internal("the swarm has no gossip key".into()))?;
+        let used: Vec<u8> = lines.iter().filter_map(|l| l.split_once(':')?.0.parse().ok()).collect();
+        let id = (1..=255u8)
+            .map(|n| used.iter().max().copied().unwrap_or(0).wrapping_add(n))
+            .find(|id| !used.contains(id))
+            .unwrap_or(1);
+        let key = crate::keys::keygen()?;
+        let new = format!("{id}:{}", key.split_once(':').map_or(key.as_str(), |(_, hex)| hex));
+        for ring in [format!("{old}\n{new}\n"), format!("{new}\n{old}\n"), format!("{new}\n")] {
+            let version = self.set_gossip_keys(&ring).await?;
+            self.wait_for_key_acks(version).await;
+        }
+        tracing::info!(key = id, "gossip key rotated");
+        Ok(())
+    }
+
+    /// Makes `ring` the swarm's key ring (a new version), on this node first.
+    async fn set_gossip_keys(&self, ring: &str) -> Result<u64, Error> {
+        let keys = {
+            let _writer = self.records.write();
+            let mut cs = self.records.cluster()?;
+            cs.gossip_keys = ring.to_owned();
+            cs.gossip_keys_version += 1;
+            self.records.store.put_cluster(&cs)?;
+            GossipKeys { version: cs.gossip_keys_version, keys: cs.gossip_keys }
+        };
+        super::membership::apply_gossip_keys(&self.events, &self.dir, &keys).await?;
+        self.key_acks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(self.config.node_id.clone(), keys.version);
+        Ok(keys.version)
+    }
+
+    /// Waits until every Ready node gossips with the ring of `version`, or
+    /// for 10 heartbeat periods.
+    async fn wait_for_key_acks(&self, version: u64) {
+        let limit = Instant::now() + self.heartbeat() * 10;
+        while Instant::now() < limit {
+            let acks = self.key_acks.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let nodes = self.records.store.nodes().unwrap_or_default();
+            let missing: Vec<&str> = nodes
+                .iter()
+                .filter(|n| n.state == NodeState::Ready && acks.get(&n.id).is_none_or(|v| *v < version))
+                .map(|n| n.id.as_str())
+                .collect();
+            if missing.is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tracing::warn!(version, "gossip key rotation: not every node confirmed this step; going on");
     }
 
     fn join(&self, secret: [u8; 16], csr: &str, info: &NodeInfo) -> Response {

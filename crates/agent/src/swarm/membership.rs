@@ -53,12 +53,37 @@ pub enum RoleEvent {
         /// Whether the node could.
         done: oneshot::Sender<Result<(), Error>>,
     },
+    /// The swarm's gossip key ring changed (a rotation's step): gossip
+    /// with `keys` from now on. The node answers on `done` once it does.
+    GossipKeys {
+        /// The new ring.
+        keys: KeyRing,
+        /// Done.
+        done: oneshot::Sender<()>,
+    },
     /// This node left its swarm: stop its tasks (waiting for them) and
     /// leave gossip. The node answers on `done` once it did.
     Left {
         /// Done.
         done: oneshot::Sender<()>,
     },
+}
+
+/// Gossips with the swarm's key ring `keys` from now on: tells the node
+/// (over `events`) and records it in `dir`'s `swarm.json`.
+pub(super) async fn apply_gossip_keys(
+    events: &mpsc::Sender<RoleEvent>,
+    dir: &std::path::Path,
+    keys: &shoal_control::GossipKeys,
+) -> Result<(), Error> {
+    let ring = keys::parse(&keys.keys, "the manager's gossip keys")?;
+    let (done, answer) = oneshot::channel();
+    events
+        .send(RoleEvent::GossipKeys { keys: ring, done })
+        .await
+        .map_err(|_| Error::Internal("the node is stopping".into()))?;
+    answer.await.map_err(|_| Error::Internal("the node is stopping".into()))?;
+    config::record_gossip_keys(dir, &keys.keys, keys.version)
 }
 
 /// This node's part in a swarm.
@@ -188,7 +213,8 @@ impl Swarm {
     }
 
     async fn start_manager(&self, config: SwarmConfig) -> Result<Arc<Manager>, Error> {
-        let (manager, runner) = Manager::start(&self.settings, config.clone(), self.metrics.clone())?;
+        let (manager, runner) =
+            Manager::start(&self.settings, config.clone(), self.metrics.clone(), self.events.clone())?;
         if let Err(e) = self.joined(&config, Vec::new(), runner).await {
             manager.stop();
             return Err(e);
@@ -201,7 +227,8 @@ impl Swarm {
         let (report_tx, report_rx) = mpsc::unbounded_channel();
         let outbox = Arc::new(Mutex::new(Outbox::new(report_rx)));
         let dir = config::swarm_dir(&self.settings.data_dir);
-        let session = tokio::spawn(worker::session(dir, config.manager, Arc::new(assign_tx), outbox));
+        let keys = worker::Keys { events: self.events.clone(), applied: config.gossip_keys_version };
+        let session = tokio::spawn(worker::session(dir, config.manager, Arc::new(assign_tx), outbox, keys));
         let runner = LocalRunner { assignments: assign_rx, reports: report_tx };
         if let Err(e) = self.joined(&config, vec![config.gossip_seed], runner).await {
             session.abort();
@@ -272,6 +299,7 @@ impl Swarm {
             worker_secret: ca::random()?,
             manager_secret: ca::random()?,
             gossip_keys: gossip_keys.clone(),
+            gossip_keys_version: 0,
             default_addr_pool: pool,
             data_path_port: s.data_port,
             cert_expiry_secs,
@@ -290,6 +318,7 @@ impl Swarm {
             manager: SocketAddr::from((s.advertise_addr, s.control_port)),
             gossip_seed: s.gossip_addr(),
             gossip_keys,
+            gossip_keys_version: 0,
             heartbeat_secs,
         };
         let started = match config::write_files(&dir, &config, &cert, &key, &ca.cert_pem) {
@@ -349,6 +378,7 @@ impl Swarm {
             manager: remote_addr,
             gossip_seed,
             gossip_keys,
+            gossip_keys_version: 0,
             heartbeat_secs,
         };
         let dir = config::swarm_dir(&self.settings.data_dir);

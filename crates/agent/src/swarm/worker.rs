@@ -71,7 +71,9 @@ pub async fn session(
     manager: SocketAddr,
     assignments: Arc<watch::Sender<Assignments>>,
     outbox: Arc<Mutex<Outbox>>,
+    keys: Keys,
 ) {
+    let mut keys = keys;
     loop {
         match session_client(&dir) {
             Ok((client, renew_at)) => match connect(client, manager).await {
@@ -83,7 +85,7 @@ pub async fn session(
                     // assignments (a poll that timed out while the daemon
                     // was frozen, say), and its old tasks would run on.
                     tokio::select! {
-                        () = heartbeat_until_failure(&conn, &dir, renew_at) => {}
+                        () = heartbeat_until_failure(&conn, &dir, renew_at, &mut keys) => {}
                         _ = &mut exchange => tracing::info!("assignments exchange ended; reconnecting"),
                     }
                     exchange.abort();
@@ -100,9 +102,24 @@ pub async fn session(
     }
 }
 
+/// What the session knows of the swarm's gossip key ring.
+#[derive(Debug)]
+pub struct Keys {
+    /// Where the node's gossip hears of a new ring.
+    pub events: tokio::sync::mpsc::Sender<super::membership::RoleEvent>,
+    /// The version this node gossips with.
+    pub applied: u64,
+}
+
 /// Heartbeats over `conn` until it fails or the certificate is due for
-/// renewal (renewed here; the caller reconnects with it).
-async fn heartbeat_until_failure(conn: &quinn::Connection, dir: &Path, renew_at: SystemTime) {
+/// renewal (renewed here; the caller reconnects with it). A new gossip key
+/// ring in an answer (a rotation's step) is applied, then confirmed.
+async fn heartbeat_until_failure(
+    conn: &quinn::Connection,
+    dir: &Path,
+    renew_at: SystemTime,
+    keys: &mut Keys,
+) {
     loop {
         if crate::clock::now() >= renew_at {
             match renew(conn, dir).await {
@@ -112,7 +129,22 @@ async fn heartbeat_until_failure(conn: &quinn::Connection, dir: &Path, renew_at:
             return;
         }
         match transport::call::<_, Response>(conn, &Request::Heartbeat).await {
-            Ok(Response::Ok { heartbeat_secs }) => {
+            Ok(Response::Ok { heartbeat_secs, gossip_keys }) => {
+                if let Some(ring) = gossip_keys {
+                    if ring.version > keys.applied {
+                        match super::membership::apply_gossip_keys(&keys.events, dir, &ring).await {
+                            Ok(()) => {
+                                tracing::info!(version = ring.version, "gossip key ring changed");
+                                keys.applied = ring.version;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "cannot apply the swarm's new gossip keys"),
+                        }
+                    }
+                    let ack = Request::KeysApplied { version: keys.applied };
+                    if transport::call::<_, Response>(conn, &ack).await.is_err() {
+                        return;
+                    }
+                }
                 tokio::time::sleep(Duration::from_secs(heartbeat_secs.max(1))).await;
             }
             Ok(Response::Error { message }) => {

@@ -1,4 +1,4 @@
-//! `shoal swarm init|join|join-token|leave`.
+//! `shoal swarm init|join|join-token|update|leave`.
 
 use std::io::Write;
 
@@ -51,6 +51,13 @@ pub enum SwarmCommand {
         rotate: bool,
         /// Which token
         role: Role,
+    },
+    /// Update the swarm
+    Update {
+        /// Replace the gossip encryption key, without a gap: every node holds both keys, then
+        /// seals with the new one, then drops the old (Shoal's addition; docker rotates on its own)
+        #[arg(long)]
+        rotate_gossip_key: bool,
     },
     /// Leave the swarm
     Leave {
@@ -123,6 +130,14 @@ pub fn run(client: &Client, command: SwarmCommand) -> anyhow::Result<()> {
                     answer["addr"].as_str().unwrap_or("")
                 )?;
             }
+        }
+        SwarmCommand::Update { rotate_gossip_key } => {
+            anyhow::ensure!(
+                rotate_gossip_key,
+                "nothing to update: give --rotate-gossip-key (see `shoal swarm update --help`)"
+            );
+            client.call("POST", "/v1/swarm/rotate-gossip-key", None)?;
+            writeln!(out(), "Swarm updated.")?;
         }
         SwarmCommand::Leave { force } => {
             client.call("POST", "/v1/swarm/leave", Some(&json!({ "force": force })))?;
