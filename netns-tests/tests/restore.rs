@@ -50,6 +50,42 @@ while time.time() < end:
 print(json.dumps({"pings": pings, "errors": 0 if error is None else 1, "max_ms": worst * 1000, "error": error, "at": time.time()}))
 "#;
 
+/// An echo server: every line comes back.
+const ECHO: &str = r#"
+import socketserver
+class Echo(socketserver.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(line)
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer(("0.0.0.0", 7000), Echo).serve_forever()
+"#;
+
+/// A task holding one connection to `echo` through its VIP: a line every
+/// 50 ms; says how many came back, or why the connection failed.
+const HOLDER: &str = r#"
+import socket, sys, time
+s = socket.create_connection(("echo", 7000), timeout=5)
+s.settimeout(30)
+n = 0
+while True:
+    try:
+        s.sendall(b"ping\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(64)
+            if not chunk:
+                raise OSError("closed by the peer")
+            data += chunk
+    except OSError as e:
+        print("failed: %s" % e, flush=True)
+        sys.exit(1)
+    n += 1
+    if n % 20 == 0:
+        print("echoed %d" % n, flush=True)
+    time.sleep(0.05)
+"#;
+
 struct Held(Child);
 
 impl Held {
@@ -166,6 +202,24 @@ fn tasks_outlive_their_daemon_and_the_next_one_adopts_them() {
             "no",
         ],
     );
+    // Task to task through a VIP: a client on the worker, three echo
+    // servers elsewhere, balanced round robin: only the flow's saved state
+    // sends its packets to the same server after the restart.
+    c.cli(0, &["network", "create", "-d", "overlay", "front"]);
+    let elsewhere = "node.hostname!=node2";
+    let echo = ["service", "create", "--name", "echo", "--replicas", "3", "--network", "front"];
+    c.cli(0, &[&echo[..], &["--constraint", elsewhere, "python3", "-c", ECHO]].concat());
+    let holder = ["service", "create", "--name", "holder", "--network", "front", "--constraint", on_worker];
+    c.cli(0, &[&holder[..], &["python3", "-c", HOLDER]].concat());
+    let echoed = |c: &Cluster| -> u64 {
+        c.cli(0, &["service", "logs", "holder"])
+            .lines()
+            .filter_map(|l| l.rsplit("echoed ").next()?.trim().parse().ok())
+            .max()
+            .unwrap_or(0)
+    };
+    assert!(wait_until(Duration::from_secs(20), || echoed(&c) > 0), "the holder echoes");
+    let holder_task = running(&c, "holder");
     let tick = "i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.05; done";
     c.cli(0, &["service", "create", "--name", "logger", "--constraint", on_worker, "sh", "-c", tick]);
     let redis = running(&c, "redis");
@@ -224,6 +278,16 @@ fn tasks_outlive_their_daemon_and_the_next_one_adopts_them() {
         assert_eq!([shim_pid(&c, WORKER, &redis_id), shim_pid(&c, WORKER, &logger_id)], shims);
         assert_eq!(c.task_sandboxes(WORKER), sandboxes, "the sandboxes were adopted ({how})");
         assert_eq!(epoch_of(&c), epoch, "the epoch was resumed ({how})");
+        // The holder's connection through the VIP went on.
+        let before = echoed(&c);
+        assert!(
+            wait_until(Duration::from_secs(10), || echoed(&c) > before + 20),
+            "the holder's VIP connection goes on ({how}): {}",
+            c.cli(0, &["service", "logs", "holder"])
+        );
+        let logs = c.cli(0, &["service", "logs", "holder"]);
+        assert!(!logs.contains("failed"), "the holder's VIP connection failed ({how}): {logs}");
+        assert_eq!(running(&c, "holder"), holder_task, "the holder was not restarted ({how})");
         for i in 0..3 {
             assert_eq!(service_rows(&c, i, &redis_id), [(epoch, true)], "node{} holds redis's row", i + 1);
         }
@@ -249,7 +313,7 @@ fn tasks_outlive_their_daemon_and_the_next_one_adopts_them() {
     assert!(complete, "the logger's output has gaps: {gaps:?} in {} lines", t.len());
 
     // Removing the services stops the adopted tasks and leaves nothing.
-    c.cli(0, &["service", "rm", "redis", "logger"]);
+    c.cli(0, &["service", "rm", "redis", "logger", "holder", "echo"]);
     let gone = wait_until(Duration::from_secs(30), || {
         c.task_sandboxes(WORKER).is_empty() && shims.iter().all(|p| !alive(*p))
     });

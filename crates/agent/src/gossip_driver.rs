@@ -7,7 +7,9 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use shoal_gossip::seal::MAX_FRAME;
-use shoal_gossip::{Event, GossipConfig, GossipNode, KeyRing, Member, MemberView, RowKey, RowView, Stats};
+use shoal_gossip::{
+    Event, GossipConfig, GossipNode, KeyRing, Member, MemberView, RowCounts, RowKey, RowView, Stats,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
@@ -19,6 +21,7 @@ enum Command {
     Write { network: u32, key: RowKey, value: Option<Vec<u8>>, done: oneshot::Sender<()> },
     Members(oneshot::Sender<Vec<MemberView>>),
     Rows(oneshot::Sender<Vec<RowView>>),
+    Counts(oneshot::Sender<RowCounts>),
     Stats(oneshot::Sender<(Stats, usize)>),
     Frame { data: Vec<u8>, reply: oneshot::Sender<Option<Vec<u8>>> },
     Refused(SocketAddrV4),
@@ -109,6 +112,11 @@ impl GossipHandle {
         self.ask(Command::Rows).await.unwrap_or_default()
     }
 
+    /// The rows held, counted (no copy: a metrics scrape asks).
+    pub async fn row_counts(&self) -> RowCounts {
+        self.ask(Command::Counts).await.unwrap_or_default()
+    }
+
     /// Counters, and the number of live members.
     pub async fn stats(&self) -> (Stats, usize) {
         self.ask(Command::Stats).await.unwrap_or_default()
@@ -179,6 +187,7 @@ async fn drive(
                 }
                 Some(Command::Members(reply)) => { let _ = reply.send(node.members()); }
                 Some(Command::Rows(reply)) => { let _ = reply.send(node.tables().rows()); }
+                Some(Command::Counts(reply)) => { let _ = reply.send(node.tables().counts()); }
                 Some(Command::Stats(reply)) => { let _ = reply.send((node.stats(), node.live_members())); }
                 Some(Command::SetRing(ring, done)) => { node.set_ring(ring); let _ = done.send(()); }
                 Some(Command::Frame { data, reply }) => {

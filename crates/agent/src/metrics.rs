@@ -10,7 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use shoal_dataplane::CounterSnapshot;
-use shoal_gossip::{MemberState, MemberView, RowView, Stats};
+use shoal_gossip::{MemberState, MemberView, Stats};
 
 /// Work the agent failed at and carried on without: each is also logged.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -68,8 +68,8 @@ pub struct Snapshot {
     pub gossip: Stats,
     /// Gossip members.
     pub members: Vec<MemberView>,
-    /// Table rows held.
-    pub rows: Vec<RowView>,
+    /// Table rows held, by kind.
+    pub rows: shoal_gossip::RowCounts,
     /// The tasks' resolver's counters.
     pub dns: shoal_dns::Stats,
     /// Flows tracked per VIP backend.
@@ -172,11 +172,8 @@ impl Metrics {
         r.register("shoal_gossip_members", "Members by state, this node included.", members);
         let rows = &snapshot.rows;
         let table = Family::<KindLabels, Gauge>::default();
-        for (kind, n) in [
-            ("live", rows.iter().filter(|r| r.value.is_some() && !r.suspended).count()),
-            ("suspended", rows.iter().filter(|r| r.suspended).count()),
-            ("tombstone", rows.iter().filter(|r| r.value.is_none()).count()),
-        ] {
+        for (kind, n) in [("live", rows.live), ("suspended", rows.suspended), ("tombstone", rows.tombstones)]
+        {
             table.get_or_create(&KindLabels { kind }).set(n as i64);
         }
         r.register("shoal_table_rows", "Endpoint table rows held.", table);

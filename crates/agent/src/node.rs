@@ -101,6 +101,19 @@ impl Node {
         })
         .with_context(|| format!("bind the VXLAN port {}:{}", settings.listen_addr, settings.data_port))?;
         let dataplane = Arc::new(dataplane);
+        // The VIP flows the adopted tasks had open go on to their backends.
+        let flows_file = settings.data_dir.join(FLOWS_FILE);
+        if !survivors.is_empty()
+            && let Ok(text) = std::fs::read(&flows_file)
+            && let Ok(flows) = serde_json::from_slice::<Vec<shoal_dataplane::SavedFlow>>(&text)
+        {
+            tracing::info!(flows = flows.len(), "live restore: taking up the VIP flows the tasks had open");
+            dataplane.restore_flows(&flows);
+        }
+        let _ = std::fs::remove_file(&flows_file);
+        if settings.live_restore {
+            tokio::spawn(save_flows_every(Arc::downgrade(&dataplane), flows_file));
+        }
         let me = Member { id, addr: settings.gossip_addr(), epoch, incarnation: 0 };
         let metrics = Metrics::default();
         let gossip = GossipSlot::default();
@@ -262,7 +275,7 @@ impl Node {
         if let Ok(g) = self.gossip.get() {
             snapshot.gossip = g.stats().await.0;
             snapshot.members = g.members().await;
-            snapshot.rows = g.rows().await;
+            snapshot.rows = g.row_counts().await;
         }
         snapshot
     }
@@ -271,6 +284,7 @@ impl Node {
     /// their sandboxes stay, gossip is not left (the next daemon resumes
     /// this epoch), and nothing of theirs is withdrawn.
     pub async fn release(&self) {
+        save_flows(&self.dataplane, &self.settings.data_dir.join(FLOWS_FILE));
         if let Ok(runner) = self.task_runner() {
             runner.release().await;
         }
@@ -330,6 +344,41 @@ fn node_id(dir: &Path) -> anyhow::Result<NodeId> {
             Ok(id)
         }
         Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
+}
+
+/// Where the VIP flows are saved for the next daemon (live restore).
+const FLOWS_FILE: &str = "flows.json";
+
+/// How often the VIP flows are saved, for a daemon that dies without
+/// notice: the flows younger than this are lost then.
+const SAVE_FLOWS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Saves the VIP flows tracked now (written beside, then renamed over).
+fn save_flows(dataplane: &Dataplane, path: &Path) {
+    let flows = dataplane.save_flows();
+    let next = path.with_extension("new");
+    let written = std::fs::write(&next, serde_json::to_vec(&flows).expect("serialisable"))
+        .and_then(|()| std::fs::rename(&next, path));
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e, "cannot save the VIP flows for live restore");
+    }
+}
+
+/// Saves the VIP flows every [`SAVE_FLOWS_EVERY`] while the data plane lives.
+async fn save_flows_every(dataplane: std::sync::Weak<Dataplane>, path: std::path::PathBuf) {
+    let mut saved = 0;
+    loop {
+        tokio::time::sleep(SAVE_FLOWS_EVERY).await;
+        let Some(dataplane) = dataplane.upgrade() else { return };
+        // Unchanged and empty: nothing to write.
+        let live = dataplane.counters().conntrack.entries;
+        if live == 0 && saved == 0 {
+            continue;
+        }
+        let path = path.clone();
+        let _ = tokio::task::spawn_blocking(move || save_flows(&dataplane, &path)).await;
+        saved = live;
     }
 }
 

@@ -28,7 +28,7 @@ mod hash;
 mod lb;
 mod vip;
 
-pub use conntrack::{Conntrack, DEFAULT_CAPACITY as DEFAULT_CONNTRACK_CAPACITY, timeouts};
+pub use conntrack::{Conntrack, DEFAULT_CAPACITY as DEFAULT_CONNTRACK_CAPACITY, SavedFlow, timeouts};
 pub use counters::{ConntrackCounters, CounterSnapshot, Counters, DropReason};
 use hash::FastHash;
 pub use lb::{Backend, BackendFlows, BackendState, MAGLEV_TABLE_SIZE, MAX_BACKENDS, Policy, VipService};

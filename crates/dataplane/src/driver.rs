@@ -37,7 +37,7 @@ use tun_rs::{AsyncDevice, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use crate::core::{
     BackendFlows, Conntrack, CounterSnapshot, Counters, DEFAULT_CONNTRACK_CAPACITY, DropReason, Egress,
-    EndpointId, Ingress, TableError, Tables, VipService,
+    EndpointId, Ingress, SavedFlow, TableError, Tables, VipService,
 };
 
 mod tun_writer;
@@ -262,6 +262,17 @@ impl Dataplane {
     /// Removes a VIP and its flows; returns whether it was set.
     pub fn remove_vip(&self, vni: Vni, vip: Ipv4Addr) -> bool {
         self.update(|s| s.tables.remove_vip(vni, vip))
+    }
+
+    /// The VIP flows tracked now, for the next daemon (live restore).
+    pub fn save_flows(&self) -> Vec<SavedFlow> {
+        self.shared.conntrack.save()
+    }
+
+    /// Takes the VIP flows a previous daemon saved (see
+    /// [`Conntrack::restore`]).
+    pub fn restore_flows(&self, flows: &[SavedFlow]) {
+        self.shared.conntrack.restore(flows);
     }
 
     /// Every backend of every VIP with the flows tracked to it now.

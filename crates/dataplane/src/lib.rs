@@ -13,6 +13,6 @@ pub mod driver;
 
 pub use crate::core::{
     Backend, BackendFlows, BackendState, Conntrack, ConntrackCounters, CounterSnapshot, Counters, DropReason,
-    Egress, EndpointId, Ingress, Location, Policy, SourceNat, TableError, Tables, VipService,
+    Egress, EndpointId, Ingress, Location, Policy, SavedFlow, SourceNat, TableError, Tables, VipService,
 };
 pub use crate::driver::{AttachError, Dataplane, DataplaneConfig};

@@ -16,4 +16,6 @@ pub mod table;
 pub use identity::{Member, NodeId};
 pub use node::{Event, FrameError, GossipConfig, GossipNode, MemberState, MemberView, Stats, Transmit};
 pub use seal::{KeyRing, OpenError};
-pub use table::{Change, Delta, DigestEntry, NetworkId, Retention, RowKey, RowView, SyncItem, Tables};
+pub use table::{
+    Change, Delta, DigestEntry, NetworkId, Retention, RowCounts, RowKey, RowView, SyncItem, Tables,
+};

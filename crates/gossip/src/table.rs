@@ -203,6 +203,17 @@ pub struct RowView {
     pub suspended: bool,
 }
 
+/// How many rows a replica holds, by kind (see [`Tables::counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RowCounts {
+    /// Live rows of owners that are up.
+    pub live: usize,
+    /// Rows of owners that are down (tombstones included).
+    pub suspended: usize,
+    /// Tombstones.
+    pub tombstones: usize,
+}
+
 /// Garbage-collection settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
@@ -635,6 +646,26 @@ impl Tables {
     /// The live rows of owners that are up: what the data plane should use.
     pub fn visible_rows(&self) -> Vec<RowView> {
         self.rows().into_iter().filter(|r| r.value.is_some() && !r.suspended).collect()
+    }
+
+    /// Rows held, counted without copying them: (live and visible,
+    /// suspended, tombstones).
+    pub fn counts(&self) -> RowCounts {
+        let mut counts = RowCounts::default();
+        for (&(owner, _), s) in &self.streams {
+            let suspended = !self.visible(owner);
+            for row in s.rows.values() {
+                match (&row.value, suspended) {
+                    (_, true) => counts.suspended += 1,
+                    (Some(_), false) => counts.live += 1,
+                    (None, false) => {}
+                }
+                if row.value.is_none() {
+                    counts.tombstones += 1;
+                }
+            }
+        }
+        counts
     }
 
     /// Number of rows held (tombstones included).

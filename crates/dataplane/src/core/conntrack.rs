@@ -166,6 +166,28 @@ struct Stats {
     echo_replies: AtomicU64,
 }
 
+/// A tracked VIP flow as a daemon saves it for the next one (live
+/// restore): the task that opened it outlives the daemon, and its next
+/// packets must reach the same backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedFlow {
+    /// Network.
+    pub vni: u32,
+    /// IP protocol (TCP or UDP).
+    pub proto: u8,
+    /// The client's address and port.
+    pub client: (Ipv4Addr, u16),
+    /// The VIP and port it connected to.
+    pub vip: (Ipv4Addr, u16),
+    /// The backend it went to.
+    pub backend: Ipv4Addr,
+    /// Its state bits.
+    pub state: u8,
+}
+
+/// How long flows a previous daemon saved wait for their next packet.
+const RESTORED_FOR_MS: u64 = 120_000;
+
 /// The connection-tracking table of one node's data plane.
 pub struct Conntrack {
     flows: DashMap<Tuple, Flow, FastHash>,
@@ -184,6 +206,15 @@ pub struct Conntrack {
     rechecks: AtomicU32,
     evicting: Mutex<()>,
     stats: Stats,
+    /// Flows a previous daemon saved, by forward tuple: (backend, state).
+    /// The first packet either way turns one back into a flow.
+    restored: DashMap<Tuple, (Ipv4Addr, u8), FastHash>,
+    /// The same, by reply tuple: the forward tuple.
+    restored_replies: DashMap<Tuple, Tuple, FastHash>,
+    /// Any restored flow waits: the new-flow path looks.
+    has_restored: std::sync::atomic::AtomicBool,
+    /// When the restored flows not taken up are dropped.
+    restored_until: AtomicU64,
 }
 
 impl std::fmt::Debug for Conntrack {
@@ -212,6 +243,10 @@ impl Conntrack {
             rechecks: AtomicU32::new(0),
             evicting: Mutex::new(()),
             stats: Stats::default(),
+            restored: DashMap::with_hasher_and_shard_amount(hash, SHARDS),
+            restored_replies: DashMap::with_hasher_and_shard_amount(hash, SHARDS),
+            has_restored: std::sync::atomic::AtomicBool::new(false),
+            restored_until: AtomicU64::new(0),
         }
     }
 
@@ -281,7 +316,88 @@ impl Conntrack {
             });
         }
         self.affinity.retain(|_, pin| pin.holds(now));
+        if self.has_restored.load(Relaxed) && now >= self.restored_until.load(Relaxed) {
+            self.has_restored.store(false, Relaxed);
+            self.restored.retain(|key, _| {
+                self.gate[gate_slot(key.src)].fetch_sub(1, Relaxed);
+                false
+            });
+            self.restored_replies.clear();
+        }
         removed
+    }
+
+    /// The flows tracked now, for the next daemon (live restore).
+    pub fn save(&self) -> Vec<SavedFlow> {
+        self.flows
+            .iter()
+            .map(|entry| {
+                let (key, flow) = (entry.key(), entry.value());
+                SavedFlow {
+                    vni: key.vni.get(),
+                    proto: key.proto,
+                    client: (key.src, key.sport),
+                    vip: (key.dst, key.dport),
+                    backend: flow.backend,
+                    state: flow.state.load(Relaxed) & !PINNED,
+                }
+            })
+            .collect()
+    }
+
+    /// Takes the flows a previous daemon saved: each becomes a flow again,
+    /// to the same backend, at its first packet either way (the client's,
+    /// or the backend's reply), if that backend is still listed; those
+    /// with no packet for two minutes are forgotten. At most the table's
+    /// capacity are kept.
+    pub fn restore(&self, flows: &[SavedFlow]) {
+        for f in flows.iter().take(self.capacity) {
+            let Some(vni) = Vni::new(f.vni) else { continue };
+            let key = Tuple {
+                vni,
+                proto: f.proto,
+                src: f.client.0,
+                sport: f.client.1,
+                dst: f.vip.0,
+                dport: f.vip.1,
+            };
+            if self.restored.insert(key, (f.backend, f.state & !PINNED)).is_none() {
+                self.gate[gate_slot(key.src)].fetch_add(1, Relaxed);
+            }
+            self.restored_replies.insert(key.reply(f.backend), key);
+        }
+        self.restored_until.store(self.now_ms().saturating_add(RESTORED_FOR_MS), Relaxed);
+        self.has_restored.store(!self.restored.is_empty(), Relaxed);
+    }
+
+    /// The restored flow `key` (client to VIP), if one waits: taken up.
+    fn take_restored(&self, key: &Tuple) -> Option<(Ipv4Addr, u8)> {
+        if !self.has_restored.load(Relaxed) {
+            return None;
+        }
+        let (_, (backend, state)) = self.restored.remove(key)?;
+        self.restored_replies.remove(&key.reply(backend));
+        self.gate[gate_slot(key.src)].fetch_sub(1, Relaxed);
+        Some((backend, state))
+    }
+
+    /// The VIP of the reply `key` (backend to client) whose flow was
+    /// restored and not yet taken up: the flow is tracked again (to the
+    /// backend `slot_of` finds for its VIP) and the reply follows it.
+    pub(crate) fn restored_reply<'s>(
+        &self,
+        key: &Tuple,
+        tcp_flags: u8,
+        slot_of: impl FnOnce(Ipv4Addr) -> Option<&'s Slot>,
+    ) -> Option<Ipv4Addr> {
+        if !self.has_restored.load(Relaxed) {
+            return None;
+        }
+        let forward = *self.restored_replies.get(key)?;
+        let (backend, state) = self.take_restored(&forward)?;
+        let slot = slot_of(forward.dst).filter(|s| s.ip == backend)?;
+        self.insert(&forward, slot, false, state, self.now_ms()).ok()?;
+        self.reply(key, tcp_flags)
     }
 
     pub(crate) fn count_echo_reply(&self) {
@@ -326,7 +442,16 @@ impl Conntrack {
                 return Ok(backend);
             }
             Some(None) => self.remove(key, Removal::Expired),
-            None => {}
+            None => {
+                // A flow a previous daemon tracked goes on to its backend.
+                if let Some((backend, state)) = self.take_restored(key)
+                    && let Some(slot) = service.slot(backend)
+                {
+                    self.insert(key, slot, false, state | bits, now)?;
+                    self.stats.nat_forward.fetch_add(1, Relaxed);
+                    return Ok(backend);
+                }
+            }
         }
         let slot = self.choose(key, service, flow_hash, now).ok_or(DropReason::NoBackend)?;
         self.insert(key, slot, service.affinity_ms.is_some(), bits, now)?;

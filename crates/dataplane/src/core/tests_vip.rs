@@ -461,3 +461,35 @@ fn a_direct_connection_from_a_vip_flows_ports_is_not_rewritten() {
     let reply = from_node_b(&tcp((T3, 80), (T1, 40001), ACK));
     assert!(matches!(a.ingress(NODE_B, &reply), Ingress::Deliver { nat: Some(_), .. }));
 }
+
+#[test]
+fn saved_flows_go_on_to_their_backends_in_a_new_table_either_way_first() {
+    let backends = || active([remote(0), remote(1), remote(2)]);
+    let old = with_vip(Policy::RoundRobin, backends());
+    let chosen: Vec<Ipv4Addr> =
+        (0..3).map(|i| backend_of(&old, EP1, &tcp((T1, 40000 + i), (VIP, 80), SYN))).collect();
+    let saved = old.conntrack().save();
+    assert_eq!(saved.len(), 3);
+
+    // The next daemon: a fresh table, its round robin where it starts.
+    let new = with_vip(Policy::RoundRobin, backends());
+    new.conntrack().restore(&saved);
+    // Mid-flow packets from the client go where they went.
+    assert_eq!(backend_of(&new, EP1, &tcp((T1, 40002), (VIP, 80), ACK)), chosen[2]);
+    assert_eq!(backend_of(&new, EP1, &tcp((T1, 40001), (VIP, 80), ACK)), chosen[1]);
+    // A backend's retransmission first: still un-NATed to the VIP.
+    let reply = from_node_b(&tcp((chosen[0], 80), (T1, 40000), ACK));
+    let Ingress::Deliver { nat: Some(nat), .. } = new.ingress(NODE_B, &reply) else { panic!("not un-NATed") };
+    assert_eq!(nat.vip(), VIP);
+    assert_eq!(backend_of(&new, EP1, &tcp((T1, 40000), (VIP, 80), ACK)), chosen[0]);
+    assert_eq!(new.conntrack().len(), 3, "each restored flow is tracked again, once");
+    // Restored flows no packet claimed are forgotten after two minutes.
+    let unclaimed = with_vip(Policy::RoundRobin, backends());
+    unclaimed.conntrack().restore(&saved);
+    unclaimed.conntrack().advance(121_000);
+    unclaimed.sweep();
+    let fresh = backend_of(&unclaimed, EP1, &tcp((T1, 40000), (VIP, 80), SYN));
+    assert!(backends().iter().any(|b| b.ip == fresh), "a new flow after they are gone");
+    let late = from_node_b(&tcp((chosen[1], 80), (T1, 40001), ACK));
+    assert!(matches!(unclaimed.ingress(NODE_B, &late), Ingress::Deliver { nat: None, .. }));
+}

@@ -206,7 +206,9 @@ impl Tables {
         }
         let t = Transport::of(&packet)?;
         let reply = Tuple { vni, proto: t.proto, src: backend, sport: t.sport, dst: client, dport: t.dport };
-        let vip = self.conntrack.reply(&reply, t.tcp_flags)?;
+        let vip = self.conntrack.reply(&reply, t.tcp_flags).or_else(|| {
+            self.conntrack.restored_reply(&reply, t.tcp_flags, |vip| network.vips.get(&vip)?.slot(backend))
+        })?;
         Some(SourceNat { vip, checksums: t.checksums })
     }
 
