@@ -1,9 +1,12 @@
 //! Faults under load, through the routing mesh of a 3-node swarm, from a
-//! client host outside it: a worker's daemon killed, a worker frozen
-//! (SIGSTOP) for 20 s, the manager killed during a rolling update, tasks
-//! killed. For each: the requests that failed and when, and the state
-//! after (every slot one running task, every node running exactly what
-//! the manager says, the manager's records as they were).
+//! client host outside it: a worker's daemon killed (without live
+//! restore, restarted with it, and killed for good with it), a worker
+//! frozen (SIGSTOP) for 20 s, the manager killed during a rolling update,
+//! tasks killed, partitions, datagram loss. For each: the requests that
+//! failed and when, and the state after (every slot one running task,
+//! every node running exactly what the manager says and holding a
+//! directory row for exactly the running tasks, the manager's records as
+//! they were).
 //!
 //! `make soak` runs the suite several times with longer loads.
 //!
@@ -194,10 +197,35 @@ fn sandboxes(c: &Cluster, i: usize) -> usize {
     c.task_sandboxes(i).len()
 }
 
+/// The tasks whose rows node `i` holds, live and visible, in the gossiped
+/// service directory (table `services`; only `web` runs); `None` if it
+/// does not answer.
+fn rows_of(c: &Cluster, i: usize) -> Option<BTreeSet<String>> {
+    let out = c.try_cli(i, &["debug", "tables"]);
+    let rows: Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some(
+        rows.as_array()?
+            .iter()
+            .filter(|r| r["table"] == "services" && !r["value"].is_null() && r["suspended"] != true)
+            .filter_map(|r| r["key"].as_str())
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
 /// The state after a fault, once settled: each slot has one running task,
-/// and each node runs exactly the tasks the manager places there.
+/// each node runs exactly the tasks the manager places there, and every
+/// node that answers holds a directory row for exactly the running tasks
+/// (none lost, none resurrected).
 fn accounted_for(c: &Cluster, manager: usize) -> bool {
     let tasks = running(c, manager);
+    let ids: BTreeSet<String> = tasks.iter().map(|t| t.0.clone()).collect();
+    // A node that does not answer (its daemon killed for good) is left
+    // out; the manager must answer.
+    let rows: Vec<_> = (0..3).map(|i| rows_of(c, i)).collect();
+    if rows[manager].is_none() || rows.iter().flatten().any(|r| *r != ids) {
+        return false;
+    }
     let slots: BTreeSet<u64> = tasks.iter().map(|t| t.1).collect();
     let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
     for t in &tasks {
@@ -211,9 +239,10 @@ fn accounted_for(c: &Cluster, manager: usize) -> bool {
 fn settle(c: &Cluster, manager: usize, what: &str) {
     assert!(
         wait_until(Duration::from_secs(60), || accounted_for(c, manager)),
-        "after {what}: running {:?}, sandboxes {:?}\n{}",
+        "after {what}: running {:?}, sandboxes {:?}, directory rows {:?}\n{}",
         running(c, manager),
         (0..3).map(|i| sandboxes(c, i)).collect::<Vec<_>>(),
+        (0..3).map(|i| rows_of(c, i)).collect::<Vec<_>>(),
         (0..3).map(|i| log_tail(c, i)).collect::<Vec<_>>().join("\n")
     );
 }

@@ -214,8 +214,14 @@ impl TaskRunner {
         for (id, status) in plan.reports {
             self.ctx.report(&id, status);
         }
-        // Running tasks follow their service's endpoint without a restart.
-        let refresh: Vec<Task> = assigned.iter().filter(|t| running.contains_key(&t.id)).cloned().collect();
+        // Running tasks follow their service's endpoint without a restart;
+        // one being stopped keeps its rows as they are until it ends (the
+        // manager may have released its addresses already).
+        let refresh: Vec<Task> = assigned
+            .iter()
+            .filter(|t| running.contains_key(&t.id) && !plan.stop.contains(&t.id))
+            .cloned()
+            .collect();
         if !refresh.is_empty() {
             let announcer = self.ctx.announcer.clone();
             tokio::spawn(async move {

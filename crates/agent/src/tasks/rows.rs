@@ -111,9 +111,9 @@ impl Announcer {
     }
 
     /// Changes what is known of a task and republishes it if anything
-    /// changed.
+    /// changed. Networks the task left lose its rows.
     async fn update(&self, id: &str, change: impl FnOnce(&mut Announced)) {
-        let rows = {
+        let (rows, left) = {
             let mut announced = self.announced.lock().unwrap_or_else(|e| e.into_inner());
             let Some(a) = announced.get_mut(id) else { return };
             let before = (a.state, a.healthy, a.task.endpoint.clone(), a.task.attachments.clone());
@@ -121,10 +121,28 @@ impl Announcer {
             if before == (a.state, a.healthy, a.task.endpoint.clone(), a.task.attachments.clone()) {
                 return;
             }
-            rows(&a.task, self.node, a.state, a.healthy)
+            let left: Vec<u32> = before
+                .3
+                .iter()
+                .map(|b| b.vni)
+                .filter(|vni| a.task.attachments.iter().all(|n| n.vni != *vni))
+                .collect();
+            (rows(&a.task, self.node, a.state, a.healthy), left)
         };
         self.changed.send_modify(|v| *v += 1);
+        self.withdraw(id, &left).await;
         self.publish(rows).await;
+    }
+
+    /// Deletes the task's rows on the networks `vnis`.
+    async fn withdraw(&self, id: &str, vnis: &[u32]) {
+        let gossip = self.gossip.get().ok();
+        for &vni in vnis {
+            if let Some(gossip) = &gossip {
+                gossip.write(vni, RowKey::new(SERVICES, id.to_owned()), None).await;
+            }
+            self.directory.set_local(vni, id, None);
+        }
     }
 
     /// `task` runs; `healthy` unless its healthcheck has yet to pass.
@@ -183,13 +201,8 @@ impl Announcer {
     pub async fn ended(&self, id: &str) {
         let Some(a) = self.announced.lock().unwrap_or_else(|e| e.into_inner()).remove(id) else { return };
         self.changed.send_modify(|v| *v += 1);
-        let gossip = self.gossip.get().ok();
-        for attachment in &a.task.attachments {
-            if let Some(gossip) = &gossip {
-                gossip.write(attachment.vni, RowKey::new(SERVICES, id.to_owned()), None).await;
-            }
-            self.directory.set_local(attachment.vni, id, None);
-        }
+        let vnis: Vec<u32> = a.task.attachments.iter().map(|n| n.vni).collect();
+        self.withdraw(id, &vnis).await;
     }
 }
 
@@ -280,5 +293,24 @@ mod tests {
         assert!(directory.index().networks[&4096].service("web").is_some(), "still known while it drains");
         announcer.ended("abc").await;
         assert!(directory.index().networks.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_network_the_task_leaves_loses_its_row() {
+        let directory = Arc::new(ServiceDirectory::default());
+        let announcer = Announcer::new([198, 18, 0, 1].into(), directory.clone(), GossipSlot::default());
+        let t = task();
+        announcer.running(&t, true).await;
+        let mut fewer = t.clone();
+        fewer.attachments.truncate(1);
+        announcer.refresh(&fewer).await;
+        let index = directory.index();
+        assert!(index.networks[&4096].service("web").is_some(), "still on front");
+        assert!(!index.networks.contains_key(&4097), "gone from back");
+        let mut none = t;
+        none.attachments.clear();
+        announcer.refresh(&none).await;
+        announcer.ended("abc").await;
+        assert!(directory.index().networks.is_empty(), "nothing left after it ends");
     }
 }
