@@ -71,8 +71,50 @@ fn iperf(
 /// One single-stream iperf3 TCP test of `seconds` from `client` to `server_ip`
 /// (a server in `server`); returns Gbit/s received.
 pub fn iperf_tcp(lab: &Lab, client: &str, server: &str, server_ip: &str, port: u16, seconds: u32) -> f64 {
-    let json = iperf(lab, client, server, server_ip, port, &["-t", &seconds.to_string()], "sum_received");
+    iperf_tcp_streams(lab, client, server, server_ip, port, seconds, 1)
+}
+
+/// The same with `streams` parallel TCP streams (`-P`); returns their sum.
+pub fn iperf_tcp_streams(
+    lab: &Lab,
+    client: &str,
+    server: &str,
+    server_ip: &str,
+    port: u16,
+    seconds: u32,
+    streams: u32,
+) -> f64 {
+    let (seconds, streams) = (seconds.to_string(), streams.to_string());
+    let json = iperf(lab, client, server, server_ip, port, &["-t", &seconds, "-P", &streams], "sum_received");
     json["end"]["sum_received"]["bits_per_second"].as_f64().expect("bits_per_second") / 1e9
+}
+
+/// CPU time the whole machine spent busy (user, system, interrupts,
+/// softirqs, steal), in seconds, from /proc/stat.
+pub fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else { return 0.0 };
+    let ticks: Vec<u64> = cpu.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal
+    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| ticks.get(i)).sum();
+    busy as f64 / clock_ticks()
+}
+
+/// CPU time (user and system) of process `pid` and its threads, in
+/// seconds, from /proc.
+pub fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis: utime is the 12th,
+    // stime the 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<u64> = rest.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect();
+    (fields.get(11).unwrap_or(&0) + fields.get(12).unwrap_or(&0)) as f64 / clock_ticks()
+}
+
+/// /proc counts CPU time in USER_HZ ticks, 100 a second on Linux whatever
+/// the kernel's own tick rate.
+fn clock_ticks() -> f64 {
+    100.0
 }
 
 /// One iperf3 UDP test at unlimited rate with `len`-byte datagrams; returns

@@ -135,7 +135,11 @@ impl Overlay {
         let networks: Vec<_> =
             networks.iter().map(|(vni, subnet)| serde_json::json!({"vni": vni, "subnet": subnet})).collect();
         let config = dir.join("overlay.json");
-        let file = serde_json::json!({"networks": networks, "endpoints": endpoints});
+        // A kernel vxlan peer checks inner checksums; Shoal's do not.
+        let inner_checksums = !foreign.is_empty();
+        let file = serde_json::json!({
+            "networks": networks, "endpoints": endpoints, "inner_checksums": inner_checksums,
+        });
         std::fs::write(&config, serde_json::to_vec_pretty(&file).unwrap()).unwrap();
 
         let mut overlay = Overlay { lab, dir, nodes: Vec::new(), tasks: tasks.to_vec() };

@@ -6,9 +6,12 @@
 //!   default offloads;
 //! - Shoal: task to task through `shoal dataplane run` on each host.
 //!
-//! Single-stream iperf3 TCP throughput (5 rounds of 10 s), sockperf UDP
-//! ping-pong round-trip time, and iperf3 UDP datagrams per second with
-//! 1400-byte payloads. Prints medians and ratios; the last line is
+//! iperf3 TCP throughput with one stream (5 rounds of 10 s) and with 4
+//! parallel streams (3 rounds), with the CPU each path costs: the whole
+//! machine's busy time per GB moved (senders, receivers, softirqs, and
+//! Shoal's daemons) and Shoal's daemons' own; sockperf UDP ping-pong
+//! round-trip time; and iperf3 UDP datagrams per second with 1400-byte
+//! payloads. Prints medians and ratios; the last line is
 //! `overlay_tcp_ratio_vs_kernel_vxlan=<ratio>`.
 
 #![forbid(unsafe_code)]
@@ -17,7 +20,9 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use benches::{iperf_tcp, iperf_udp_pps, median, sockperf_rtt};
+use benches::{
+    iperf_tcp_streams, iperf_udp_pps, machine_busy_seconds, median, process_cpu_seconds, sockperf_rtt,
+};
 use netns_tests::{Overlay, TaskSpec};
 use shoal_lab::{Lab, ip};
 
@@ -67,14 +72,35 @@ fn main() {
     ];
     print_machine(lab, &h1.netns, &overlay.sandbox("t1"));
 
+    let daemons = [overlay.pid(0), overlay.pid(1)];
+    let daemon_cpu = || daemons.iter().map(|&pid| process_cpu_seconds(pid)).sum::<f64>();
     let mut tcp: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut tcp4: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    // CPU seconds per GB moved: the machine's, Shoal's daemons'.
+    let mut cpu: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
     let mut rtt: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
     let mut pps: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for round in 1..=rounds {
         for (i, p) in paths.iter().enumerate() {
-            let gbps = iperf_tcp(lab, &p.client, &p.server, &p.server_ip, 5201 + i as u16, seconds);
-            println!("round {round} tcp {:<13} {gbps:6.2} Gbit/s", p.name);
+            let (machine, shoal) = (machine_busy_seconds(), daemon_cpu());
+            let gbps =
+                iperf_tcp_streams(lab, &p.client, &p.server, &p.server_ip, 5201 + i as u16, seconds, 1);
+            let gb = gbps * f64::from(seconds) / 8.0;
+            let per_gb = ((machine_busy_seconds() - machine) / gb, (daemon_cpu() - shoal) / gb);
+            println!(
+                "round {round} tcp {:<13} {gbps:6.2} Gbit/s  cpu {:.2} s/GB (shoal's daemons {:.2})",
+                p.name, per_gb.0, per_gb.1
+            );
             tcp.entry(p.name).or_default().push(gbps);
+            cpu.entry(p.name).or_default().push(per_gb);
+        }
+    }
+    for round in 1..=rounds.min(3) {
+        for (i, p) in paths.iter().enumerate() {
+            let gbps =
+                iperf_tcp_streams(lab, &p.client, &p.server, &p.server_ip, 5201 + i as u16, seconds, 4);
+            println!("round {round} tcp x4 {:<13} {gbps:6.2} Gbit/s", p.name);
+            tcp4.entry(p.name).or_default().push(gbps);
         }
     }
     for round in 1..=3 {
@@ -89,14 +115,20 @@ fn main() {
     }
 
     println!();
-    println!("| path | TCP Gbit/s (median of {rounds}) | RTT p50 us | RTT p99 us | UDP 1400 B kpps |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| path | TCP Gbit/s, 1 stream | TCP Gbit/s, 4 streams | machine CPU s/GB | Shoal daemons CPU s/GB | RTT p50 us | RTT p99 us | UDP 1400 B kpps |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for p in &paths {
         let r = &rtt[p.name];
+        let c = &cpu[p.name];
         println!(
-            "| {} | {:.2} | {:.1} | {:.1} | {:.0} |",
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {:.0} |",
             p.name,
             median(&tcp[p.name]),
+            median(&tcp4[p.name]),
+            median(&c.iter().map(|x| x.0).collect::<Vec<_>>()),
+            median(&c.iter().map(|x| x.1).collect::<Vec<_>>()),
             median(&r.iter().map(|x| x.0).collect::<Vec<_>>()),
             median(&r.iter().map(|x| x.1).collect::<Vec<_>>()),
             median(&pps[p.name]) / 1e3,
@@ -110,6 +142,12 @@ fn main() {
         "udp pps ratio shoal/kernel vxlan = {:.3}",
         median(&pps["shoal"]) / median(&pps["kernel vxlan"])
     );
+    println!(
+        "tcp x4 ratio shoal/kernel vxlan = {:.3}",
+        median(&tcp4["shoal"]) / median(&tcp4["kernel vxlan"])
+    );
+    let rtt50 = |name: &str| median(&rtt[name].iter().map(|x| x.0).collect::<Vec<_>>());
+    println!("rtt p50 shoal - kernel vxlan = {:+.1} us", rtt50("shoal") - rtt50("kernel vxlan"));
     println!("overlay_tcp_ratio_vs_kernel_vxlan={:.3}", ratio("shoal", "kernel vxlan"));
 }
 

@@ -28,6 +28,9 @@ struct OverlayFile {
     port: u16,
     #[serde(default = "default_mtu")]
     mtu: u16,
+    /// Complete inner TCP checksums: a peer is the kernel's vxlan device.
+    #[serde(default)]
+    inner_checksums: bool,
     networks: Vec<NetworkEntry>,
     endpoints: Vec<EndpointEntry>,
 }
@@ -62,6 +65,7 @@ struct EndpointEntry {
 struct Overlay {
     port: u16,
     mtu: u16,
+    inner_checksums: bool,
     networks: BTreeMap<Vni, Ipv4Cidr>,
     endpoints: Vec<Endpoint>,
 }
@@ -94,7 +98,7 @@ fn parse(text: &str) -> anyhow::Result<Overlay> {
         ensure!(seen.insert((vni, e.ip)), "endpoint {} is listed twice in vni {vni}", e.ip);
         endpoints.push(Endpoint { vni, ip: e.ip, node: e.node, sandbox: e.sandbox });
     }
-    Ok(Overlay { port: file.port, mtu: file.mtu, networks, endpoints })
+    Ok(Overlay { port: file.port, mtu: file.mtu, inner_checksums: file.inner_checksums, networks, endpoints })
 }
 
 /// What `stats` prints.
@@ -132,7 +136,12 @@ pub fn run(config: &Path, underlay: Ipv4Addr, control: Option<&Path>) -> anyhow:
 }
 
 async fn serve(overlay: Overlay, underlay: Ipv4Addr, control: Option<&Path>) -> anyhow::Result<()> {
-    let settings = DataplaneConfig { port: overlay.port, mtu: overlay.mtu, ..DataplaneConfig::new(underlay) };
+    let settings = DataplaneConfig {
+        port: overlay.port,
+        mtu: overlay.mtu,
+        inner_checksums: overlay.inner_checksums,
+        ..DataplaneConfig::new(underlay)
+    };
     let dataplane = Dataplane::start(&settings)
         .with_context(|| format!("bind the VXLAN port {underlay}:{}", overlay.port))?;
     for (vni, subnet) in &overlay.networks {

@@ -368,6 +368,46 @@ impl Tables {
         }
     }
 
+    /// The one decision for every segment of a packet read whole from
+    /// `from`'s TUN (a TSO super-packet of `len` bytes at `at`, whose
+    /// largest segment is `largest` bytes), where one holds: a route to a
+    /// local endpoint or to another node, no VIP flow of either address
+    /// involved. For a remote node the headroom is encapsulated as by
+    /// [`Tables::egress`]. `None` otherwise (a VIP, a NAT, a drop): the
+    /// caller cuts the packet and asks [`Tables::egress`] segment by
+    /// segment, which decides and counts exactly.
+    pub fn egress_whole(
+        &self,
+        from: EndpointId,
+        buf: &mut [u8],
+        at: usize,
+        len: usize,
+        largest: usize,
+    ) -> Option<Egress> {
+        let ep = self.local.get(&from)?;
+        let packet = IpPacket::parse(&buf[at..at + len]).ok()?;
+        let (IpAddr::V4(src), IpAddr::V4(dst)) = (packet.src, packet.dst) else { return None };
+        let network = self.networks.get(&ep.vni)?;
+        if largest > self.mtu
+            || src != ep.ip
+            || !network.subnet.contains(dst)
+            || self.conntrack.has_flows_of(src)
+            || self.conntrack.has_flows_of(dst)
+        {
+            return None;
+        }
+        let ip_len = packet.bytes.len();
+        match network.routes.get(&dst)? {
+            Location::Local(to) => Some(Egress::Local { to: *to, packet: at..at + ip_len }),
+            Location::Remote(node) => {
+                let flow = packet.flow_key().hash();
+                let start = at - ENCAP_HEADROOM;
+                encapsulate(&mut buf[start..at], ep.vni, src, dst);
+                Some(Egress::Remote { node: *node, flow, frame: start..at + ip_len })
+            }
+        }
+    }
+
     /// Decides what to do with a datagram that `from` (an underlay address)
     /// sent to the VXLAN port.
     pub fn ingress(&self, from: Ipv4Addr, datagram: &[u8]) -> Ingress {

@@ -19,13 +19,15 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::io::{self, IoSliceMut};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrIn, sendmsg};
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use shoal_wire::ip::Ipv4Cidr;
 use shoal_wire::{ENCAP_HEADROOM, Vni};
@@ -33,7 +35,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
-use tun_rs::{AsyncDevice, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
+use tun_rs::{AsyncDevice, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN, VirtioNetHdr};
 
 use crate::core::{
     BackendFlows, Conntrack, CounterSnapshot, Counters, DEFAULT_CONNTRACK_CAPACITY, DropReason, Egress,
@@ -41,6 +43,10 @@ use crate::core::{
 };
 
 mod tun_writer;
+
+use crate::offload::{
+    self, Coalescer, GSO_NONE, GSO_TCPV4, NEEDS_CSUM, Segments, VNET_LEN, VnetHeader, complete_checksum,
+};
 
 use tun_writer::{Delivery, TunWriter};
 
@@ -62,6 +68,13 @@ pub struct DataplaneConfig {
     /// The most VIP flows tracked at once (100 to 180 bytes each); at the
     /// bound, new flows evict those closest to their timeout.
     pub conntrack_capacity: usize,
+    /// Complete the inner TCP checksum of every packet sent. Shoal's
+    /// receivers do not need it (see [`crate::offload`]); a peer that
+    /// checks it does, such as the kernel's vxlan device.
+    pub inner_checksums: bool,
+    /// How many sockets receive VXLAN, each with a task of its own
+    /// (`SO_REUSEPORT`: the kernel keeps each outer flow on one).
+    pub receive_sockets: usize,
 }
 
 impl DataplaneConfig {
@@ -74,6 +87,8 @@ impl DataplaneConfig {
             mtu: 1450,
             source_ports: 8,
             conntrack_capacity: DEFAULT_CONNTRACK_CAPACITY,
+            inner_checksums: false,
+            receive_sockets: std::thread::available_parallelism().map_or(1, |n| n.get()).min(4),
         }
     }
 }
@@ -88,6 +103,10 @@ const RX_BATCH: usize = 8;
 const RX_BUFFER: usize = 65_536;
 /// TUN reads tried without waiting after a wake-up, to fill batches.
 const READS_PER_WAKE: usize = 8;
+/// Where a TUN read lands in an endpoint's buffer: its virtio-net header
+/// ends where the encapsulation headroom does, so that the packet after it
+/// is encapsulated in place.
+const READ_AT: usize = ENCAP_HEADROOM - VNET_LEN;
 /// Capacity of a TUN write buffer: room to coalesce a 64 KiB super-packet.
 const TUN_WRITE_CAPACITY: usize = VIRTIO_NET_HDR_LEN * 2 + 65_535;
 /// How often the conntrack's coarse clock moves: the precision of flow
@@ -128,15 +147,16 @@ struct Shared {
     counters: Counters,
     /// The VIP flows; every snapshot's tables hold it too.
     conntrack: Arc<Conntrack>,
-    receiver: UdpPort,
+    receivers: Vec<UdpPort>,
     senders: Vec<UdpPort>,
     port: u16,
+    inner_checksums: bool,
 }
 
 /// One node's running data plane. Dropping it stops every task.
 pub struct Dataplane {
     shared: Arc<Shared>,
-    receiver: JoinHandle<()>,
+    receivers: Vec<JoinHandle<()>>,
     clock: JoinHandle<()>,
     endpoint_tasks: Mutex<HashMap<EndpointId, JoinHandle<()>>>,
     next_id: AtomicU32,
@@ -149,14 +169,19 @@ impl std::fmt::Debug for Dataplane {
 }
 
 impl Dataplane {
-    /// Binds the VXLAN socket on `config.listen` and the source-port pool on
-    /// `config.underlay`,
-    /// in the calling thread's network namespace, and starts receiving. Must
-    /// be called inside a tokio runtime.
+    /// Binds the VXLAN sockets on `config.listen` and the source-port pool
+    /// on `config.underlay`, in the calling thread's network namespace, and
+    /// starts receiving. Must be called inside a tokio runtime.
     pub fn start(config: &DataplaneConfig) -> io::Result<Dataplane> {
-        let receiver = bind_udp(SocketAddrV4::new(config.listen, config.port))?;
+        let first = bind_udp(SocketAddrV4::new(config.listen, config.port), true)?;
+        // Port 0 asks for any: the others share the one the first got.
+        let port = first.socket.local_addr()?.port();
+        let mut receivers = vec![first];
+        for _ in 1..config.receive_sockets.max(1) {
+            receivers.push(bind_udp(SocketAddrV4::new(config.listen, port), true)?);
+        }
         let senders = (0..config.source_ports.max(1))
-            .map(|_| bind_udp(SocketAddrV4::new(config.underlay, 0)))
+            .map(|_| bind_udp(SocketAddrV4::new(config.underlay, 0), false))
             .collect::<io::Result<Vec<_>>>()?;
         let seed = std::collections::hash_map::RandomState::new().hash_one(config.port);
         let conntrack = Arc::new(Conntrack::new(config.conntrack_capacity, seed));
@@ -167,15 +192,17 @@ impl Dataplane {
             writer: Mutex::new(()),
             counters: Counters::default(),
             conntrack,
-            receiver,
+            receivers,
             senders,
             port: config.port,
+            inner_checksums: config.inner_checksums,
         });
-        let receiver = tokio::spawn(receive_loop(shared.clone()));
+        let receivers =
+            (0..shared.receivers.len()).map(|i| tokio::spawn(receive_loop(shared.clone(), i))).collect();
         let clock = tokio::spawn(clock_loop(shared.clone()));
         Ok(Dataplane {
             shared,
-            receiver,
+            receivers,
             clock,
             endpoint_tasks: Mutex::new(HashMap::new()),
             next_id: AtomicU32::new(1),
@@ -290,7 +317,9 @@ impl Dataplane {
 
 impl Drop for Dataplane {
     fn drop(&mut self) {
-        self.receiver.abort();
+        for receiver in &self.receivers {
+            receiver.abort();
+        }
         self.clock.abort();
         for (_, task) in self.endpoint_tasks.lock().unwrap_or_else(|e| e.into_inner()).drain() {
             task.abort();
@@ -298,9 +327,12 @@ impl Drop for Dataplane {
     }
 }
 
-fn bind_udp(addr: SocketAddrV4) -> io::Result<UdpPort> {
+fn bind_udp(addr: SocketAddrV4, reuse_port: bool) -> io::Result<UdpPort> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_nonblocking(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.bind(&SocketAddr::V4(addr).into())?;
     // Root may exceed the namespace's rmem_max/wmem_max; others get what they may.
     let fd = std::os::fd::AsFd::as_fd(&socket);
@@ -356,22 +388,26 @@ async fn clock_loop(shared: Arc<Shared>) {
 /// Reads one endpoint's TUN until the task is aborted.
 async fn endpoint_loop(shared: Arc<Shared>, id: EndpointId, device: Arc<AsyncDevice>) {
     let mtu = usize::from(shared.snapshot.load().tables.mtu());
-    let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + 65_535];
-    let mut segments = vec![vec![0u8; ENCAP_HEADROOM + mtu]; IDEAL_BATCH_SIZE];
-    let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
+    let mut read = vec![0u8; READ_AT + VIRTIO_NET_HDR_LEN + 65_535];
     let max_segments =
         shared.senders.iter().map(|s| s.state.max_gso_segments()).min().unwrap_or(1).clamp(1, 64);
-    let mut out = EgressBatches { remote: GsoBatch::new(max_segments), local: TunWriter::default() };
+    let mut out = EgressBatches {
+        remote: GsoBatch::new(max_segments),
+        local: TunWriter::default(),
+        cut: Segments::default(),
+        segments: vec![vec![0u8; ENCAP_HEADROOM + mtu]; IDEAL_BATCH_SIZE],
+        sizes: vec![0usize; IDEAL_BATCH_SIZE],
+    };
     loop {
         // Wait for one read, then take what else is ready without waiting, up
         // to READS_PER_WAKE reads, so that batches fill before they are sent.
-        let mut result = device.recv_multiple(&mut original, &mut segments, &mut sizes, ENCAP_HEADROOM).await;
+        let mut result = device.recv(&mut read[READ_AT..]).await;
         let snapshot = shared.snapshot.load();
-        for read in 1..=READS_PER_WAKE {
+        for n in 1..=READS_PER_WAKE {
             match result {
-                Ok(n) => {
+                Ok(len) => {
                     shared.counters.tun_read();
-                    out.forward(&shared, &snapshot, id, &mut segments[..n], &sizes[..n]).await
+                    out.forward_read(&shared, &snapshot, id, &mut read, len).await
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
@@ -382,54 +418,231 @@ async fn endpoint_loop(shared: Arc<Shared>, id: EndpointId, device: Arc<AsyncDev
                     }
                 }
             }
-            if read == READS_PER_WAKE {
+            if n == READS_PER_WAKE {
                 break;
             }
-            result = device.try_recv_multiple(&mut original, &mut segments, &mut sizes, ENCAP_HEADROOM);
+            result = device.try_recv(&mut read[READ_AT..]);
         }
-        out.remote.flush(&shared).await;
-        out.local.flush(&snapshot, &shared.counters, Delivery::Local).await;
+        out.flush(&shared, &snapshot).await;
     }
 }
 
 /// Where an endpoint's packets wait to be sent: towards other nodes, or to
-/// endpoints on this one.
+/// endpoints on this one; and the room to cut super-packets.
 struct EgressBatches {
     remote: GsoBatch,
     local: TunWriter,
+    /// A super-packet's segment headers (the fast path).
+    cut: Segments,
+    /// A super-packet's segments, whole (the exact path).
+    segments: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
 }
 
 impl EgressBatches {
-    /// Decides and queues every segment of one read.
-    async fn forward(
+    /// Sends what waits.
+    async fn flush(&mut self, shared: &Shared, snapshot: &Snapshot) {
+        self.remote.flush(shared).await;
+        self.local.flush(snapshot, &shared.counters, Delivery::Local).await;
+    }
+
+    /// Decides and sends (or queues) one TUN read of `len` bytes at
+    /// [`READ_AT`] in `read`: a virtio-net header, then a packet, which may
+    /// be a TSO super-packet.
+    ///
+    /// Fast path, where one decision holds for the whole read
+    /// ([`Tables::egress_whole`]): to a local endpoint, the read is written
+    /// as it came; to another node, a super-packet is cut into segment
+    /// headers and sent with its payloads where they are. Exact path
+    /// (VIPs, NAT, drops): the packet is cut into whole segments, each
+    /// decided by [`Tables::egress`].
+    async fn forward_read(
         &mut self,
         shared: &Shared,
         snapshot: &Snapshot,
         id: EndpointId,
-        segments: &mut [Vec<u8>],
-        sizes: &[usize],
+        read: &mut [u8],
+        len: usize,
     ) {
-        for (segment, &len) in segments.iter_mut().zip(sizes) {
-            match snapshot.tables.egress(id, segment, ENCAP_HEADROOM, len) {
-                Egress::Remote { node, flow, frame } => {
-                    let to = SocketAddrV4::new(node, shared.port);
-                    let sender = flow as usize % shared.senders.len();
-                    if !self.remote.fits(to, sender, frame.len()) {
-                        self.remote.flush(shared).await;
-                    }
-                    self.remote.push(to, sender, &segment[frame]);
+        let Some(header) = VnetHeader::parse(&read[READ_AT..READ_AT + len]).filter(|_| len > VNET_LEN) else {
+            shared.counters.drop(DropReason::Malformed, 1);
+            return;
+        };
+        let at = ENCAP_HEADROOM;
+        let packet_len = len - VNET_LEN;
+        let gso_size = usize::from(header.gso_size);
+        let headers = offload::tcp4_headers(&read[at..at + packet_len]);
+        let largest = match header.gso_type {
+            GSO_NONE => Some(packet_len),
+            GSO_TCPV4 => headers.map(|h| h + gso_size),
+            _ => None,
+        };
+        let whole =
+            largest.and_then(|largest| snapshot.tables.egress_whole(id, read, at, packet_len, largest));
+        match whole {
+            Some(Egress::Local { to, .. }) => {
+                self.flush(shared, snapshot).await;
+                let segments = segment_count(packet_len, headers, &header);
+                write_raw(
+                    snapshot,
+                    &shared.counters,
+                    to,
+                    &read[READ_AT..READ_AT + len],
+                    segments,
+                    packet_len,
+                )
+                .await;
+            }
+            Some(Egress::Remote { node, flow, frame }) if header.gso_type == GSO_TCPV4 => {
+                let to = SocketAddrV4::new(node, shared.port);
+                let sender = flow as usize % shared.senders.len();
+                let prefix = &read[frame.start..at];
+                if !self.cut.cut(&read[at..at + packet_len], gso_size, prefix, shared.inner_checksums) {
+                    shared.counters.drop(DropReason::Malformed, 1);
+                    return;
                 }
-                Egress::Local { to, packet } => {
-                    self.local.push(to, &segment[packet], None);
-                    if self.local.is_full() {
-                        self.local.flush(snapshot, &shared.counters, Delivery::Local).await;
-                    }
+                self.remote.flush(shared).await;
+                self.remote.send_cut(shared, to, sender, &self.cut, &read[at..at + packet_len]).await;
+            }
+            Some(Egress::Remote { node, flow, frame }) => {
+                let packet = &mut read[at..at + packet_len];
+                let partial_ok = !shared.inner_checksums && offload::is_tcp4(packet);
+                if header.flags & NEEDS_CSUM != 0 && !partial_ok && !complete_checksum(packet, &header) {
+                    shared.counters.drop(DropReason::Malformed, 1);
+                    return;
                 }
-                Egress::Drop(reason) => {
-                    tracing::trace!(endpoint = %id, reason = reason.name(), "egress drop");
-                    shared.counters.drop(reason, 1);
+                self.queue_remote(shared, node, flow, &read[frame]).await;
+            }
+            _ => self.forward_exact(shared, snapshot, id, read, len, header, headers).await,
+        }
+    }
+
+    /// The exact path of [`EgressBatches::forward_read`]: every segment
+    /// whole, with its checksum complete, decided alone.
+    #[allow(clippy::too_many_arguments)]
+    async fn forward_exact(
+        &mut self,
+        shared: &Shared,
+        snapshot: &Snapshot,
+        id: EndpointId,
+        read: &mut [u8],
+        len: usize,
+        header: VnetHeader,
+        headers: Option<usize>,
+    ) {
+        let at = ENCAP_HEADROOM;
+        let packet = &mut read[at..at + len - VNET_LEN];
+        if header.gso_type == GSO_NONE {
+            if header.flags & NEEDS_CSUM != 0 && !complete_checksum(packet, &header) {
+                shared.counters.drop(DropReason::Malformed, 1);
+                return;
+            }
+            let len = packet.len();
+            self.forward_packet(shared, snapshot, id, read, at, len).await;
+            return;
+        }
+        // tun-rs cuts it (TCP or UDP), given the real header length: the
+        // kernel's `hdr_len` is only the read's linear part.
+        let hdr_len = match header.gso_type {
+            GSO_TCPV4 => headers,
+            _ => Some(usize::from(header.csum_start) + 8),
+        };
+        let Some(hdr_len) = hdr_len.and_then(|h| u16::try_from(h).ok()) else {
+            shared.counters.drop(DropReason::Malformed, 1);
+            return;
+        };
+        let tun_header = VirtioNetHdr {
+            flags: header.flags,
+            gso_type: header.gso_type,
+            hdr_len,
+            gso_size: header.gso_size,
+            csum_start: header.csum_start,
+            csum_offset: header.csum_offset,
+        };
+        let mut segments = std::mem::take(&mut self.segments);
+        let mut sizes = std::mem::take(&mut self.sizes);
+        match tun_rs::gso_split(packet, tun_header, &mut segments, &mut sizes, ENCAP_HEADROOM, false) {
+            Ok(n) => {
+                for (segment, &len) in segments.iter_mut().zip(&sizes).take(n) {
+                    self.forward_packet(shared, snapshot, id, segment, ENCAP_HEADROOM, len).await;
                 }
             }
+            Err(e) => {
+                tracing::trace!(endpoint = %id, error = %e, "cannot cut a TUN read");
+                shared.counters.drop(DropReason::Malformed, 1);
+            }
+        }
+        self.segments = segments;
+        self.sizes = sizes;
+    }
+
+    /// Queues a frame for `node`, from the source port of its inner `flow`.
+    async fn queue_remote(&mut self, shared: &Shared, node: Ipv4Addr, flow: u32, frame: &[u8]) {
+        let to = SocketAddrV4::new(node, shared.port);
+        let sender = flow as usize % shared.senders.len();
+        if !self.remote.fits(to, sender, frame.len()) {
+            self.remote.flush(shared).await;
+        }
+        self.remote.push(to, sender, frame);
+    }
+
+    /// Decides and queues one packet of `len` bytes at `at` in `buf`
+    /// (with [`ENCAP_HEADROOM`] before it).
+    async fn forward_packet(
+        &mut self,
+        shared: &Shared,
+        snapshot: &Snapshot,
+        id: EndpointId,
+        buf: &mut [u8],
+        at: usize,
+        len: usize,
+    ) {
+        match snapshot.tables.egress(id, buf, at, len) {
+            Egress::Remote { node, flow, frame } => self.queue_remote(shared, node, flow, &buf[frame]).await,
+            Egress::Local { to, packet } => {
+                self.local.push(to, &buf[packet], None, false);
+                if self.local.is_full() {
+                    self.local.flush(snapshot, &shared.counters, Delivery::Local).await;
+                }
+            }
+            Egress::Drop(reason) => {
+                tracing::trace!(endpoint = %id, reason = reason.name(), "egress drop");
+                shared.counters.drop(reason, 1);
+            }
+        }
+    }
+}
+
+/// How many packets a TUN read stands for: its segments if it is a TSO
+/// super-packet.
+fn segment_count(packet_len: usize, headers: Option<usize>, header: &VnetHeader) -> u64 {
+    match (header.gso_type, headers) {
+        (GSO_TCPV4, Some(h)) if header.gso_size > 0 => {
+            packet_len.saturating_sub(h).div_ceil(usize::from(header.gso_size)).max(1) as u64
+        }
+        _ => 1,
+    }
+}
+
+/// Writes a TUN read, virtio-net header and all, into endpoint `to`'s TUN:
+/// the kernel cuts or completes it there if it must.
+async fn write_raw(
+    snapshot: &Snapshot,
+    counters: &Counters,
+    to: EndpointId,
+    raw: &[u8],
+    packets: u64,
+    bytes: usize,
+) {
+    let Some(device) = snapshot.devices.get(&to) else {
+        counters.drop(DropReason::UnknownEndpoint, packets);
+        return;
+    };
+    match device.send(raw).await {
+        Ok(_) => counters.delivered_locally(packets, bytes as u64),
+        Err(e) => {
+            tracing::debug!(endpoint = %to, error = %e, "TUN write failed");
+            counters.drop(DropReason::TunWriteFailed, packets);
         }
     }
 }
@@ -516,6 +729,87 @@ impl GsoBatch {
     }
 }
 
+impl GsoBatch {
+    /// Sends the segments of `cut`, whose payloads lie in `packet`, to `to`
+    /// from source port `sender`: UDP GSO sends of at most `max_segments`
+    /// segments and [`MAX_UDP_PAYLOAD`] bytes, each an iovec of headers and
+    /// payloads (no copy in userspace).
+    async fn send_cut(
+        &mut self,
+        shared: &Shared,
+        to: SocketAddrV4,
+        sender: usize,
+        cut: &Segments,
+        packet: &[u8],
+    ) {
+        let port = &shared.senders[sender];
+        let segment = cut.segment_len();
+        let per_send = (MAX_UDP_PAYLOAD / segment).clamp(1, self.max_segments);
+        let mut iov = Vec::with_capacity(2 * per_send);
+        let mut first = 0;
+        while first < cut.len() {
+            let last = (first + per_send).min(cut.len());
+            iov.clear();
+            let mut inner = 0;
+            for i in first..last {
+                let (header, payload) = (cut.header(i), &packet[cut.payload(i)]);
+                inner += header.len() - ENCAP_HEADROOM + payload.len();
+                iov.push(IoSlice::new(header));
+                iov.push(IoSlice::new(payload));
+            }
+            let count = (last - first) as u64;
+            match send_vectored(port, to, &iov, (count > 1).then_some(segment)).await {
+                Ok(()) => shared.counters.encapsulated(count, inner as u64),
+                Err(e) if count > 1 => {
+                    // As in `flush`: one by one, and no GSO from now on.
+                    tracing::debug!(%to, error = %e, "VXLAN GSO send failed; sending one by one");
+                    self.max_segments = port.state.max_gso_segments().clamp(1, 64);
+                    for pair in iov.chunks(2) {
+                        match send_vectored(port, to, pair, None).await {
+                            Ok(()) => shared
+                                .counters
+                                .encapsulated(1, (pair[0].len() - ENCAP_HEADROOM + pair[1].len()) as u64),
+                            Err(_) => shared.counters.drop(DropReason::UdpSendFailed, 1),
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(%to, error = %e, "VXLAN send failed");
+                    shared.counters.drop(DropReason::UdpSendFailed, 1);
+                }
+            }
+            first = last;
+        }
+    }
+}
+
+/// One `sendmsg` of an iovec, as UDP GSO segments of `segment_size` bytes
+/// if given, waiting for room in the socket buffer.
+async fn send_vectored(
+    port: &UdpPort,
+    to: SocketAddrV4,
+    iov: &[IoSlice<'_>],
+    segment_size: Option<usize>,
+) -> io::Result<()> {
+    let addr = SockaddrIn::from(to);
+    let size = segment_size.map(|s| u16::try_from(s).unwrap_or(u16::MAX));
+    port.socket
+        .async_io(Interest::WRITABLE, || {
+            let gso;
+            let cmsgs: &[ControlMessage<'_>] = match &size {
+                Some(size) => {
+                    gso = [ControlMessage::UdpGsoSegments(size)];
+                    &gso
+                }
+                None => &[],
+            };
+            sendmsg(port.socket.as_raw_fd(), iov, cmsgs, MsgFlags::empty(), Some(&addr))
+                .map(|_| ())
+                .map_err(io::Error::from)
+        })
+        .await
+}
+
 /// One `sendmsg`, waiting for room in the socket buffer.
 async fn send(
     port: &UdpPort,
@@ -530,12 +824,13 @@ async fn send(
 
 // === impl receive loop ===
 
-/// Reads the VXLAN socket until the task is aborted.
-async fn receive_loop(shared: Arc<Shared>) {
+/// Reads VXLAN socket `index` until the task is aborted.
+async fn receive_loop(shared: Arc<Shared>, index: usize) {
     let mut storage: Vec<Vec<u8>> = (0..RX_BATCH).map(|_| vec![0u8; RX_BUFFER]).collect();
     let mut metas = [RecvMeta::default(); RX_BATCH];
     let mut writer = TunWriter::default();
-    let port = &shared.receiver;
+    let mut joiner = Coalescer::default();
+    let port = &shared.receivers[index];
     loop {
         let received = port
             .socket
@@ -556,7 +851,7 @@ async fn receive_loop(shared: Arc<Shared>) {
             }
         };
         let snapshot = shared.snapshot.load();
-        for (meta, buf) in metas.iter().zip(&storage).take(n) {
+        for (i, (meta, buf)) in metas.iter().zip(&storage).take(n).enumerate() {
             let received = &buf[..meta.len.min(buf.len())];
             let Some(from) = underlay_sender(meta.addr) else {
                 tracing::trace!(from = %meta.addr, reason = DropReason::NonIpv4Underlay.name(), "ingress drop");
@@ -564,10 +859,12 @@ async fn receive_loop(shared: Arc<Shared>) {
                 shared.counters.drop(DropReason::NonIpv4Underlay, n as u64);
                 continue;
             };
-            for datagram in datagrams(received, meta.stride) {
+            for (offset, datagram) in datagrams(received, meta.stride) {
                 match snapshot.tables.ingress(from, datagram) {
+                    Ingress::Deliver { to, packet, nat: None }
+                        if joiner.push(to, &datagram[packet.clone()], i, offset + packet.start) => {}
                     Ingress::Deliver { to, packet, nat } => {
-                        if !writer.push(to, &datagram[packet], nat) {
+                        if !writer.push(to, &datagram[packet], nat, true) {
                             shared.counters.drop(DropReason::Malformed, 1);
                             continue;
                         }
@@ -582,7 +879,32 @@ async fn receive_loop(shared: Arc<Shared>) {
                 }
             }
         }
+        write_joined(&mut joiner, &storage, &snapshot, &shared.counters).await;
         writer.flush(&snapshot, &shared.counters, Delivery::Decapsulated).await;
+    }
+}
+
+/// Writes the TCP packets joined from a receive into their TUNs, each as
+/// one iovec: Shoal's headers, then the payloads where they were received.
+async fn write_joined(joiner: &mut Coalescer, storage: &[Vec<u8>], snapshot: &Snapshot, counters: &Counters) {
+    let mut iov = Vec::new();
+    for (to, header, pieces) in joiner.drain() {
+        let packets = pieces.len() as u64;
+        let Some(device) = snapshot.devices.get(&to) else {
+            counters.drop(DropReason::UnknownEndpoint, packets);
+            continue;
+        };
+        iov.clear();
+        iov.push(IoSlice::new(header));
+        iov.extend(pieces.iter().map(|p| IoSlice::new(&storage[p.buf][p.range.clone()])));
+        let bytes = iov.iter().map(|s| s.len()).sum::<usize>() - VNET_LEN;
+        match device.send_vectored(&iov).await {
+            Ok(_) => counters.decapsulated(packets, bytes as u64),
+            Err(e) => {
+                tracing::debug!(endpoint = %to, error = %e, "TUN write failed");
+                counters.drop(DropReason::TunWriteFailed, packets);
+            }
+        }
     }
 }
 
@@ -598,8 +920,14 @@ fn underlay_sender(addr: SocketAddr) -> Option<Ipv4Addr> {
 /// The datagrams of one receive: UDP GRO coalesces datagrams of `stride`
 /// bytes (the last may be shorter) into one buffer. An empty datagram is
 /// one datagram too, so that it is counted.
-fn datagrams(received: &[u8], stride: usize) -> impl Iterator<Item = &[u8]> {
-    received.chunks(stride.max(1)).chain(received.is_empty().then_some(received))
+/// Each comes with its offset in the buffer.
+fn datagrams(received: &[u8], stride: usize) -> impl Iterator<Item = (usize, &[u8])> {
+    let stride = stride.max(1);
+    received
+        .chunks(stride)
+        .enumerate()
+        .map(move |(i, d)| (i * stride, d))
+        .chain(received.is_empty().then_some((0, received)))
 }
 
 #[cfg(test)]

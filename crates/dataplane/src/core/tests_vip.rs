@@ -493,3 +493,33 @@ fn saved_flows_go_on_to_their_backends_in_a_new_table_either_way_first() {
     let late = from_node_b(&tcp((chosen[1], 80), (T1, 40001), ACK));
     assert!(matches!(unclaimed.ingress(NODE_B, &late), Ingress::Deliver { nat: None, .. }));
 }
+
+#[test]
+fn a_packet_read_whole_takes_one_decision_only_on_plain_routes() {
+    let a = with_vip(Policy::RoundRobin, active([T3]));
+    let whole = |t: &Tables, from, packet: &[u8], largest| {
+        let mut buf = with_headroom(packet);
+        let verdict = t.egress_whole(from, &mut buf, ENCAP_HEADROOM, packet.len(), largest);
+        (verdict, buf)
+    };
+    // To another node: the same verdict and headroom as `egress`.
+    let packet = tcp((T1, 40000), (T3, 80), ACK);
+    let (verdict, buf) = whole(&a, EP1, &packet, 1450);
+    let mut exact = with_headroom(&packet);
+    assert_eq!(verdict, Some(a.egress(EP1, &mut exact, ENCAP_HEADROOM, packet.len())));
+    assert_eq!(buf, exact);
+    assert!(matches!(
+        whole(&a, EP1, &tcp((T1, 40000), (T2, 80), ACK), 1450).0,
+        Some(Egress::Local { to: EP2, .. })
+    ));
+    // Segments larger than the MTU, a VIP, a forged source: segment by
+    // segment, where `egress` decides and counts.
+    assert_eq!(whole(&a, EP1, &packet, 1451).0, None);
+    assert_eq!(whole(&a, EP1, &tcp((T1, 40000), (VIP, 80), SYN), 100).0, None);
+    assert_eq!(whole(&a, EP2, &packet, 1450).0, None);
+    // Once T1 has a VIP flow, its other packets may need its NAT too.
+    let syn = tcp((T1, 40001), (VIP, 80), SYN);
+    let mut buf = with_headroom(&syn);
+    assert!(matches!(a.egress(EP1, &mut buf, ENCAP_HEADROOM, syn.len()), Egress::Remote { .. }));
+    assert_eq!(whole(&a, EP1, &packet, 1450).0, None);
+}

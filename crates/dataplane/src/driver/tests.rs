@@ -14,10 +14,10 @@ fn underlay_senders_are_ipv4_or_ipv4_mapped() {
 #[test]
 fn a_receive_splits_into_its_gro_segments_and_an_empty_datagram_counts() {
     let buf = [1u8; 10];
-    let lens: Vec<usize> = datagrams(&buf, 4).map(<[u8]>::len).collect();
+    let lens: Vec<usize> = datagrams(&buf, 4).map(|(_, d)| d.len()).collect();
     assert_eq!(lens, [4, 4, 2]);
     assert_eq!(datagrams(&buf, 10).count(), 1);
-    assert_eq!(datagrams(&[], 0).map(<[u8]>::len).collect::<Vec<_>>(), [0]);
+    assert_eq!(datagrams(&[], 0).map(|(_, d)| d.len()).collect::<Vec<_>>(), [0]);
 }
 
 /// The clock task moves the conntrack's clock and sweeps: an unanswered
@@ -66,9 +66,10 @@ async fn the_clock_task_times_flows_out() {
 #[tokio::test]
 async fn a_failed_receive_is_counted() {
     let loopback = Ipv4Addr::LOCALHOST;
-    let dataplane = Dataplane::start(&DataplaneConfig { port: 0, ..DataplaneConfig::new(loopback) })
-        .expect("start a data plane on loopback");
-    let receiver = &dataplane.shared.receiver.socket;
+    // One receiving socket: the error and the datagrams after it meet there.
+    let config = DataplaneConfig { port: 0, receive_sockets: 1, ..DataplaneConfig::new(loopback) };
+    let dataplane = Dataplane::start(&config).expect("start a data plane on loopback");
+    let receiver = &dataplane.shared.receivers[0].socket;
     nix::sys::socket::setsockopt(receiver, nix::sys::socket::sockopt::Ipv4RecvErr, &true).unwrap();
     let peer = tokio::net::UdpSocket::bind((loopback, 0)).await.unwrap();
     let closed = std::net::UdpSocket::bind((loopback, 0)).unwrap().local_addr().unwrap();
@@ -84,4 +85,29 @@ async fn a_failed_receive_is_counted() {
     }
     assert_eq!(dataplane.counters().dropped(DropReason::UdpReceiveFailed), 1);
     assert!(dataplane.counters().dropped(DropReason::Truncated) >= 1, "receiving went on");
+}
+
+/// Several receiving sockets share the VXLAN port (also a port the system
+/// picked), and whichever gets a datagram handles it.
+#[tokio::test]
+async fn every_receiving_socket_shares_the_port_and_is_read() {
+    let loopback = Ipv4Addr::LOCALHOST;
+    let config = DataplaneConfig { port: 0, receive_sockets: 3, ..DataplaneConfig::new(loopback) };
+    let dataplane = Dataplane::start(&config).expect("start a data plane on loopback");
+    let ports: Vec<u16> =
+        dataplane.shared.receivers.iter().map(|r| r.socket.local_addr().unwrap().port()).collect();
+    assert_eq!(ports.len(), 3);
+    assert!(ports.iter().all(|p| *p == ports[0]), "{ports:?}");
+    // Datagrams from many source ports: the kernel spreads them over the
+    // sockets, and each is dropped (too short for VXLAN) and counted.
+    let to = SocketAddr::from((loopback, ports[0]));
+    for _ in 0..32 {
+        let peer = tokio::net::UdpSocket::bind((loopback, 0)).await.unwrap();
+        peer.send_to(b"x", to).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while dataplane.counters().dropped(DropReason::Truncated) < 32 {
+        assert!(Instant::now() < deadline, "not every datagram was read: {:?}", dataplane.counters());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

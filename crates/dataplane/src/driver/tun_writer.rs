@@ -26,12 +26,24 @@ pub(super) struct TunWriter {
 
 impl TunWriter {
     /// Queues a copy of `packet` for endpoint `to`, with `nat` applied to
-    /// the copy; `false` (nothing queued) if `nat` does not fit it.
-    pub(super) fn push(&mut self, to: EndpointId, packet: &[u8], nat: Option<SourceNat>) -> bool {
+    /// the copy; `false` (nothing queued) if `nat` does not fit it. With
+    /// `fill_tcp`, a TCP packet's checksum is computed first: a sender may
+    /// have left it partial (see [`crate::offload`]), and both the NAT's
+    /// update and the coalescing need it whole.
+    pub(super) fn push(
+        &mut self,
+        to: EndpointId,
+        packet: &[u8],
+        nat: Option<SourceNat>,
+        fill_tcp: bool,
+    ) -> bool {
         let mut buf = self.spare.pop().unwrap_or_else(|| Vec::with_capacity(TUN_WRITE_CAPACITY));
         buf.clear();
         buf.resize(VIRTIO_NET_HDR_LEN, 0);
         buf.extend_from_slice(packet);
+        if fill_tcp {
+            crate::offload::fill_tcp4_checksum(&mut buf[VIRTIO_NET_HDR_LEN..]);
+        }
         if let Some(nat) = nat
             && nat.apply(&mut buf[VIRTIO_NET_HDR_LEN..]).is_err()
         {
