@@ -4,7 +4,9 @@
 //! - bare veth: host to host over the underlay;
 //! - kernel VXLAN: a Linux `vxlan` device on each host (VNI 100, port 4790),
 //!   default offloads;
-//! - Shoal: task to task through `shoal dataplane run` on each host.
+//! - Shoal: task to task through `shoal dataplane run` on each host;
+//! - with `BASELINE_SHOAL=<path to another shoal binary>`, the same in a
+//!   second lab with that build, for a before/after in one run.
 //!
 //! iperf3 TCP throughput with one stream (5 rounds of 10 s) and with 4
 //! parallel streams (3 rounds), with the CPU each path costs: the whole
@@ -50,7 +52,14 @@ fn main() {
     kernel_vxlan(&h1.netns, h1.underlay, h2.underlay, "10.9.0.1/24");
     kernel_vxlan(&h2.netns, h2.underlay, h1.underlay, "10.9.0.2/24");
 
-    let paths = [
+    let baseline = std::env::var_os("BASELINE_SHOAL").map(|bin| {
+        let tasks = [
+            TaskSpec::new("b1", 0, 4096, Ipv4Addr::new(10, 0, 1, 2)),
+            TaskSpec::new("b2", 1, 4096, Ipv4Addr::new(10, 0, 1, 3)),
+        ];
+        Overlay::start_with(std::path::Path::new(&bin), 2, &[(4096, "10.0.1.0/24")], &tasks, &[])
+    });
+    let mut paths = vec![
         Path {
             name: "bare veth",
             client: h1.netns.clone(),
@@ -70,10 +79,22 @@ fn main() {
             server_ip: "10.0.1.3".into(),
         },
     ];
+    if let Some(b) = &baseline {
+        paths.push(Path {
+            name: "shoal baseline",
+            client: b.sandbox("b1"),
+            server: b.sandbox("b2"),
+            server_ip: "10.0.1.3".into(),
+        });
+    }
     print_machine(lab, &h1.netns, &overlay.sandbox("t1"));
 
-    let daemons = [overlay.pid(0), overlay.pid(1)];
-    let daemon_cpu = || daemons.iter().map(|&pid| process_cpu_seconds(pid)).sum::<f64>();
+    let daemons = |name: &str| match (name, &baseline) {
+        ("shoal", _) => vec![overlay.pid(0), overlay.pid(1)],
+        ("shoal baseline", Some(b)) => vec![b.pid(0), b.pid(1)],
+        _ => Vec::new(),
+    };
+    let daemon_cpu = |name: &str| daemons(name).iter().map(|&pid| process_cpu_seconds(pid)).sum::<f64>();
     let mut tcp: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut tcp4: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     // CPU seconds per GB moved: the machine's, Shoal's daemons'.
@@ -82,11 +103,11 @@ fn main() {
     let mut pps: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for round in 1..=rounds {
         for (i, p) in paths.iter().enumerate() {
-            let (machine, shoal) = (machine_busy_seconds(), daemon_cpu());
+            let (machine, shoal) = (machine_busy_seconds(), daemon_cpu(p.name));
             let gbps =
                 iperf_tcp_streams(lab, &p.client, &p.server, &p.server_ip, 5201 + i as u16, seconds, 1);
             let gb = gbps * f64::from(seconds) / 8.0;
-            let per_gb = ((machine_busy_seconds() - machine) / gb, (daemon_cpu() - shoal) / gb);
+            let per_gb = ((machine_busy_seconds() - machine) / gb, (daemon_cpu(p.name) - shoal) / gb);
             println!(
                 "round {round} tcp {:<13} {gbps:6.2} Gbit/s  cpu {:.2} s/GB (shoal's daemons {:.2})",
                 p.name, per_gb.0, per_gb.1
@@ -148,6 +169,14 @@ fn main() {
     );
     let rtt50 = |name: &str| median(&rtt[name].iter().map(|x| x.0).collect::<Vec<_>>());
     println!("rtt p50 shoal - kernel vxlan = {:+.1} us", rtt50("shoal") - rtt50("kernel vxlan"));
+    if baseline.is_some() {
+        println!("tcp ratio shoal/shoal baseline = {:.3}", ratio("shoal", "shoal baseline"));
+        println!(
+            "tcp x4 ratio shoal/shoal baseline = {:.3}",
+            median(&tcp4["shoal"]) / median(&tcp4["shoal baseline"])
+        );
+        println!("tcp ratio shoal baseline/kernel vxlan = {:.3}", ratio("shoal baseline", "kernel vxlan"));
+    }
     println!("overlay_tcp_ratio_vs_kernel_vxlan={:.3}", ratio("shoal", "kernel vxlan"));
 }
 
