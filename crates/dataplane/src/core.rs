@@ -316,23 +316,10 @@ impl Tables {
     /// the VXLAN and inner Ethernet headers.
     pub fn egress(&self, from: EndpointId, buf: &mut [u8], at: usize, len: usize) -> Egress {
         debug_assert!(at >= ENCAP_HEADROOM && at + len <= buf.len());
-        let Some(ep) = self.local.get(&from) else { return Egress::Drop(DropReason::UnknownEndpoint) };
-        let Ok(packet) = IpPacket::parse(&buf[at..at + len]) else {
-            return Egress::Drop(DropReason::Malformed);
+        let (ep, network, packet, src, dst) = match self.admit(from, &buf[at..at + len], None) {
+            Ok(admitted) => admitted,
+            Err(reason) => return Egress::Drop(reason),
         };
-        let (IpAddr::V4(src), IpAddr::V4(dst)) = (packet.src, packet.dst) else {
-            return Egress::Drop(DropReason::UnsupportedProtocol);
-        };
-        if packet.bytes.len() > self.mtu {
-            return Egress::Drop(DropReason::Oversized);
-        }
-        if src != ep.ip {
-            return Egress::Drop(DropReason::SpoofedSource);
-        }
-        let Some(network) = self.networks.get(&ep.vni) else { return Egress::Drop(DropReason::UnknownVni) };
-        if !network.subnet.contains(dst) {
-            return Egress::Drop(DropReason::CrossNetwork);
-        }
         let ip_len = packet.bytes.len();
         let route = network.routes.get(&dst);
         // Straight to a backend, from a client with VIP flows: it may reuse
@@ -354,9 +341,7 @@ impl Tables {
             }
             Some(Location::Remote(node)) => {
                 let flow = packet.flow_key().hash();
-                let start = at - ENCAP_HEADROOM;
-                encapsulate(&mut buf[start..at], ep.vni, src, dst);
-                Egress::Remote { node: *node, flow, frame: start..at + ip_len }
+                to_node(buf, at..at + ip_len, (ep.vni, src, dst), *node, flow)
             }
             None => match network.vips.get(&dst) {
                 Some(service) => {
@@ -384,16 +369,8 @@ impl Tables {
         len: usize,
         largest: usize,
     ) -> Option<Egress> {
-        let ep = self.local.get(&from)?;
-        let packet = IpPacket::parse(&buf[at..at + len]).ok()?;
-        let (IpAddr::V4(src), IpAddr::V4(dst)) = (packet.src, packet.dst) else { return None };
-        let network = self.networks.get(&ep.vni)?;
-        if largest > self.mtu
-            || src != ep.ip
-            || !network.subnet.contains(dst)
-            || self.conntrack.has_flows_of(src)
-            || self.conntrack.has_flows_of(dst)
-        {
+        let (ep, network, packet, src, dst) = self.admit(from, &buf[at..at + len], Some(largest)).ok()?;
+        if self.conntrack.has_flows_of(src) || self.conntrack.has_flows_of(dst) {
             return None;
         }
         let ip_len = packet.bytes.len();
@@ -401,11 +378,37 @@ impl Tables {
             Location::Local(to) => Some(Egress::Local { to: *to, packet: at..at + ip_len }),
             Location::Remote(node) => {
                 let flow = packet.flow_key().hash();
-                let start = at - ENCAP_HEADROOM;
-                encapsulate(&mut buf[start..at], ep.vni, src, dst);
-                Some(Egress::Remote { node: *node, flow, frame: start..at + ip_len })
+                Some(to_node(buf, at..at + ip_len, (ep.vni, src, dst), *node, flow))
             }
         }
+    }
+
+    /// The checks every packet from local endpoint `from` passes, read whole
+    /// or one segment at a time: a known endpoint, IPv4, at most the MTU
+    /// (its largest segment, if `largest` says, else the packet), the
+    /// endpoint's own source, a destination in its network.
+    fn admit<'a>(
+        &self,
+        from: EndpointId,
+        bytes: &'a [u8],
+        largest: Option<usize>,
+    ) -> Result<(&LocalEndpoint, &Network, IpPacket<'a>, Ipv4Addr, Ipv4Addr), DropReason> {
+        let ep = self.local.get(&from).ok_or(DropReason::UnknownEndpoint)?;
+        let packet = IpPacket::parse(bytes).map_err(|_| DropReason::Malformed)?;
+        let (IpAddr::V4(src), IpAddr::V4(dst)) = (packet.src, packet.dst) else {
+            return Err(DropReason::UnsupportedProtocol);
+        };
+        if largest.unwrap_or(packet.bytes.len()) > self.mtu {
+            return Err(DropReason::Oversized);
+        }
+        if src != ep.ip {
+            return Err(DropReason::SpoofedSource);
+        }
+        let network = self.networks.get(&ep.vni).ok_or(DropReason::UnknownVni)?;
+        if !network.subnet.contains(dst) {
+            return Err(DropReason::CrossNetwork);
+        }
+        Ok((ep, network, packet, src, dst))
     }
 
     /// Decides what to do with a datagram that `from` (an underlay address)
@@ -453,6 +456,21 @@ impl Tables {
             None => Ingress::Drop(DropReason::CrossNetwork),
         }
     }
+}
+
+/// The verdict for the packet at `packet` in `buf`, bound for `node`: the
+/// VXLAN and inner Ethernet headers (network `vni`, addresses `src` and
+/// `dst`) written in the headroom before it.
+fn to_node(
+    buf: &mut [u8],
+    packet: Range<usize>,
+    (vni, src, dst): (Vni, Ipv4Addr, Ipv4Addr),
+    node: Ipv4Addr,
+    flow: u32,
+) -> Egress {
+    let start = packet.start - ENCAP_HEADROOM;
+    encapsulate(&mut buf[start..packet.start], vni, src, dst);
+    Egress::Remote { node, flow, frame: start..packet.end }
 }
 
 /// Writes the VXLAN and inner Ethernet headers into `headroom`, which is

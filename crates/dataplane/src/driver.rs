@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrIn, sendmsg};
-use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use quinn_udp::{RecvMeta, UdpSocketState};
 use shoal_wire::ip::Ipv4Cidr;
 use shoal_wire::{ENCAP_HEADROOM, Vni};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -483,15 +483,10 @@ impl EgressBatches {
             Some(Egress::Local { to, .. }) => {
                 self.flush(shared, snapshot).await;
                 let segments = segment_count(packet_len, headers, &header);
-                write_raw(
-                    snapshot,
-                    &shared.counters,
-                    to,
-                    &read[READ_AT..READ_AT + len],
-                    segments,
-                    packet_len,
-                )
-                .await;
+                // The read as it came: the kernel cuts or completes it there
+                // if it must.
+                let raw = [IoSlice::new(&read[READ_AT..READ_AT + len])];
+                write_tun(snapshot, &shared.counters, to, &raw, segments, packet_len, Delivery::Local).await;
             }
             Some(Egress::Remote { node, flow, frame }) if header.gso_type == GSO_TCPV4 => {
                 let to = SocketAddrV4::new(node, shared.port);
@@ -505,8 +500,9 @@ impl EgressBatches {
                 self.remote.send_cut(shared, to, sender, &self.cut, &read[at..at + packet_len]).await;
             }
             Some(Egress::Remote { node, flow, frame }) => {
+                // A TCP/IPv4 packet (`headers`) may stay partial.
+                let partial_ok = !shared.inner_checksums && headers.is_some();
                 let packet = &mut read[at..at + packet_len];
-                let partial_ok = !shared.inner_checksums && offload::is_tcp4(packet);
                 if header.flags & NEEDS_CSUM != 0 && !partial_ok && !complete_checksum(packet, &header) {
                     shared.counters.drop(DropReason::Malformed, 1);
                     return;
@@ -624,22 +620,23 @@ fn segment_count(packet_len: usize, headers: Option<usize>, header: &VnetHeader)
     }
 }
 
-/// Writes a TUN read, virtio-net header and all, into endpoint `to`'s TUN:
-/// the kernel cuts or completes it there if it must.
-async fn write_raw(
+/// Writes one packet, virtio-net header first, given as `iov`, into
+/// endpoint `to`'s TUN, and counts it as `packets` packets of `bytes`.
+async fn write_tun(
     snapshot: &Snapshot,
     counters: &Counters,
     to: EndpointId,
-    raw: &[u8],
+    iov: &[IoSlice<'_>],
     packets: u64,
     bytes: usize,
+    delivery: Delivery,
 ) {
     let Some(device) = snapshot.devices.get(&to) else {
         counters.drop(DropReason::UnknownEndpoint, packets);
         return;
     };
-    match device.send(raw).await {
-        Ok(_) => counters.delivered_locally(packets, bytes as u64),
+    match device.send_vectored(iov).await {
+        Ok(_) => delivery.count(counters, packets, bytes as u64),
         Err(e) => {
             tracing::debug!(endpoint = %to, error = %e, "TUN write failed");
             counters.drop(DropReason::TunWriteFailed, packets);
@@ -701,19 +698,18 @@ impl GsoBatch {
         }
         let port = &shared.senders[self.sender];
         let segment_size = (self.count > 1).then_some(self.segment);
-        match send(port, self.to, &self.buf, segment_size).await {
+        match send(port, self.to, &[IoSlice::new(&self.buf)], segment_size).await {
             Ok(()) => {
                 let inner = self.buf.len() - self.count * ENCAP_HEADROOM;
                 shared.counters.encapsulated(self.count as u64, inner as u64)
             }
             Err(e) if self.count > 1 => {
-                // quinn-udp turns GSO off on the socket when the kernel or NIC
-                // refuses it: send this batch one datagram at a time, and
-                // build smaller batches from now on.
+                // The kernel or NIC refuses GSO: send this batch one
+                // datagram at a time, and build no batches from now on.
                 tracing::debug!(to = %self.to, error = %e, "VXLAN GSO send failed; sending one by one");
-                self.max_segments = port.state.max_gso_segments().clamp(1, 64);
+                self.max_segments = 1;
                 for frame in self.buf.chunks(self.segment) {
-                    match send(port, self.to, frame, None).await {
+                    match send(port, self.to, &[IoSlice::new(frame)], None).await {
                         Ok(()) => shared.counters.encapsulated(1, (frame.len() - ENCAP_HEADROOM) as u64),
                         Err(_) => shared.counters.drop(DropReason::UdpSendFailed, 1),
                     }
@@ -727,9 +723,7 @@ impl GsoBatch {
         self.buf.clear();
         self.count = 0;
     }
-}
 
-impl GsoBatch {
     /// Sends the segments of `cut`, whose payloads lie in `packet`, to `to`
     /// from source port `sender`: UDP GSO sends of at most `max_segments`
     /// segments and [`MAX_UDP_PAYLOAD`] bytes, each an iovec of headers and
@@ -758,14 +752,14 @@ impl GsoBatch {
                 iov.push(IoSlice::new(payload));
             }
             let count = (last - first) as u64;
-            match send_vectored(port, to, &iov, (count > 1).then_some(segment)).await {
+            match send(port, to, &iov, (count > 1).then_some(segment)).await {
                 Ok(()) => shared.counters.encapsulated(count, inner as u64),
                 Err(e) if count > 1 => {
                     // As in `flush`: one by one, and no GSO from now on.
                     tracing::debug!(%to, error = %e, "VXLAN GSO send failed; sending one by one");
-                    self.max_segments = port.state.max_gso_segments().clamp(1, 64);
+                    self.max_segments = 1;
                     for pair in iov.chunks(2) {
-                        match send_vectored(port, to, pair, None).await {
+                        match send(port, to, pair, None).await {
                             Ok(()) => shared
                                 .counters
                                 .encapsulated(1, (pair[0].len() - ENCAP_HEADROOM + pair[1].len()) as u64),
@@ -785,7 +779,7 @@ impl GsoBatch {
 
 /// One `sendmsg` of an iovec, as UDP GSO segments of `segment_size` bytes
 /// if given, waiting for room in the socket buffer.
-async fn send_vectored(
+async fn send(
     port: &UdpPort,
     to: SocketAddrV4,
     iov: &[IoSlice<'_>],
@@ -808,18 +802,6 @@ async fn send_vectored(
                 .map_err(io::Error::from)
         })
         .await
-}
-
-/// One `sendmsg`, waiting for room in the socket buffer.
-async fn send(
-    port: &UdpPort,
-    to: SocketAddrV4,
-    contents: &[u8],
-    segment_size: Option<usize>,
-) -> io::Result<()> {
-    let transmit =
-        Transmit { destination: SocketAddr::V4(to), ecn: None, contents, segment_size, src_ip: None };
-    port.socket.async_io(Interest::WRITABLE, || port.state.try_send((&port.socket).into(), &transmit)).await
 }
 
 // === impl receive loop ===
@@ -889,22 +871,11 @@ async fn receive_loop(shared: Arc<Shared>, index: usize) {
 async fn write_joined(joiner: &mut Coalescer, storage: &[Vec<u8>], snapshot: &Snapshot, counters: &Counters) {
     let mut iov = Vec::new();
     for (to, header, pieces) in joiner.drain() {
-        let packets = pieces.len() as u64;
-        let Some(device) = snapshot.devices.get(&to) else {
-            counters.drop(DropReason::UnknownEndpoint, packets);
-            continue;
-        };
         iov.clear();
         iov.push(IoSlice::new(header));
         iov.extend(pieces.iter().map(|p| IoSlice::new(&storage[p.buf][p.range.clone()])));
         let bytes = iov.iter().map(|s| s.len()).sum::<usize>() - VNET_LEN;
-        match device.send_vectored(&iov).await {
-            Ok(_) => counters.decapsulated(packets, bytes as u64),
-            Err(e) => {
-                tracing::debug!(endpoint = %to, error = %e, "TUN write failed");
-                counters.drop(DropReason::TunWriteFailed, packets);
-            }
-        }
+        write_tun(snapshot, counters, to, &iov, pieces.len() as u64, bytes, Delivery::Decapsulated).await;
     }
 }
 

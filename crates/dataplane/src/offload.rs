@@ -185,12 +185,6 @@ pub fn fill_tcp4_checksum(packet: &mut [u8]) -> bool {
     true
 }
 
-/// Whether a packet is TCP/IPv4: its checksum may be left to the
-/// receiver's offload.
-pub fn is_tcp4(packet: &[u8]) -> bool {
-    Tcp4::parse(packet).is_some()
-}
-
 /// A TSO super-packet cut into segments: for each, its headers (a prefix,
 /// then its own IPv4 and TCP headers) and where its payload lies in the
 /// super-packet.
@@ -324,13 +318,11 @@ impl Joined {
             && packet[ihl + 13] & !PSH == ACK
             && self.pieces.len() < MAX_JOINED
             && hl + self.payload + payload <= MAX_PACKET
-            // TOS, DF and TTL; addresses and ports; ack number and data
-            // offset; options.
+            // TOS, DF and TTL; ack number and data offset; options (the
+            // addresses and ports are the flow's, which `push` matched).
             && packet[1] == ip[1]
             && packet[6] == ip[6]
             && packet[8] == ip[8]
-            && packet[12..20] == ip[12..20]
-            && packet[ihl..ihl + 4] == ip[ihl..ihl + 4]
             && packet[ihl + 8..ihl + 13] == ip[ihl + 8..ihl + 13]
             && packet[ihl + 20..hl] == ip[ihl + 20..hl]
     }

@@ -13,11 +13,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use shoal_wire::checksum::{Checksums, Side};
-use shoal_wire::{ENCAP_HEADROOM, FlowKey, IpPacket, IpProtocol, Vni, icmp};
+use shoal_wire::{FlowKey, IpPacket, IpProtocol, Vni, icmp};
 
 use super::conntrack::{TCP, Tuple, UDP};
 use super::lb::{BackendFlows, MAX_BACKENDS, Service, VipService};
-use super::{DropReason, Egress, EndpointId, Location, Network, TableError, Tables, encapsulate};
+use super::{DropReason, Egress, EndpointId, Location, Network, TableError, Tables, to_node};
 
 /// Rewrites a reply's source back to its flow's VIP: what an
 /// [`Ingress::Deliver`](super::Ingress::Deliver) asks of the writer of the
@@ -271,11 +271,7 @@ impl Tables {
         }
         match network.routes.get(&backend) {
             Some(Location::Local(to)) => Egress::Local { to: *to, packet: at..at + len },
-            Some(Location::Remote(node)) => {
-                let start = at - ENCAP_HEADROOM;
-                encapsulate(&mut buf[start..at], vni, client, backend);
-                Egress::Remote { node: *node, flow: hash, frame: start..at + len }
-            }
+            Some(Location::Remote(node)) => to_node(buf, at..at + len, (vni, client, backend), *node, hash),
             None => Egress::Drop(DropReason::UnknownDestination),
         }
     }

@@ -13,6 +13,16 @@ pub(super) enum Delivery {
     Decapsulated,
 }
 
+impl Delivery {
+    /// Counts `packets` packets of `bytes` bytes written.
+    pub(super) fn count(self, counters: &Counters, packets: u64, bytes: u64) {
+        match self {
+            Delivery::Local => counters.delivered_locally(packets, bytes),
+            Delivery::Decapsulated => counters.decapsulated(packets, bytes),
+        }
+    }
+}
+
 /// Packets queued per destination endpoint, written with one coalescing
 /// `send_multiple` per endpoint. Buffers are recycled.
 #[derive(Default)]
@@ -76,10 +86,7 @@ impl TunWriter {
             let bytes: usize = bufs.iter().map(|b| b.len() - VIRTIO_NET_HDR_LEN).sum();
             match snapshot.devices.get(to) {
                 Some(device) => match device.send_multiple(&mut self.gro, bufs, VIRTIO_NET_HDR_LEN).await {
-                    Ok(_) => match delivery {
-                        Delivery::Local => counters.delivered_locally(n, bytes as u64),
-                        Delivery::Decapsulated => counters.decapsulated(n, bytes as u64),
-                    },
+                    Ok(_) => delivery.count(counters, n, bytes as u64),
                     Err(e) => {
                         tracing::debug!(endpoint = %to, error = %e, "TUN write failed");
                         counters.drop(DropReason::TunWriteFailed, n);
