@@ -123,15 +123,22 @@ fn clock_ticks() -> f64 {
 }
 
 /// One iperf3 UDP test at unlimited rate with `len`-byte datagrams; returns
-/// datagrams per second that arrived.
-pub fn iperf_udp_pps(lab: &Lab, client: &str, server: &str, server_ip: &str, port: u16, len: usize) -> f64 {
+/// the datagrams per second that arrived, and those sent.
+pub fn iperf_udp_pps(
+    lab: &Lab,
+    client: &str,
+    server: &str,
+    server_ip: &str,
+    port: u16,
+    len: usize,
+) -> (f64, f64) {
     let len = len.to_string();
     let json = iperf(lab, client, server, server_ip, port, &["-u", "-b", "0", "-l", &len, "-t", "5"], "sum");
     let sum = &json["end"]["sum"];
     let packets = sum["packets"].as_f64().expect("packets");
     let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
     let seconds = sum["seconds"].as_f64().expect("seconds");
-    (packets - lost) / seconds
+    ((packets - lost) / seconds, packets / seconds)
 }
 
 /// One sockperf UDP ping-pong of `seconds`; returns (p50, p99) round-trip

@@ -15,6 +15,10 @@
 //! round-trip time; and iperf3 UDP datagrams per second with 1400-byte
 //! payloads. Prints medians and ratios; the last line is
 //! `overlay_tcp_ratio_vs_kernel_vxlan=<ratio>`.
+//!
+//! `PARTS` picks measures for a quicker run while working (a comma list of
+//! `tcp`, `tcp4`, `rtt`, `udp`; all by default); the summary then shows
+//! only what was measured, and no ratio line if `tcp` was left out.
 
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout)]
@@ -42,6 +46,8 @@ fn env_or(name: &str, default: u32) -> u32 {
 fn main() {
     let rounds = env_or("ROUNDS", 5);
     let seconds = env_or("SECONDS", 10);
+    let parts = std::env::var("PARTS").unwrap_or_else(|_| "tcp,tcp4,rtt,udp".into());
+    let part = |name: &str| parts.split(',').any(|p| p.trim() == name);
     let tasks = [
         TaskSpec::new("t1", 0, 4096, Ipv4Addr::new(10, 0, 1, 2)),
         TaskSpec::new("t2", 1, 4096, Ipv4Addr::new(10, 0, 1, 3)),
@@ -101,7 +107,7 @@ fn main() {
     let mut cpu: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
     let mut rtt: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
     let mut pps: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    for round in 1..=rounds {
+    for round in (1..=rounds).filter(|_| part("tcp")) {
         for (i, p) in paths.iter().enumerate() {
             let (machine, shoal) = (machine_busy_seconds(), daemon_cpu(p.name));
             let gbps =
@@ -116,7 +122,7 @@ fn main() {
             cpu.entry(p.name).or_default().push(per_gb);
         }
     }
-    for round in 1..=rounds.min(3) {
+    for round in (1..=rounds.min(3)).filter(|_| part("tcp4")) {
         for (i, p) in paths.iter().enumerate() {
             let gbps =
                 iperf_tcp_streams(lab, &p.client, &p.server, &p.server_ip, 5201 + i as u16, seconds, 4);
@@ -126,58 +132,98 @@ fn main() {
     }
     for round in 1..=3 {
         for (i, p) in paths.iter().enumerate() {
-            let r = sockperf_rtt(lab, &p.client, &p.server, &p.server_ip, 11111 + i as u16, 3);
-            println!("round {round} rtt {:<13} p50 {:6.1} us  p99 {:6.1} us", p.name, r.0, r.1);
-            rtt.entry(p.name).or_default().push(r);
-            let rate = iperf_udp_pps(lab, &p.client, &p.server, &p.server_ip, 5301 + i as u16, 1400);
-            println!("round {round} udp {:<13} {:8.0} datagrams/s", p.name, rate);
+            if part("rtt") {
+                let r = sockperf_rtt(lab, &p.client, &p.server, &p.server_ip, 11111 + i as u16, 3);
+                println!("round {round} rtt {:<13} p50 {:6.1} us  p99 {:6.1} us", p.name, r.0, r.1);
+                rtt.entry(p.name).or_default().push(r);
+            }
+            if !part("udp") {
+                continue;
+            }
+            let (rate, sent) = iperf_udp_pps(lab, &p.client, &p.server, &p.server_ip, 5301 + i as u16, 1400);
+            println!("round {round} udp {:<13} {rate:8.0} datagrams/s received of {sent:8.0} sent", p.name);
             pps.entry(p.name).or_default().push(rate);
         }
     }
 
+    summary(&paths, &tcp, &tcp4, &cpu, &rtt, &pps, baseline.is_some());
+}
+
+/// The median of each measure taken, or "-" where none was.
+fn cell(values: Option<&Vec<f64>>, scale: f64, digits: usize) -> String {
+    match values {
+        Some(v) if !v.is_empty() => format!("{:.digits$}", median(v) / scale),
+        _ => "-".into(),
+    }
+}
+
+type Series<'a, T> = BTreeMap<&'a str, Vec<T>>;
+
+fn summary(
+    paths: &[Path],
+    tcp: &Series<'_, f64>,
+    tcp4: &Series<'_, f64>,
+    cpu: &Series<'_, (f64, f64)>,
+    rtt: &Series<'_, (f64, f64)>,
+    pps: &Series<'_, f64>,
+    baseline: bool,
+) {
+    let firsts =
+        |s: &Series<'_, (f64, f64)>, name: &str| s.get(name).map(|v| v.iter().map(|x| x.0).collect());
+    let seconds =
+        |s: &Series<'_, (f64, f64)>, name: &str| s.get(name).map(|v| v.iter().map(|x| x.1).collect());
     println!();
     println!(
         "| path | TCP Gbit/s, 1 stream | TCP Gbit/s, 4 streams | machine CPU s/GB | Shoal daemons CPU s/GB | RTT p50 us | RTT p99 us | UDP 1400 B kpps |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    for p in &paths {
-        let r = &rtt[p.name];
-        let c = &cpu[p.name];
+    for p in paths {
+        let n = p.name;
         println!(
-            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {:.0} |",
-            p.name,
-            median(&tcp[p.name]),
-            median(&tcp4[p.name]),
-            median(&c.iter().map(|x| x.0).collect::<Vec<_>>()),
-            median(&c.iter().map(|x| x.1).collect::<Vec<_>>()),
-            median(&r.iter().map(|x| x.0).collect::<Vec<_>>()),
-            median(&r.iter().map(|x| x.1).collect::<Vec<_>>()),
-            median(&pps[p.name]) / 1e3,
+            "| {n} | {} | {} | {} | {} | {} | {} | {} |",
+            cell(tcp.get(n), 1.0, 2),
+            cell(tcp4.get(n), 1.0, 2),
+            cell(firsts(cpu, n).as_ref(), 1.0, 2),
+            cell(seconds(cpu, n).as_ref(), 1.0, 2),
+            cell(firsts(rtt, n).as_ref(), 1.0, 1),
+            cell(seconds(rtt, n).as_ref(), 1.0, 1),
+            cell(pps.get(n), 1e3, 0),
         );
     }
-    let ratio = |a: &str, b: &str| median(&tcp[a]) / median(&tcp[b]);
     println!();
-    println!("tcp ratio shoal/bare veth = {:.3}", ratio("shoal", "bare veth"));
-    println!("tcp ratio kernel vxlan/bare veth = {:.3}", ratio("kernel vxlan", "bare veth"));
-    println!(
-        "udp pps ratio shoal/kernel vxlan = {:.3}",
-        median(&pps["shoal"]) / median(&pps["kernel vxlan"])
-    );
-    println!(
-        "tcp x4 ratio shoal/kernel vxlan = {:.3}",
-        median(&tcp4["shoal"]) / median(&tcp4["kernel vxlan"])
-    );
-    let rtt50 = |name: &str| median(&rtt[name].iter().map(|x| x.0).collect::<Vec<_>>());
-    println!("rtt p50 shoal - kernel vxlan = {:+.1} us", rtt50("shoal") - rtt50("kernel vxlan"));
-    if baseline.is_some() {
-        println!("tcp ratio shoal/shoal baseline = {:.3}", ratio("shoal", "shoal baseline"));
-        println!(
-            "tcp x4 ratio shoal/shoal baseline = {:.3}",
-            median(&tcp4["shoal"]) / median(&tcp4["shoal baseline"])
-        );
-        println!("tcp ratio shoal baseline/kernel vxlan = {:.3}", ratio("shoal baseline", "kernel vxlan"));
+    let ratio = |s: &Series<'_, f64>, a: &str, b: &str| match (s.get(a), s.get(b)) {
+        (Some(a), Some(b)) => Some(median(a) / median(b)),
+        _ => None,
+    };
+    let mut lines = vec![
+        ("tcp ratio shoal/bare veth", ratio(tcp, "shoal", "bare veth")),
+        ("tcp ratio kernel vxlan/bare veth", ratio(tcp, "kernel vxlan", "bare veth")),
+        ("udp pps ratio shoal/kernel vxlan", ratio(pps, "shoal", "kernel vxlan")),
+        ("tcp x4 ratio shoal/kernel vxlan", ratio(tcp4, "shoal", "kernel vxlan")),
+    ];
+    if baseline {
+        lines.extend([
+            ("tcp ratio shoal/shoal baseline", ratio(tcp, "shoal", "shoal baseline")),
+            ("tcp x4 ratio shoal/shoal baseline", ratio(tcp4, "shoal", "shoal baseline")),
+            ("tcp ratio shoal baseline/kernel vxlan", ratio(tcp, "shoal baseline", "kernel vxlan")),
+            ("udp pps ratio shoal/shoal baseline", ratio(pps, "shoal", "shoal baseline")),
+        ]);
     }
-    println!("overlay_tcp_ratio_vs_kernel_vxlan={:.3}", ratio("shoal", "kernel vxlan"));
+    for (name, value) in lines {
+        if let Some(value) = value {
+            println!("{name} = {value:.3}");
+        }
+    }
+    let rtt50 = |name: &str| firsts(rtt, name).map(|v: Vec<f64>| median(&v));
+    if let (Some(shoal), Some(kernel)) = (rtt50("shoal"), rtt50("kernel vxlan")) {
+        println!("rtt p50 shoal - kernel vxlan = {:+.1} us", shoal - kernel);
+    }
+    if let (true, Some(shoal), Some(old)) = (baseline, rtt50("shoal"), rtt50("shoal baseline")) {
+        println!("rtt p50 shoal - shoal baseline = {:+.1} us", shoal - old);
+    }
+    if let Some(r) = ratio(tcp, "shoal", "kernel vxlan") {
+        println!("overlay_tcp_ratio_vs_kernel_vxlan={r:.3}");
+    }
 }
 
 /// A kernel vxlan device `vxk` in `netns`, pointing at `remote`, holding `cidr`.

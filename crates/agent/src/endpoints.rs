@@ -123,6 +123,7 @@ impl Endpoints {
                 ip: iface.ip,
                 prefix: iface.subnet.prefix(),
                 mtu: self.p.mtu,
+                queues: shoal_runtime::default_queues(),
             })
             .collect()
     }
@@ -180,8 +181,8 @@ impl Endpoints {
         })?;
         let persistent = matches!(how, Plug::Adopt | Plug::Create { persistent: true });
         let mut local = Local { interfaces: Vec::new(), sandbox: Some(sandbox), dns: None, persistent };
-        for (iface, device) in ifaces.iter().zip(devices) {
-            match self.p.dataplane.attach(iface.vni, iface.ip, device) {
+        for (iface, queues) in ifaces.iter().zip(devices) {
+            match self.p.dataplane.attach(iface.vni, iface.ip, queues) {
                 Ok(id) => local.interfaces.push((*iface, id)),
                 Err(e) => {
                     self.unplug(&mut local, &local_vnis(&sandboxes));

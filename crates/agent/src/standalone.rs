@@ -167,12 +167,13 @@ async fn serve(overlay: Overlay, underlay: Ipv4Addr, control: Option<&Path>) -> 
                 ip: e.ip,
                 prefix: overlay.networks[&e.vni].prefix(),
                 mtu: overlay.mtu,
+                queues: shoal_runtime::default_queues(),
             })
             .collect();
         let (sandbox, devices) = Sandbox::create(name, &specs, false)?;
         sandboxes.push(sandbox);
-        for ((endpoint, spec), device) in endpoints.iter().zip(&specs).zip(devices) {
-            let id = dataplane.attach(endpoint.vni, endpoint.ip, device)?;
+        for ((endpoint, spec), queues) in endpoints.iter().zip(&specs).zip(devices) {
+            let id = dataplane.attach(endpoint.vni, endpoint.ip, queues)?;
             let local = LocalEndpoint {
                 sandbox: name.to_owned(),
                 interface: spec.name.clone(),

@@ -2,12 +2,14 @@
 //! node's VXLAN UDP sockets on the other, the [`core`](crate::core) deciding
 //! in between.
 //!
-//! One task per local endpoint reads its TUN (TSO super-packets split into
-//! MTU-sized segments by tun-rs), asks [`Tables::egress`], and sends the frames
-//! bound for one node as a single UDP GSO `sendmsg`. One task reads the VXLAN
-//! socket with `recvmmsg` and UDP GRO, asks [`Tables::ingress`] per segment, and
-//! writes the packets into the TUNs coalesced back into super-packets. Every
-//! buffer is allocated once per task. Tables are an immutable snapshot behind
+//! One task per queue of each local endpoint's TUN reads it whole (virtio-net
+//! header and TSO super-packet) and decides it: see
+//! [`EgressBatches::forward_read`] for the fast and exact paths. One task
+//! per VXLAN socket (`SO_REUSEPORT`) reads with `recvmmsg` and UDP GRO,
+//! asks [`Tables::ingress`] per datagram, joins TCP segments
+//! ([`Coalescer`]) and writes the packets into the TUNs, each flow through
+//! one queue ([`Snapshot::queue_of`]). Every buffer is allocated once per
+//! task. Tables are an immutable snapshot behind
 //! an [`ArcSwap`], replaced on every change, so routing takes no lock; only
 //! packets of VIP flows take a shard lock of the shared [`Conntrack`] (see
 //! ARCHITECTURE.md). A clock task advances the conntrack's coarse clock every
@@ -126,13 +128,32 @@ pub enum AttachError {
     /// The TUN device could not be registered with the runtime.
     #[error("register TUN device: {0}")]
     Device(#[source] io::Error),
+    /// No TUN queue was given.
+    #[error("an endpoint needs at least one TUN queue")]
+    NoQueue,
 }
 
-/// What the packet path reads: tables plus the devices their endpoints map to.
+/// What the packet path reads: tables plus the TUN queues their endpoints
+/// map to.
 #[derive(Clone)]
 struct Snapshot {
     tables: Tables,
-    devices: HashMap<EndpointId, Arc<AsyncDevice>>,
+    devices: HashMap<EndpointId, Arc<[Arc<AsyncDevice>]>>,
+}
+
+impl Snapshot {
+    /// Which of endpoint `to`'s queues a packet is written to: one per flow
+    /// (see [`offload::symmetric_flow_hash`]), so that the kernel sends the
+    /// flow's replies through the same queue and they are read on one core.
+    fn queue_of(&self, to: EndpointId, packet: &[u8]) -> usize {
+        let queues = self.devices.get(&to).map_or(1, |q| q.len().max(1));
+        offload::symmetric_flow_hash(packet) as usize % queues
+    }
+
+    /// Endpoint `to`'s queue `queue`.
+    fn queue(&self, to: EndpointId, queue: usize) -> Option<&AsyncDevice> {
+        self.devices.get(&to).and_then(|q| q.get(queue)).map(|d| &**d)
+    }
 }
 
 struct UdpPort {
@@ -158,7 +179,8 @@ pub struct Dataplane {
     shared: Arc<Shared>,
     receivers: Vec<JoinHandle<()>>,
     clock: JoinHandle<()>,
-    endpoint_tasks: Mutex<HashMap<EndpointId, JoinHandle<()>>>,
+    /// One reader per TUN queue of each endpoint.
+    endpoint_tasks: Mutex<HashMap<EndpointId, Vec<JoinHandle<()>>>>,
     next_id: AtomicU32,
 }
 
@@ -227,26 +249,36 @@ impl Dataplane {
         self.update(|s| s.tables.remove_network(vni))
     }
 
-    /// Attaches a local endpoint: `device` is its TUN, holding `ip` on network
-    /// `vni`. Starts reading the device.
-    pub fn attach(&self, vni: Vni, ip: Ipv4Addr, device: SyncDevice) -> Result<EndpointId, AttachError> {
+    /// Attaches a local endpoint: `queues` are its TUN's queues, holding
+    /// `ip` on network `vni`. Starts reading each queue in a task of its own.
+    pub fn attach(&self, vni: Vni, ip: Ipv4Addr, queues: Vec<SyncDevice>) -> Result<EndpointId, AttachError> {
+        if queues.is_empty() {
+            return Err(AttachError::NoQueue);
+        }
         let id = EndpointId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        let device = Arc::new(AsyncDevice::new(device).map_err(AttachError::Device)?);
+        let queues = queues
+            .into_iter()
+            .map(|q| AsyncDevice::new(q).map(Arc::new))
+            .collect::<io::Result<Arc<[_]>>>()
+            .map_err(AttachError::Device)?;
         self.update(|s| {
             s.tables.attach(id, vni, ip)?;
-            s.devices.insert(id, device.clone());
+            s.devices.insert(id, queues.clone());
             Ok::<_, TableError>(())
         })?;
-        let task = tokio::spawn(endpoint_loop(self.shared.clone(), id, device));
-        self.endpoint_tasks.lock().unwrap_or_else(|e| e.into_inner()).insert(id, task);
-        tracing::debug!(endpoint = %id, %vni, %ip, "attached");
+        let tasks =
+            queues.iter().map(|q| tokio::spawn(endpoint_loop(self.shared.clone(), id, q.clone()))).collect();
+        self.endpoint_tasks.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tasks);
+        tracing::debug!(endpoint = %id, %vni, %ip, queues = queues.len(), "attached");
         Ok(id)
     }
 
     /// Detaches a local endpoint and stops reading its TUN; returns whether it
     /// was attached.
     pub fn detach(&self, id: EndpointId) -> bool {
-        if let Some(task) = self.endpoint_tasks.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
+        for task in
+            self.endpoint_tasks.lock().unwrap_or_else(|e| e.into_inner()).remove(&id).into_iter().flatten()
+        {
             task.abort();
         }
         self.update(|s| {
@@ -321,8 +353,8 @@ impl Drop for Dataplane {
             receiver.abort();
         }
         self.clock.abort();
-        for (_, task) in self.endpoint_tasks.lock().unwrap_or_else(|e| e.into_inner()).drain() {
-            task.abort();
+        for (_, tasks) in self.endpoint_tasks.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+            tasks.iter().for_each(JoinHandle::abort);
         }
     }
 }
@@ -385,7 +417,7 @@ async fn clock_loop(shared: Arc<Shared>) {
 
 // === impl endpoint loop ===
 
-/// Reads one endpoint's TUN until the task is aborted.
+/// Reads one queue of an endpoint's TUN until the task is aborted.
 async fn endpoint_loop(shared: Arc<Shared>, id: EndpointId, device: Arc<AsyncDevice>) {
     let mtu = usize::from(shared.snapshot.load().tables.mtu());
     let mut read = vec![0u8; READ_AT + VIRTIO_NET_HDR_LEN + 65_535];
@@ -596,7 +628,7 @@ impl EgressBatches {
         match snapshot.tables.egress(id, buf, at, len) {
             Egress::Remote { node, flow, frame } => self.queue_remote(shared, node, flow, &buf[frame]).await,
             Egress::Local { to, packet } => {
-                self.local.push(to, &buf[packet], None, false);
+                self.local.push(snapshot, to, &buf[packet], None, false);
                 if self.local.is_full() {
                     self.local.flush(snapshot, &shared.counters, Delivery::Local).await;
                 }
@@ -620,8 +652,9 @@ fn segment_count(packet_len: usize, headers: Option<usize>, header: &VnetHeader)
     }
 }
 
-/// Writes one packet, virtio-net header first, given as `iov`, into
-/// endpoint `to`'s TUN, and counts it as `packets` packets of `bytes`.
+/// Writes one packet, virtio-net header first, given as `iov` (whose first
+/// slice holds the packet's headers), into endpoint `to`'s TUN, through the
+/// queue of its flow, and counts it as `packets` packets of `bytes`.
 async fn write_tun(
     snapshot: &Snapshot,
     counters: &Counters,
@@ -631,7 +664,8 @@ async fn write_tun(
     bytes: usize,
     delivery: Delivery,
 ) {
-    let Some(device) = snapshot.devices.get(&to) else {
+    let headers = iov.first().map_or(&[][..], |first| first.get(VNET_LEN..).unwrap_or_default());
+    let Some(device) = snapshot.queue(to, snapshot.queue_of(to, headers)) else {
         counters.drop(DropReason::UnknownEndpoint, packets);
         return;
     };
@@ -846,7 +880,7 @@ async fn receive_loop(shared: Arc<Shared>, index: usize) {
                     Ingress::Deliver { to, packet, nat: None }
                         if joiner.push(to, &datagram[packet.clone()], i, offset + packet.start) => {}
                     Ingress::Deliver { to, packet, nat } => {
-                        if !writer.push(to, &datagram[packet], nat, true) {
+                        if !writer.push(&snapshot, to, &datagram[packet], nat, true) {
                             shared.counters.drop(DropReason::Malformed, 1);
                             continue;
                         }

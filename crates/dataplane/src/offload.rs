@@ -43,6 +43,7 @@ pub const GSO_NONE: u8 = 0;
 pub const GSO_TCPV4: u8 = 1;
 
 const TCP: u8 = 6;
+const UDP: u8 = 17;
 const FIN: u8 = 0x01;
 const SYN: u8 = 0x02;
 const RST: u8 = 0x04;
@@ -161,7 +162,7 @@ pub fn complete_checksum(packet: &mut [u8], header: &VnetHeader) -> bool {
     }
     let sum = !checksum(&packet[start..], 0);
     // UDP sends a computed zero as all ones (zero means "no checksum").
-    let sum = if sum == 0 && packet.get(9) == Some(&17) { 0xffff } else { sum };
+    let sum = if sum == 0 && packet.get(9) == Some(&UDP) { 0xffff } else { sum };
     packet[at..at + 2].copy_from_slice(&sum.to_be_bytes());
     true
 }
@@ -183,6 +184,30 @@ pub fn fill_tcp4_checksum(packet: &mut [u8]) -> bool {
     let sum = !checksum(segment, pseudo);
     segment[16..18].copy_from_slice(&sum.to_be_bytes());
     true
+}
+
+/// A hash of an IPv4 packet's flow, the same both ways: its addresses,
+/// protocol and (for TCP and UDP, not fragments) ports. Picks the TUN queue
+/// a flow is written to, so the kernel sends the flow's replies through
+/// that queue too. Anything else hashes to 0.
+pub fn symmetric_flow_hash(packet: &[u8]) -> u32 {
+    let Some(&first) = packet.first() else { return 0 };
+    let ihl = usize::from(first & 0x0f) * 4;
+    if first >> 4 != 4 || ihl < 20 || packet.len() < ihl {
+        return 0;
+    }
+    let word = |at: usize| u32::from_be_bytes([packet[at], packet[at + 1], packet[at + 2], packet[at + 3]]);
+    let proto = packet[9];
+    let fragment = u16::from_be_bytes([packet[6], packet[7]]) & 0x3fff != 0;
+    let ports = match proto {
+        TCP | UDP if !fragment && packet.len() >= ihl + 4 => {
+            let (a, b) = (word(ihl) >> 16, word(ihl) & 0xffff);
+            a ^ b
+        }
+        _ => 0,
+    };
+    let mixed = (word(12) ^ word(16) ^ (ports << 16) ^ ports ^ u32::from(proto)).wrapping_mul(0x9e37_79b1);
+    mixed ^ (mixed >> 16)
 }
 
 /// A TSO super-packet cut into segments: for each, its headers (a prefix,
@@ -631,6 +656,27 @@ mod tests {
         let mut udp = seg.clone();
         udp[9] = 17;
         assert!(!fill_tcp4_checksum(&mut udp));
+    }
+
+    #[test]
+    fn a_flow_hashes_alike_both_ways_and_flows_spread() {
+        let forward = packet(7, ACK, b"x");
+        let mut back = forward.clone();
+        back[12..16].copy_from_slice(&forward[16..20]);
+        back[16..20].copy_from_slice(&forward[12..16]);
+        back[20..22].copy_from_slice(&forward[22..24]);
+        back[22..24].copy_from_slice(&forward[20..22]);
+        assert_eq!(symmetric_flow_hash(&forward), symmetric_flow_hash(&back));
+        let queues: std::collections::HashSet<u32> = (0..64u16)
+            .map(|port| {
+                let mut p = forward.clone();
+                p[20..22].copy_from_slice(&(40_000 + port).to_be_bytes());
+                symmetric_flow_hash(&p) % 2
+            })
+            .collect();
+        assert_eq!(queues.len(), 2, "64 flows over two queues use both");
+        assert_eq!(symmetric_flow_hash(&[]), 0);
+        assert_eq!(symmetric_flow_hash(&forward[..19]), 0);
     }
 
     #[test]

@@ -21,4 +21,4 @@ pub use sys::trim_heap;
 pub use cgroup::{Cgroup, Limits};
 pub use exec::{EnterSpec, ExecSpec};
 pub use netns::{NetNs, NetnsError};
-pub use sandbox::{InterfaceSpec, Sandbox, SandboxError};
+pub use sandbox::{InterfaceSpec, Sandbox, SandboxError, TunQueues, default_queues};

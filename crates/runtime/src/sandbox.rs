@@ -7,6 +7,11 @@
 //! them from the node's namespace. When the sandbox is removed and the
 //! descriptors are closed, the namespace and its interfaces disappear.
 //!
+//! A TUN has as many queues as its [`InterfaceSpec::queues`] asks
+//! (`IFF_MULTI_QUEUE` when more than one), each a descriptor of its own, so
+//! that the data plane reads them on several cores. The kernel sends each
+//! flow through one queue: the queue its packets were last written to.
+//!
 //! A sandbox whose task is to outlive the daemon (live restore) has
 //! persistent TUNs: with no descriptor open they stay, with their addresses
 //! and routes, and the packets the task sends meanwhile are dropped (TCP
@@ -32,7 +37,17 @@ pub struct InterfaceSpec {
     pub prefix: u8,
     /// The overlay MTU.
     pub mtu: u16,
+    /// How many queues the TUN has (at least one); see [`default_queues`].
+    pub queues: usize,
 }
+
+/// The queues a TUN gets by default: one per core, at most four.
+pub fn default_queues() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(4)
+}
+
+/// One TUN's queues, the first the one it was created with.
+pub type TunQueues = Vec<SyncDevice>;
 
 /// Why a sandbox could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -63,14 +78,14 @@ pub struct Sandbox {
 
 impl Sandbox {
     /// Creates the namespace `name`, brings `lo` up, and creates one TUN per
-    /// interface with its address, prefix route and MTU, with TSO/GSO offload
-    /// enabled. IPv6 is disabled inside until the overlay carries it.
+    /// interface with its address, prefix route, MTU and queues, with TSO/GSO
+    /// offload enabled. IPv6 is disabled inside until the overlay carries it.
     /// With `persistent`, the TUNs outlive their descriptors.
     pub fn create(
         name: &str,
         interfaces: &[InterfaceSpec],
         persistent: bool,
-    ) -> Result<(Sandbox, Vec<SyncDevice>), SandboxError> {
+    ) -> Result<(Sandbox, Vec<TunQueues>), SandboxError> {
         let netns = NetNs::create(name)?;
         let setup = netns.run(|| setup_inside(name, interfaces, persistent));
         match setup {
@@ -89,11 +104,12 @@ impl Sandbox {
     /// Opens the existing sandbox `name` (left by a daemon whose task
     /// outlived it) and attaches to its persistent TUNs again, one per
     /// interface, in order. Nothing in the namespace is changed; an
-    /// interface that is gone is an error.
+    /// interface that is gone is an error. A TUN made with one queue (by
+    /// an older daemon) is taken back with one.
     pub fn reattach(
         name: &str,
         interfaces: &[InterfaceSpec],
-    ) -> Result<(Sandbox, Vec<SyncDevice>), SandboxError> {
+    ) -> Result<(Sandbox, Vec<TunQueues>), SandboxError> {
         let netns = NetNs::open(name)?;
         let fail = |what: String| {
             move |source: io::Error| SandboxError::Setup { sandbox: name.into(), what, source }
@@ -147,25 +163,41 @@ impl Drop for Sandbox {
 }
 
 /// Makes (or attaches to) the TUN `iface.name` in the current namespace,
-/// with its address, prefix route and MTU, and offload on.
-fn tun(iface: &InterfaceSpec, persistent: bool) -> io::Result<SyncDevice> {
-    let device = DeviceBuilder::new()
-        .name(&iface.name)
-        .ipv4(iface.ip, iface.prefix, None)
-        .mtu(iface.mtu)
-        .offload(true)
-        .build_sync()?;
+/// with its address, prefix route and MTU, offload on, and its queues.
+fn tun(iface: &InterfaceSpec, persistent: bool) -> io::Result<TunQueues> {
+    let build = |multi_queue: bool| {
+        DeviceBuilder::new()
+            .name(&iface.name)
+            .ipv4(iface.ip, iface.prefix, None)
+            .mtu(iface.mtu)
+            .offload(true)
+            .multi_queue(multi_queue)
+            .build_sync()
+    };
+    let multi_queue = iface.queues > 1;
+    let (first, count) = match build(multi_queue) {
+        Ok(device) => (device, iface.queues.max(1)),
+        // An existing TUN made with one queue refuses a multi-queue attach.
+        Err(e) if multi_queue && e.raw_os_error() == Some(nix::libc::EINVAL) => (build(false)?, 1),
+        Err(e) => return Err(e),
+    };
     if persistent {
-        device.persist()?;
+        first.persist()?;
     }
-    Ok(device)
+    let mut queues = Vec::with_capacity(count);
+    queues.push(first);
+    while queues.len() < count {
+        let queue = queues[0].try_clone()?;
+        queues.push(queue);
+    }
+    Ok(queues)
 }
 
 fn setup_inside(
     sandbox: &str,
     interfaces: &[InterfaceSpec],
     persistent: bool,
-) -> Result<Vec<SyncDevice>, SandboxError> {
+) -> Result<Vec<TunQueues>, SandboxError> {
     let fail =
         |what: String| move |source: io::Error| SandboxError::Setup { sandbox: sandbox.into(), what, source };
     sys::set_link_up("lo").map_err(fail("bring lo up".into()))?;

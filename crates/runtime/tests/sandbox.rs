@@ -23,14 +23,22 @@ fn ip(netns: &str, args: &[&str]) -> String {
 fn sandbox_has_tun_with_address_mtu_and_route_then_vanishes() {
     require_root();
     let name = format!("shoal-rt-{}-a", std::process::id());
-    let spec = InterfaceSpec { name: "eth0".into(), ip: Ipv4Addr::new(10, 0, 1, 2), prefix: 24, mtu: 1450 };
+    let spec = InterfaceSpec {
+        name: "eth0".into(),
+        ip: Ipv4Addr::new(10, 0, 1, 2),
+        prefix: 24,
+        mtu: 1450,
+        queues: 2,
+    };
     let timestamps = || std::fs::read_to_string("/proc/sys/net/ipv4/tcp_timestamps").unwrap();
     let own_timestamps = timestamps();
     let (sandbox, devices) = Sandbox::create(&name, &[spec], false).unwrap();
     assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0].len(), 2, "two queues");
 
-    let link = ip(&name, &["link", "show", "eth0"]);
+    let link = ip(&name, &["-d", "link", "show", "eth0"]);
     assert!(link.contains("mtu 1450"), "{link}");
+    assert!(link.contains("multi_queue"), "{link}");
     assert!(link.contains(",UP"), "{link}");
     assert!(ip(&name, &["link", "show", "lo"]).contains(",UP"));
     assert!(ip(&name, &["-4", "addr", "show", "eth0"]).contains("inet 10.0.1.2/24"));
@@ -54,12 +62,6 @@ fn run_executes_inside_the_namespace() {
     let name = format!("shoal-rt-{}-b", std::process::id());
     let netns = NetNs::create(&name).unwrap();
     // Deletes the name even if an assertion below fails.
-    struct Cleanup(String);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = NetNs::delete_by_name(&self.0);
-        }
-    }
     let _cleanup = Cleanup(name.clone());
     let names = netns
         .run(|| {
@@ -73,50 +75,67 @@ fn run_executes_inside_the_namespace() {
     assert!(matches!(NetNs::open(&name), Err(shoal_runtime::NetnsError::NotFound(_))));
 }
 
+/// Sends a UDP datagram holding `text` from inside `sandbox` and waits for
+/// it on any of `queues`.
+fn carried(sandbox: &Sandbox, from: &str, queues: &[tun_rs::SyncDevice], text: &[u8]) -> bool {
+    sandbox
+        .netns()
+        .run(|| {
+            let s = std::net::UdpSocket::bind(from).unwrap();
+            s.send_to(text, "10.0.3.9:9").unwrap();
+        })
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    for _ in 0..50 {
+        for queue in queues {
+            queue.set_nonblocking(true).unwrap();
+            if let Ok(n) = queue.recv(&mut buf)
+                && buf[..n].windows(text.len()).any(|w| w == text)
+            {
+                return true;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
+
+/// Deletes a namespace by name when dropped, also when a test fails.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = NetNs::delete_by_name(&self.0);
+    }
+}
+
+/// Makes sandbox `name` with a persistent `eth0` of `queues` queues, then
+/// leaves it as a daemon that exits does: descriptors closed, namespace
+/// kept. Returns the interface.
+fn left_by_a_daemon(name: &str, queues: usize) -> InterfaceSpec {
+    let spec =
+        InterfaceSpec { name: "eth0".into(), ip: Ipv4Addr::new(10, 0, 3, 2), prefix: 24, mtu: 1400, queues };
+    let (sandbox, devices) = Sandbox::create(name, std::slice::from_ref(&spec), true).unwrap();
+    drop(devices);
+    sandbox.keep();
+    spec
+}
+
 #[test]
 fn persistent_tuns_outlive_their_descriptors_and_are_reattached() {
     require_root();
     let name = format!("shoal-rt-{}-c", std::process::id());
-    struct Cleanup(String);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = NetNs::delete_by_name(&self.0);
-        }
-    }
     let _cleanup = Cleanup(name.clone());
-    let spec = InterfaceSpec { name: "eth0".into(), ip: Ipv4Addr::new(10, 0, 3, 2), prefix: 24, mtu: 1400 };
-    let (sandbox, devices) = Sandbox::create(&name, std::slice::from_ref(&spec), true).unwrap();
-    // The daemon goes: its descriptors close, the namespace's name stays.
-    drop(devices);
-    sandbox.keep();
+    let spec = left_by_a_daemon(&name, 2);
     assert!(ip(&name, &["-4", "addr", "show", "eth0"]).contains("inet 10.0.3.2/24"), "the TUN stayed");
 
     let (sandbox, devices) = Sandbox::reattach(&name, std::slice::from_ref(&spec)).unwrap();
     assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0].len(), 2, "both queues again");
     let link = ip(&name, &["link", "show", "eth0"]);
     assert!(link.contains("mtu 1400") && link.contains(",UP"), "{link}");
-    // A packet the namespace sends reaches the reattached descriptor.
-    let device = &devices[0];
-    sandbox
-        .netns()
-        .run(|| {
-            let s = std::net::UdpSocket::bind("10.0.3.2:0").unwrap();
-            s.send_to(b"after", "10.0.3.9:9").unwrap();
-        })
-        .unwrap();
-    let mut buf = [0u8; 2048];
-    let mut seen = false;
-    for _ in 0..50 {
-        device.set_nonblocking(true).unwrap();
-        match device.recv(&mut buf) {
-            Ok(n) if buf[..n].windows(5).any(|w| w == b"after") => {
-                seen = true;
-                break;
-            }
-            _ => std::thread::sleep(std::time::Duration::from_millis(20)),
-        }
-    }
-    assert!(seen, "the reattached TUN carries the namespace's packets");
+    // A packet the namespace sends reaches a reattached descriptor.
+    assert!(carried(&sandbox, "10.0.3.2:0", &devices[0], b"after"), "the reattached TUN carries packets");
 
     let gone = InterfaceSpec { name: "eth7".into(), ..spec };
     let Err(err) = Sandbox::reattach(&name, &[gone]) else { panic!("eth7 does not exist") };
@@ -125,4 +144,21 @@ fn persistent_tuns_outlive_their_descriptors_and_are_reattached() {
     drop(devices);
     sandbox.remove().unwrap();
     assert!(!NetNs::exists(&name));
+}
+
+#[test]
+fn a_single_queue_tun_is_reattached_with_one_queue() {
+    require_root();
+    let name = format!("shoal-rt-{}-d", std::process::id());
+    let _cleanup = Cleanup(name.clone());
+    // As an older daemon made it: one queue.
+    let spec = left_by_a_daemon(&name, 1);
+    assert!(!ip(&name, &["-d", "link", "show", "eth0"]).contains("multi_queue"));
+
+    let wants_more = InterfaceSpec { queues: 4, ..spec };
+    let (sandbox, devices) = Sandbox::reattach(&name, &[wants_more]).unwrap();
+    assert_eq!(devices[0].len(), 1, "the TUN keeps the one queue it was made with");
+    assert!(carried(&sandbox, "10.0.3.2:0", &devices[0], b"older"), "and carries packets");
+    drop(devices);
+    sandbox.remove().unwrap();
 }

@@ -1,5 +1,5 @@
-//! Writes into endpoints' TUN devices: packets queued per endpoint and
-//! written with one coalescing (GRO) `send_multiple` each.
+//! Writes into endpoints' TUN devices: packets queued per endpoint and TUN
+//! queue, and written with one coalescing (GRO) `send_multiple` each.
 
 use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
@@ -23,11 +23,14 @@ impl Delivery {
     }
 }
 
-/// Packets queued per destination endpoint, written with one coalescing
-/// `send_multiple` per endpoint. Buffers are recycled.
+/// An endpoint and one of its TUN queues.
+type QueueKey = (EndpointId, usize);
+
+/// Packets queued per destination endpoint and queue, written with one
+/// coalescing `send_multiple` per group. Buffers are recycled.
 #[derive(Default)]
 pub(super) struct TunWriter {
-    groups: Vec<(EndpointId, Vec<Vec<u8>>)>,
+    groups: Vec<(QueueKey, Vec<Vec<u8>>)>,
     active: usize,
     queued: usize,
     spare: Vec<Vec<u8>>,
@@ -36,12 +39,14 @@ pub(super) struct TunWriter {
 
 impl TunWriter {
     /// Queues a copy of `packet` for endpoint `to`, with `nat` applied to
-    /// the copy; `false` (nothing queued) if `nat` does not fit it. With
+    /// the copy, behind the packets of `to`'s queue that its flow takes in
+    /// `snapshot`; `false` (nothing queued) if `nat` does not fit it. With
     /// `fill_tcp`, a TCP packet's checksum is computed first: a sender may
     /// have left it partial (see [`crate::offload`]), and both the NAT's
     /// update and the coalescing need it whole.
     pub(super) fn push(
         &mut self,
+        snapshot: &Snapshot,
         to: EndpointId,
         packet: &[u8],
         nat: Option<SourceNat>,
@@ -60,13 +65,14 @@ impl TunWriter {
             self.spare.push(buf);
             return false;
         }
-        let group = match self.groups[..self.active].iter().position(|(id, _)| *id == to) {
+        let key = (to, snapshot.queue_of(to, &buf[VIRTIO_NET_HDR_LEN..]));
+        let group = match self.groups[..self.active].iter().position(|(k, _)| *k == key) {
             Some(i) => i,
             None => {
                 if self.active == self.groups.len() {
-                    self.groups.push((to, Vec::new()));
+                    self.groups.push((key, Vec::new()));
                 }
-                self.groups[self.active].0 = to;
+                self.groups[self.active].0 = key;
                 self.active += 1;
                 self.active - 1
             }
@@ -81,10 +87,10 @@ impl TunWriter {
     }
 
     pub(super) async fn flush(&mut self, snapshot: &Snapshot, counters: &Counters, delivery: Delivery) {
-        for (to, bufs) in &mut self.groups[..self.active] {
+        for ((to, queue), bufs) in &mut self.groups[..self.active] {
             let n = bufs.len() as u64;
             let bytes: usize = bufs.iter().map(|b| b.len() - VIRTIO_NET_HDR_LEN).sum();
-            match snapshot.devices.get(to) {
+            match snapshot.queue(*to, *queue) {
                 Some(device) => match device.send_multiple(&mut self.gro, bufs, VIRTIO_NET_HDR_LEN).await {
                     Ok(_) => delivery.count(counters, n, bytes as u64),
                     Err(e) => {
