@@ -97,6 +97,9 @@ impl DataplaneConfig {
 
 /// Socket buffer size asked for on every underlay socket.
 const SOCKET_BUFFER: usize = 4 << 20;
+/// How long a VXLAN send waits for room in a full socket buffer before the
+/// datagrams are dropped and counted.
+const SEND_TIMEOUT: Duration = Duration::from_millis(10);
 /// The largest UDP payload one `sendmsg` may carry over IPv4.
 const MAX_UDP_PAYLOAD: usize = 65_507;
 /// Datagrams read per `recvmmsg`.
@@ -156,9 +159,21 @@ impl Snapshot {
     }
 }
 
+/// A socket VXLAN is received on.
 struct UdpPort {
     socket: UdpSocket,
     state: UdpSocketState,
+}
+
+/// A socket VXLAN is sent from: blocking, and not registered with the
+/// runtime. The kernel wakes a socket's epoll waiters each time it frees
+/// one of its datagrams (write space), so a registered sender would wake
+/// the runtime's poller once per send for nothing. A send that finds the
+/// buffer full waits for room instead, for at most [`SEND_TIMEOUT`].
+struct SendPort {
+    socket: std::net::UdpSocket,
+    /// The most UDP GSO segments the kernel takes in one send.
+    max_gso_segments: usize,
 }
 
 struct Shared {
@@ -169,7 +184,7 @@ struct Shared {
     /// The VIP flows; every snapshot's tables hold it too.
     conntrack: Arc<Conntrack>,
     receivers: Vec<UdpPort>,
-    senders: Vec<UdpPort>,
+    senders: Vec<SendPort>,
     port: u16,
     inner_checksums: bool,
 }
@@ -203,7 +218,7 @@ impl Dataplane {
             receivers.push(bind_udp(SocketAddrV4::new(config.listen, port), true)?);
         }
         let senders = (0..config.source_ports.max(1))
-            .map(|_| bind_udp(SocketAddrV4::new(config.underlay, 0), false))
+            .map(|_| bind_sender(SocketAddrV4::new(config.underlay, 0)))
             .collect::<io::Result<Vec<_>>>()?;
         let seed = std::collections::hash_map::RandomState::new().hash_one(config.port);
         let conntrack = Arc::new(Conntrack::new(config.conntrack_capacity, seed));
@@ -359,9 +374,27 @@ impl Drop for Dataplane {
     }
 }
 
+/// A receiving socket: non-blocking, registered with the runtime.
 fn bind_udp(addr: SocketAddrV4, reuse_port: bool) -> io::Result<UdpPort> {
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    let socket = bind_socket(addr, reuse_port)?;
     socket.set_nonblocking(true)?;
+    let socket = UdpSocket::from_std(socket.into())?;
+    let state = UdpSocketState::new((&socket).into())?;
+    Ok(UdpPort { socket, state })
+}
+
+/// A sending socket: blocking, with [`SEND_TIMEOUT`].
+fn bind_sender(addr: SocketAddrV4) -> io::Result<SendPort> {
+    let socket = bind_socket(addr, false)?;
+    socket.set_write_timeout(Some(SEND_TIMEOUT))?;
+    let socket = std::net::UdpSocket::from(socket);
+    let max_gso_segments = UdpSocketState::new((&socket).into())?.max_gso_segments();
+    Ok(SendPort { socket, max_gso_segments })
+}
+
+/// A UDP socket bound to `addr`, with [`SOCKET_BUFFER`] each way.
+fn bind_socket(addr: SocketAddrV4, reuse_port: bool) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     if reuse_port {
         socket.set_reuse_port(true)?;
     }
@@ -375,9 +408,7 @@ fn bind_udp(addr: SocketAddrV4, reuse_port: bool) -> io::Result<UdpPort> {
     if setsockopt(&fd, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
         socket.set_send_buffer_size(SOCKET_BUFFER)?;
     }
-    let socket = UdpSocket::from_std(socket.into())?;
-    let state = UdpSocketState::new((&socket).into())?;
-    Ok(UdpPort { socket, state })
+    Ok(socket)
 }
 
 // === impl clock ===
@@ -421,8 +452,7 @@ async fn clock_loop(shared: Arc<Shared>) {
 async fn endpoint_loop(shared: Arc<Shared>, id: EndpointId, device: Arc<AsyncDevice>) {
     let mtu = usize::from(shared.snapshot.load().tables.mtu());
     let mut read = vec![0u8; READ_AT + VIRTIO_NET_HDR_LEN + 65_535];
-    let max_segments =
-        shared.senders.iter().map(|s| s.state.max_gso_segments()).min().unwrap_or(1).clamp(1, 64);
+    let max_segments = shared.senders.iter().map(|s| s.max_gso_segments).min().unwrap_or(1).clamp(1, 64);
     let mut out = EgressBatches {
         remote: GsoBatch::new(max_segments),
         local: TunWriter::default(),
@@ -474,7 +504,7 @@ struct EgressBatches {
 impl EgressBatches {
     /// Sends what waits.
     async fn flush(&mut self, shared: &Shared, snapshot: &Snapshot) {
-        self.remote.flush(shared).await;
+        self.remote.flush(shared);
         self.local.flush(snapshot, &shared.counters, Delivery::Local).await;
     }
 
@@ -528,8 +558,8 @@ impl EgressBatches {
                     shared.counters.drop(DropReason::Malformed, 1);
                     return;
                 }
-                self.remote.flush(shared).await;
-                self.remote.send_cut(shared, to, sender, &self.cut, &read[at..at + packet_len]).await;
+                self.remote.flush(shared);
+                self.remote.send_cut(shared, to, sender, &self.cut, &read[at..at + packet_len]);
             }
             Some(Egress::Remote { node, flow, frame }) => {
                 // A TCP/IPv4 packet (`headers`) may stay partial.
@@ -609,7 +639,7 @@ impl EgressBatches {
         let to = SocketAddrV4::new(node, shared.port);
         let sender = flow as usize % shared.senders.len();
         if !self.remote.fits(to, sender, frame.len()) {
-            self.remote.flush(shared).await;
+            self.remote.flush(shared);
         }
         self.remote.push(to, sender, frame);
     }
@@ -726,13 +756,13 @@ impl GsoBatch {
         self.count += 1;
     }
 
-    async fn flush(&mut self, shared: &Shared) {
+    fn flush(&mut self, shared: &Shared) {
         if self.count == 0 {
             return;
         }
         let port = &shared.senders[self.sender];
         let segment_size = (self.count > 1).then_some(self.segment);
-        match send(port, self.to, &[IoSlice::new(&self.buf)], segment_size).await {
+        match send(port, self.to, &[IoSlice::new(&self.buf)], segment_size) {
             Ok(()) => {
                 let inner = self.buf.len() - self.count * ENCAP_HEADROOM;
                 shared.counters.encapsulated(self.count as u64, inner as u64)
@@ -743,7 +773,7 @@ impl GsoBatch {
                 tracing::debug!(to = %self.to, error = %e, "VXLAN GSO send failed; sending one by one");
                 self.max_segments = 1;
                 for frame in self.buf.chunks(self.segment) {
-                    match send(port, self.to, &[IoSlice::new(frame)], None).await {
+                    match send(port, self.to, &[IoSlice::new(frame)], None) {
                         Ok(()) => shared.counters.encapsulated(1, (frame.len() - ENCAP_HEADROOM) as u64),
                         Err(_) => shared.counters.drop(DropReason::UdpSendFailed, 1),
                     }
@@ -762,14 +792,7 @@ impl GsoBatch {
     /// from source port `sender`: UDP GSO sends of at most `max_segments`
     /// segments and [`MAX_UDP_PAYLOAD`] bytes, each an iovec of headers and
     /// payloads (no copy in userspace).
-    async fn send_cut(
-        &mut self,
-        shared: &Shared,
-        to: SocketAddrV4,
-        sender: usize,
-        cut: &Segments,
-        packet: &[u8],
-    ) {
+    fn send_cut(&mut self, shared: &Shared, to: SocketAddrV4, sender: usize, cut: &Segments, packet: &[u8]) {
         let port = &shared.senders[sender];
         let segment = cut.segment_len();
         let per_send = (MAX_UDP_PAYLOAD / segment).clamp(1, self.max_segments);
@@ -786,14 +809,14 @@ impl GsoBatch {
                 iov.push(IoSlice::new(payload));
             }
             let count = (last - first) as u64;
-            match send(port, to, &iov, (count > 1).then_some(segment)).await {
+            match send(port, to, &iov, (count > 1).then_some(segment)) {
                 Ok(()) => shared.counters.encapsulated(count, inner as u64),
                 Err(e) if count > 1 => {
                     // As in `flush`: one by one, and no GSO from now on.
                     tracing::debug!(%to, error = %e, "VXLAN GSO send failed; sending one by one");
                     self.max_segments = 1;
                     for pair in iov.chunks(2) {
-                        match send(port, to, pair, None).await {
+                        match send(port, to, pair, None) {
                             Ok(()) => shared
                                 .counters
                                 .encapsulated(1, (pair[0].len() - ENCAP_HEADROOM + pair[1].len()) as u64),
@@ -812,30 +835,29 @@ impl GsoBatch {
 }
 
 /// One `sendmsg` of an iovec, as UDP GSO segments of `segment_size` bytes
-/// if given, waiting for room in the socket buffer.
-async fn send(
-    port: &UdpPort,
+/// if given, waiting for room in the socket buffer (see [`SendPort`]).
+fn send(
+    port: &SendPort,
     to: SocketAddrV4,
     iov: &[IoSlice<'_>],
     segment_size: Option<usize>,
 ) -> io::Result<()> {
     let addr = SockaddrIn::from(to);
     let size = segment_size.map(|s| u16::try_from(s).unwrap_or(u16::MAX));
-    port.socket
-        .async_io(Interest::WRITABLE, || {
-            let gso;
-            let cmsgs: &[ControlMessage<'_>] = match &size {
-                Some(size) => {
-                    gso = [ControlMessage::UdpGsoSegments(size)];
-                    &gso
-                }
-                None => &[],
-            };
-            sendmsg(port.socket.as_raw_fd(), iov, cmsgs, MsgFlags::empty(), Some(&addr))
-                .map(|_| ())
-                .map_err(io::Error::from)
-        })
-        .await
+    let gso;
+    let cmsgs: &[ControlMessage<'_>] = match &size {
+        Some(size) => {
+            gso = [ControlMessage::UdpGsoSegments(size)];
+            &gso
+        }
+        None => &[],
+    };
+    loop {
+        match sendmsg(port.socket.as_raw_fd(), iov, cmsgs, MsgFlags::empty(), Some(&addr)) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            sent => return sent.map(|_| ()).map_err(io::Error::from),
+        }
+    }
 }
 
 // === impl receive loop ===
