@@ -122,6 +122,25 @@ fn clock_ticks() -> f64 {
     100.0
 }
 
+/// One iperf3 UDP test of `len`-byte datagrams for `seconds`, offered at
+/// `bits` a second ("0": unlimited); returns the datagrams sent and lost,
+/// and the seconds it lasted.
+fn iperf_udp(
+    lab: &Lab,
+    (client, server, server_ip, port): (&str, &str, &str, u16),
+    len: usize,
+    bits: &str,
+    seconds: u32,
+) -> (f64, f64, f64) {
+    let (len, seconds) = (len.to_string(), seconds.to_string());
+    let args = ["-u", "-b", bits, "-l", &len, "-t", &seconds];
+    let json = iperf(lab, client, server, server_ip, port, &args, "sum");
+    let sum = &json["end"]["sum"];
+    let packets = sum["packets"].as_f64().expect("packets");
+    let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
+    (packets, lost, sum["seconds"].as_f64().expect("seconds"))
+}
+
 /// One iperf3 UDP test at unlimited rate with `len`-byte datagrams; returns
 /// the datagrams per second that arrived, and those sent.
 pub fn iperf_udp_pps(
@@ -132,12 +151,7 @@ pub fn iperf_udp_pps(
     port: u16,
     len: usize,
 ) -> (f64, f64) {
-    let len = len.to_string();
-    let json = iperf(lab, client, server, server_ip, port, &["-u", "-b", "0", "-l", &len, "-t", "5"], "sum");
-    let sum = &json["end"]["sum"];
-    let packets = sum["packets"].as_f64().expect("packets");
-    let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
-    let seconds = sum["seconds"].as_f64().expect("seconds");
+    let (packets, lost, seconds) = iperf_udp(lab, (client, server, server_ip, port), len, "0", 5);
     ((packets - lost) / seconds, packets / seconds)
 }
 
@@ -160,13 +174,7 @@ pub fn iperf_udp_lossless_pps(
     let (mut best, mut failed) = (0.0_f64, 0);
     while offered < 2e6 && failed < 2 {
         let bits = format!("{}", (offered * len as f64 * 8.0) as u64);
-        let len = len.to_string();
-        let json =
-            iperf(lab, client, server, server_ip, port, &["-u", "-b", &bits, "-l", &len, "-t", "2"], "sum");
-        let sum = &json["end"]["sum"];
-        let packets = sum["packets"].as_f64().expect("packets");
-        let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
-        let seconds = sum["seconds"].as_f64().expect("seconds");
+        let (packets, lost, seconds) = iperf_udp(lab, (client, server, server_ip, port), len, &bits, 2);
         if packets == 0.0 || lost / packets > 0.01 {
             failed += 1;
         } else {
