@@ -42,8 +42,8 @@ pub fn spawn_in(lab: &Lab, netns: &str, program: &str, args: &[&str]) -> u32 {
 /// Runs one iperf3 test from `client` to a one-off server on `server_ip`
 /// in `server`, with extra client `args`; returns the client's JSON report.
 /// A run that reports no result (the server was not up yet, or was busy) is
-/// retried, at most three times. Each run takes a port of its own above
-/// `port`.
+/// retried, at most three times. Each run, retries too, takes a port of
+/// its own above `port`.
 fn iperf(
     lab: &Lab,
     client: &str,
@@ -56,10 +56,11 @@ fn iperf(
     // A fresh port for every run: a one-off server of an earlier run on the
     // same port has been seen to refuse the next run's connections.
     static RUNS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 400;
-    let port = (port + 16 * run).to_string();
+    let base = port;
     let mut last = serde_json::Value::Null;
     for _ in 0..3 {
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 400;
+        let port = (base + 16 * run).to_string();
         let server_pid = spawn_in(lab, server, "iperf3", &["-s", "-1", "-B", server_ip, "-p", &port]);
         let mut client_args = vec!["-c", server_ip, "-p", &port, "-J"];
         client_args.extend_from_slice(args);
