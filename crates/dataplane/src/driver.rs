@@ -100,6 +100,8 @@ const SOCKET_BUFFER: usize = 4 << 20;
 /// How long a VXLAN send waits for room in a full socket buffer before the
 /// datagrams are dropped and counted.
 const SEND_TIMEOUT: Duration = Duration::from_millis(10);
+/// The most UDP GSO segments one `sendmsg` carries.
+const MAX_GSO_SEGMENTS: usize = 64;
 /// The largest UDP payload one `sendmsg` may carry over IPv4.
 const MAX_UDP_PAYLOAD: usize = 65_507;
 /// Datagrams read per `recvmmsg`.
@@ -149,13 +151,27 @@ impl Snapshot {
     /// (see [`offload::symmetric_flow_hash`]), so that the kernel sends the
     /// flow's replies through the same queue and they are read on one core.
     fn queue_of(&self, to: EndpointId, packet: &[u8]) -> usize {
-        let queues = self.devices.get(&to).map_or(1, |q| q.len().max(1));
-        offload::symmetric_flow_hash(packet) as usize % queues
+        self.devices.get(&to).map_or(0, |queues| pick_queue(queues.len(), packet))
     }
 
     /// Endpoint `to`'s queue `queue`.
     fn queue(&self, to: EndpointId, queue: usize) -> Option<&AsyncDevice> {
         self.devices.get(&to).and_then(|q| q.get(queue)).map(|d| &**d)
+    }
+
+    /// The queue of endpoint `to` that `packet` is written to, found with
+    /// one lookup.
+    fn queue_for(&self, to: EndpointId, packet: &[u8]) -> Option<&AsyncDevice> {
+        let queues = self.devices.get(&to)?;
+        queues.get(pick_queue(queues.len(), packet)).map(|d| &**d)
+    }
+}
+
+/// The queue of `queues` a packet's flow takes (no hashing for one).
+fn pick_queue(queues: usize, packet: &[u8]) -> usize {
+    match queues {
+        0 | 1 => 0,
+        n => offload::symmetric_flow_hash(packet) as usize % n,
     }
 }
 
@@ -452,7 +468,8 @@ async fn clock_loop(shared: Arc<Shared>) {
 async fn endpoint_loop(shared: Arc<Shared>, id: EndpointId, device: Arc<AsyncDevice>) {
     let mtu = usize::from(shared.snapshot.load().tables.mtu());
     let mut read = vec![0u8; READ_AT + VIRTIO_NET_HDR_LEN + 65_535];
-    let max_segments = shared.senders.iter().map(|s| s.max_gso_segments).min().unwrap_or(1).clamp(1, 64);
+    let max_segments =
+        shared.senders.iter().map(|s| s.max_gso_segments).min().unwrap_or(1).clamp(1, MAX_GSO_SEGMENTS);
     let mut out = EgressBatches {
         remote: GsoBatch::new(max_segments),
         local: TunWriter::default(),
@@ -569,7 +586,7 @@ impl EgressBatches {
                     shared.counters.drop(DropReason::Malformed, 1);
                     return;
                 }
-                self.queue_remote(shared, node, flow, &read[frame]).await;
+                self.queue_remote(shared, node, flow, &read[frame]);
             }
             _ => self.forward_exact(shared, snapshot, id, read, len, header, headers).await,
         }
@@ -635,7 +652,7 @@ impl EgressBatches {
     }
 
     /// Queues a frame for `node`, from the source port of its inner `flow`.
-    async fn queue_remote(&mut self, shared: &Shared, node: Ipv4Addr, flow: u32, frame: &[u8]) {
+    fn queue_remote(&mut self, shared: &Shared, node: Ipv4Addr, flow: u32, frame: &[u8]) {
         let to = SocketAddrV4::new(node, shared.port);
         let sender = flow as usize % shared.senders.len();
         if !self.remote.fits(to, sender, frame.len()) {
@@ -656,7 +673,7 @@ impl EgressBatches {
         len: usize,
     ) {
         match snapshot.tables.egress(id, buf, at, len) {
-            Egress::Remote { node, flow, frame } => self.queue_remote(shared, node, flow, &buf[frame]).await,
+            Egress::Remote { node, flow, frame } => self.queue_remote(shared, node, flow, &buf[frame]),
             Egress::Local { to, packet } => {
                 self.local.push(snapshot, to, &buf[packet], None, false);
                 if self.local.is_full() {
@@ -695,7 +712,7 @@ async fn write_tun(
     delivery: Delivery,
 ) {
     let headers = iov.first().map_or(&[][..], |first| first.get(VNET_LEN..).unwrap_or_default());
-    let Some(device) = snapshot.queue(to, snapshot.queue_of(to, headers)) else {
+    let Some(device) = snapshot.queue_for(to, headers) else {
         counters.drop(DropReason::UnknownEndpoint, packets);
         return;
     };
@@ -796,20 +813,20 @@ impl GsoBatch {
         let port = &shared.senders[sender];
         let segment = cut.segment_len();
         let per_send = (MAX_UDP_PAYLOAD / segment).clamp(1, self.max_segments);
-        let mut iov = Vec::with_capacity(2 * per_send);
+        let mut slices = [IoSlice::new(&[]); 2 * MAX_GSO_SEGMENTS];
         let mut first = 0;
         while first < cut.len() {
             let last = (first + per_send).min(cut.len());
-            iov.clear();
             let mut inner = 0;
-            for i in first..last {
+            for (pair, i) in slices.chunks_exact_mut(2).zip(first..last) {
                 let (header, payload) = (cut.header(i), &packet[cut.payload(i)]);
                 inner += header.len() - ENCAP_HEADROOM + payload.len();
-                iov.push(IoSlice::new(header));
-                iov.push(IoSlice::new(payload));
+                pair[0] = IoSlice::new(header);
+                pair[1] = IoSlice::new(payload);
             }
+            let iov = &slices[..2 * (last - first)];
             let count = (last - first) as u64;
-            match send(port, to, &iov, (count > 1).then_some(segment)) {
+            match send(port, to, iov, (count > 1).then_some(segment)) {
                 Ok(()) => shared.counters.encapsulated(count, inner as u64),
                 Err(e) if count > 1 => {
                     // As in `flush`: one by one, and no GSO from now on.
@@ -925,13 +942,15 @@ async fn receive_loop(shared: Arc<Shared>, index: usize) {
 /// Writes the TCP packets joined from a receive into their TUNs, each as
 /// one iovec: Shoal's headers, then the payloads where they were received.
 async fn write_joined(joiner: &mut Coalescer, storage: &[Vec<u8>], snapshot: &Snapshot, counters: &Counters) {
-    let mut iov = Vec::new();
+    let mut slices = [IoSlice::new(&[]); 1 + offload::MAX_JOINED];
     for (to, header, pieces) in joiner.drain() {
-        iov.clear();
-        iov.push(IoSlice::new(header));
-        iov.extend(pieces.iter().map(|p| IoSlice::new(&storage[p.buf][p.range.clone()])));
+        slices[0] = IoSlice::new(header);
+        for (slice, p) in slices[1..].iter_mut().zip(pieces) {
+            *slice = IoSlice::new(&storage[p.buf][p.range.clone()]);
+        }
+        let iov = &slices[..1 + pieces.len()];
         let bytes = iov.iter().map(|s| s.len()).sum::<usize>() - VNET_LEN;
-        write_tun(snapshot, counters, to, &iov, pieces.len() as u64, bytes, Delivery::Decapsulated).await;
+        write_tun(snapshot, counters, to, iov, pieces.len() as u64, bytes, Delivery::Decapsulated).await;
     }
 }
 

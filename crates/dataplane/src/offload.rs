@@ -53,7 +53,7 @@ const CWR: u8 = 0x80;
 /// The largest IP packet: a joined packet stays below it.
 const MAX_PACKET: usize = 65_535;
 /// The most segments joined into one write.
-const MAX_JOINED: usize = 64;
+pub const MAX_JOINED: usize = 64;
 /// Room for a virtio-net header and the largest IPv4 and TCP headers.
 const MAX_HEADER: usize = VNET_LEN + 60 + 60;
 
