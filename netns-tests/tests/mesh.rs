@@ -314,7 +314,14 @@ fn published_ports_answer_on_every_node_and_reach_every_task() {
     );
     let near = task_names(&c, "near");
     let url = format!("http://{}:8082/", node(&c, 1));
-    assert!(wait_until(Duration::from_secs(10), || curl(&c, &url).is_some()), "8082 on node2");
+    assert!(
+        wait_until(Duration::from_secs(20), || curl(&c, &url).is_some()),
+        "8082 on node2: {}\n{}\n{}\ncurl: {}",
+        c.cli(1, &["debug", "mesh"]),
+        c.cli(1, &["debug", "directory"]),
+        c.cli(0, &["service", "ps", "--no-trunc", "near"]),
+        String::from_utf8_lossy(&client(&c, "curl", &["-sS", "-v", "--max-time", "5", &url]).stderr)
+    );
     let at_node2 = curl(&c, &url);
     assert!(at_node2.as_deref().is_some_and(|a| near.contains(a.split(' ').next().unwrap())), "{at_node2:?}");
     assert_eq!(curl(&c, &format!("http://{}:8082/", node(&c, 0))), None, "node1 runs no task of near");

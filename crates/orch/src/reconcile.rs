@@ -587,6 +587,7 @@ impl World {
             };
             let networks = service.spec.attached_networks();
             let vips = service.vips.clone();
+            let local_vip = service.local_vip.clone();
             let task = self.tasks.get_mut(&id).expect("listed");
             match placed {
                 Ok(i) => {
@@ -609,8 +610,11 @@ impl World {
                             .with_err(e);
                         continue;
                     }
+                    // Complete from the first assignment: a node starting the
+                    // task announces what it was given.
                     for a in &mut attachments {
                         a.vip = vips.iter().find(|v| v.network == a.network).map(|v| v.ip);
+                        a.local_vip = local_vip.as_ref().filter(|v| v.network == a.network).map(|v| v.ip);
                     }
                     task.node_id = Some(nodes[i].id.clone());
                     task.attachments = attachments;

@@ -679,6 +679,36 @@ fn every_node_gets_a_mesh_address_once_ingress_exists_and_mesh_services_join_it(
 }
 
 #[test]
+fn a_task_is_assigned_with_its_services_vip_and_local_vip() {
+    let mut sim = Sim::new(2);
+    sim.addrs.ingress = true;
+    let mut s = spec("near", 2);
+    s.ports = vec![PortConfig { local_only: true, ..port(8082, 80, "tcp", "ingress") }];
+    let id = sim.create(s);
+    let ingress = |ip: [u8; 4]| Attachment {
+        network: INGRESS.into(),
+        vni: 4096,
+        subnet: "10.0.0.0/8".into(),
+        ip: ip.into(),
+        vip: None,
+        local_vip: None,
+    };
+    let service = sim.world.services.get_mut(&id).unwrap();
+    service.vips = vec![ingress([10, 9, 0, 1])];
+    service.local_vip = Some(ingress([10, 9, 0, 2]));
+    // One pass: the tasks are placed, and their first assignment is what
+    // a node starts them with (it announces exactly that).
+    sim.reconcile();
+    let assigned: Vec<&Task> =
+        sim.world.tasks.values().filter(|t| t.status.state == TaskState::Assigned).collect();
+    assert_eq!(assigned.len(), 2);
+    for t in assigned {
+        let a = &t.attachments[0];
+        assert_eq!((a.vip, a.local_vip), (Some([10, 9, 0, 1].into()), Some([10, 9, 0, 2].into())), "{t:?}");
+    }
+}
+
+#[test]
 fn depends_on_holds_tasks_until_dependencies_run_and_are_healthy() {
     let mut sim = Sim::new(3);
     let mut web = spec("web", 2);

@@ -4,10 +4,11 @@
 //!
 //! A task is announced once it runs, healthy when it has no healthcheck or
 //! passed one, as stopping while it drains (its stop grace period), and
-//! withdrawn when its process is gone. Invariant: a withdrawn task's rows
+//! withdrawn when its process is gone. Invariants: a withdrawn task's rows
 //! are gone from gossip and from this node's directory; the rows follow the
 //! service's endpoint (mode, TTL, balancing, VIP) without the task being
-//! replaced.
+//! replaced; changes are published in the order they were made (one at a
+//! time), so a slower publication never overwrites a newer one.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -69,6 +70,10 @@ pub struct Announcer {
     directory: Arc<ServiceDirectory>,
     gossip: GossipSlot,
     announced: Mutex<HashMap<String, Announced>>,
+    /// Held from a change to `announced` until it is published: gossip
+    /// writes await, and a task starting while the manager's newer view
+    /// of it arrives must not see the older rows published last.
+    publishing: tokio::sync::Mutex<()>,
     /// Bumped whenever `announced` changes.
     changed: watch::Sender<u64>,
 }
@@ -82,6 +87,7 @@ impl Announcer {
             directory,
             gossip,
             announced: Mutex::new(HashMap::new()),
+            publishing: tokio::sync::Mutex::new(()),
             changed: watch::channel(0).0,
         }
     }
@@ -113,6 +119,7 @@ impl Announcer {
     /// Changes what is known of a task and republishes it if anything
     /// changed. Networks the task left lose its rows.
     async fn update(&self, id: &str, change: impl FnOnce(&mut Announced)) {
+        let _order = self.publishing.lock().await;
         let (rows, left) = {
             let mut announced = self.announced.lock().unwrap_or_else(|e| e.into_inner());
             let Some(a) = announced.get_mut(id) else { return };
@@ -147,6 +154,7 @@ impl Announcer {
 
     /// `task` runs; `healthy` unless its healthcheck has yet to pass.
     pub async fn running(&self, task: &Task, healthy: bool) {
+        let _order = self.publishing.lock().await;
         let rows = rows(task, self.node, RowState::Running, healthy);
         let a = Announced { task: task.clone(), state: RowState::Running, healthy };
         self.announced.lock().unwrap_or_else(|e| e.into_inner()).insert(task.id.clone(), a);
@@ -163,13 +171,12 @@ impl Announcer {
     /// ones. True if it was a backend until now (running, healthy, on a
     /// network), so peers are yet to hear that it drains.
     pub async fn stopping(&self, id: &str) -> bool {
-        let served = self
-            .announced
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .is_some_and(|a| a.state == RowState::Running && a.healthy && !a.task.attachments.is_empty());
-        self.update(id, |a| a.state = RowState::Stopping).await;
+        let mut served = false;
+        self.update(id, |a| {
+            served = a.state == RowState::Running && a.healthy && !a.task.attachments.is_empty();
+            a.state = RowState::Stopping;
+        })
+        .await;
         served
     }
 
@@ -199,6 +206,7 @@ impl Announcer {
 
     /// The task's process is gone: its rows go.
     pub async fn ended(&self, id: &str) {
+        let _order = self.publishing.lock().await;
         let Some(a) = self.announced.lock().unwrap_or_else(|e| e.into_inner()).remove(id) else { return };
         self.changed.send_modify(|v| *v += 1);
         let vnis: Vec<u32> = a.task.attachments.iter().map(|n| n.vni).collect();
