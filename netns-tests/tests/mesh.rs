@@ -374,6 +374,16 @@ fn published_ports_answer_on_every_node_and_reach_every_task() {
         c.metric(0, "shoal_mesh_datagrams_total{port=\"5353\",protocol=\"udp\",direction=\"to_backend\"}")
             >= 2.0
     );
+
+    // A worker that leaves the swarm serves none of its ports any more.
+    assert!(c.cli(2, &["swarm", "leave"]).contains("left the swarm"));
+    let url = format!("http://{}:8080/", node(&c, 2));
+    let refused = || client(&c, "curl", &["-s", "--max-time", "5", &url]).status.code() == Some(7);
+    assert!(
+        wait_until(Duration::from_secs(20), refused),
+        "node3 answers on 8080 after leaving the swarm: {}",
+        String::from_utf8_lossy(&c.try_cli(2, &["debug", "mesh"]).stdout)
+    );
 }
 
 /// What wrk reported: requests, and failures of any kind.

@@ -143,9 +143,10 @@ impl Routes {
 
     /// Applies a change of another node's rows.
     pub fn apply(&self, change: &Change) {
-        let op =
-            self.table.lock().unwrap_or_else(|e| e.into_inner()).apply(change, |v| self.dataplane.subnet(v));
-        if let Some(op) = op {
+        // The table stays locked while the data plane is programmed, so
+        // changes reach it in the order the table took them.
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(op) = table.apply(change, |v| self.dataplane.subnet(v)) {
             self.run(op);
         }
     }
@@ -154,8 +155,8 @@ impl Routes {
     /// endpoint).
     pub fn program_network(&self, vni: Vni) {
         let Some(local) = self.dataplane.subnet(vni) else { return };
-        let ops = self.table.lock().unwrap_or_else(|e| e.into_inner()).network(vni, local);
-        for op in ops {
+        let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        for op in table.network(vni, local) {
             self.run(op);
         }
     }

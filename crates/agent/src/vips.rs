@@ -81,13 +81,16 @@ impl Vips {
     /// Makes the data plane's VIPs what the directory says, on the networks
     /// the data plane has.
     pub fn sync(&self) {
+        // The directory and the networks are read under the lock: two syncs
+        // may run at once (the directory's follower, an endpoint plugged
+        // in), and the later one must not program an older view.
+        let mut programmed = self.programmed.lock().unwrap_or_else(|e| e.into_inner());
         let index = self.directory.index();
         let dp = &self.dataplane;
         let mut networks: Vec<Vni> =
             index.networks.keys().filter_map(|v| Vni::new(*v)).filter(|v| dp.subnet(*v).is_some()).collect();
         networks.sort();
         let want = desired(&index, &networks, self.node);
-        let mut programmed = self.programmed.lock().unwrap_or_else(|e| e.into_inner());
         // Gone, or their network is: forget them (a network removed from the
         // data plane took its VIPs with it).
         programmed.retain(|key, _| {
