@@ -159,18 +159,24 @@ impl Stream {
             return;
         }
         self.seen_above.insert(seq);
-        while self.seen_above.remove(&(self.known + 1)) {
-            self.known += 1;
-        }
+        self.fill_in();
     }
 
     fn raise_known(&mut self, known: u64) {
         if known > self.known {
             self.known = known;
             self.seen_above.retain(|s| *s > known);
-            while self.seen_above.remove(&(self.known + 1)) {
-                self.known += 1;
-            }
+            self.fill_in();
+        }
+    }
+
+    /// Moves `known` over the numbers seen right above it; a peer's claim
+    /// may have put it at the very top already.
+    fn fill_in(&mut self) {
+        while let Some(next) = self.known.checked_add(1)
+            && self.seen_above.remove(&next)
+        {
+            self.known = next;
         }
     }
 }

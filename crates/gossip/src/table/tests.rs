@@ -55,6 +55,21 @@ fn deltas_apply_once_and_report_changes() {
 }
 
 #[test]
+fn a_peer_claiming_the_top_sequence_number_is_taken_without_overflow() {
+    // Found by the gossip_frame fuzz target: `known` at u64::MAX, then
+    // the number above it looked up.
+    let now = Instant::now();
+    let mut b = tables(B);
+    let mut changes = Vec::new();
+    for (known, seq) in [(u64::MAX - 1, u64::MAX), (u64::MAX, u64::MAX)] {
+        let rows = vec![(key("10.0.1.2"), seq, Some(b"x".to_vec()))];
+        b.apply_sync(now, SyncItem::Rows { owner: A, network: NET, epoch: 1, known, rows }, &mut changes);
+    }
+    assert_eq!(changes, [upsert(A, "10.0.1.2", b"x")]);
+    assert_eq!(b.visible_rows().len(), 1);
+}
+
+#[test]
 fn out_of_order_deltas_converge_and_known_fills_in() {
     let now = Instant::now();
     let mut a = tables(A);
