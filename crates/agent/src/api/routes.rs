@@ -103,8 +103,18 @@ pub async fn swarm_info(State(node): Shared) -> Json<Value> {
     to_json(node.swarm.info().await)
 }
 
+/// Runs a change of the node's membership to its end even if the client
+/// hangs up (hyper drops a handler's future when its connection closes): a
+/// join cut halfway would leave its session running while the node says
+/// it is in no swarm, and an init its control port bound.
+async fn to_the_end<T: Send + 'static>(
+    change: impl Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::spawn(change).await.map_err(Error::internal)?
+}
+
 pub async fn swarm_init(State(node): Shared, Checked(Json(req)): Checked<Json<InitRequest>>) -> Answer {
-    Ok(to_json(node.swarm.init(req).await?))
+    Ok(to_json(to_the_end(async move { node.swarm.init(req).await }).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,7 +125,7 @@ pub struct JoinRequest {
 }
 
 pub async fn swarm_join(State(node): Shared, Checked(Json(req)): Checked<Json<JoinRequest>>) -> Answer {
-    Ok(to_json(node.swarm.join(&req.token, &req.remote_addr).await?))
+    Ok(to_json(to_the_end(async move { node.swarm.join(&req.token, &req.remote_addr).await }).await?))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -129,7 +139,7 @@ pub async fn swarm_leave(
     State(node): Shared,
     Checked(Json(req)): Checked<Json<Force>>,
 ) -> Result<StatusCode, Error> {
-    node.swarm.leave(req.force).await?;
+    to_the_end(async move { node.swarm.leave(req.force).await }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
