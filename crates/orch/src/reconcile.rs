@@ -1,6 +1,7 @@
 //! [`World::reconcile`] and its steps.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 use shoal_sched::{Availability, Constraint, Node, Requirements};
@@ -72,6 +73,13 @@ fn host_ports(service: &Service) -> Vec<(String, u16)> {
         .filter(|p| p.mode == "host")
         .map(|p| (p.protocol.clone(), p.published))
         .collect()
+}
+
+/// A service's VIP and local VIP on `network`, as its tasks' attachments
+/// there carry them.
+fn service_vips(service: &Service, network: &str) -> (Option<Ipv4Addr>, Option<Ipv4Addr>) {
+    let on = |v: &&Attachment| v.network == network;
+    (service.vips.iter().find(on).map(|v| v.ip), service.local_vip.as_ref().filter(on).map(|v| v.ip))
 }
 
 /// Whether a node may keep (not take) tasks of `req`: up, not drained, and
@@ -166,7 +174,7 @@ impl World {
         self.prune(env);
     }
 
-    /// Keeps every task's endpoint (and the VIP on each attachment) as its
+    /// Keeps every task's endpoint (and the VIPs on each attachment) as its
     /// service's: the directory follows the service without replacing
     /// tasks.
     fn sync_endpoints(&mut self) {
@@ -177,14 +185,7 @@ impl World {
                 task.endpoint = endpoint;
             }
             for a in &mut task.attachments {
-                let vip = service.vips.iter().find(|v| v.network == a.network).map(|v| v.ip);
-                if a.vip != vip {
-                    a.vip = vip;
-                }
-                let local = service.local_vip.as_ref().filter(|v| v.network == a.network).map(|v| v.ip);
-                if a.local_vip != local {
-                    a.local_vip = local;
-                }
+                (a.vip, a.local_vip) = service_vips(service, &a.network);
             }
         }
     }
@@ -586,8 +587,6 @@ impl World {
                 }
             };
             let networks = service.spec.attached_networks();
-            let vips = service.vips.clone();
-            let local_vip = service.local_vip.clone();
             let task = self.tasks.get_mut(&id).expect("listed");
             match placed {
                 Ok(i) => {
@@ -613,8 +612,7 @@ impl World {
                     // Complete from the first assignment: a node starting the
                     // task announces what it was given.
                     for a in &mut attachments {
-                        a.vip = vips.iter().find(|v| v.network == a.network).map(|v| v.ip);
-                        a.local_vip = local_vip.as_ref().filter(|v| v.network == a.network).map(|v| v.ip);
+                        (a.vip, a.local_vip) = service_vips(service, &a.network);
                     }
                     task.node_id = Some(nodes[i].id.clone());
                     task.attachments = attachments;

@@ -12,6 +12,7 @@ use shoal_control::transport::{self, SERVER_NAME};
 use shoal_control::{Request, Response};
 use shoal_orch::Assignments;
 use tokio::sync::{Mutex, watch};
+use tokio::task::JoinSet;
 
 use super::config;
 use super::dispatch::{self, Outbox};
@@ -78,18 +79,19 @@ pub async fn session(
         match session_client(&dir) {
             Ok((client, renew_at)) => match connect(client, manager).await {
                 Ok(conn) => {
-                    let mut exchange = AbortOnDrop(tokio::spawn(dispatch::exchange(
-                        conn.clone(),
-                        assignments.clone(),
-                        outbox.clone(),
-                    )));
+                    // In a JoinSet, which aborts it when dropped: the exchange
+                    // ends with its session, also when the session itself is
+                    // aborted (`swarm leave`), or it would go on feeding the
+                    // old swarm's assignments to this node.
+                    let mut exchange = JoinSet::new();
+                    exchange.spawn(dispatch::exchange(conn.clone(), assignments.clone(), outbox.clone()));
                     // Either half ending ends the session: heartbeats alone
                     // would keep a node Ready that no longer hears its
                     // assignments (a poll that timed out while the daemon
                     // was frozen, say), and its old tasks would run on.
                     tokio::select! {
                         () = heartbeat_until_failure(&conn, &dir, renew_at, &mut keys) => {}
-                        _ = &mut exchange.0 => tracing::info!("assignments exchange ended; reconnecting"),
+                        _ = exchange.join_next() => tracing::info!("assignments exchange ended; reconnecting"),
                     }
                     drop(exchange);
                     conn.close(0u32.into(), b"reconnecting");
@@ -102,17 +104,6 @@ pub async fn session(
             }
         }
         tokio::time::sleep(RECONNECT_AFTER).await;
-    }
-}
-
-/// A spawned task that ends with its owner: the exchange ends with its
-/// session also when the session is aborted (`swarm leave`), or it would
-/// go on feeding the old swarm's assignments to this node.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
